@@ -1,0 +1,144 @@
+#define _GNU_SOURCE
+#include "cmicrovm_sys.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+int cmv_set_child_subreaper(void) {
+    return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+}
+
+int cmv_pidfd_open(pid_t pid) {
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+int cmv_pidfd_send_signal(int pidfd, int sig) {
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+
+static int copy_ifname(struct ifreq *ifr, const char *name) {
+    memset(ifr, 0, sizeof(*ifr));
+    if (name == NULL || strlen(name) == 0 || strlen(name) >= IFNAMSIZ) {
+        errno = EINVAL;
+        return -1;
+    }
+    strncpy(ifr->ifr_name, name, IFNAMSIZ - 1);
+    return 0;
+}
+
+static int tap_open(const char *name, struct ifreq *ifr) {
+    if (copy_ifname(ifr, name) < 0) return -1;
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ifr->ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    if (ioctl(fd, TUNSETIFF, ifr) < 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
+int cmv_tap_create(const char *name, int owner_uid) {
+    struct ifreq ifr;
+    int fd = tap_open(name, &ifr);
+    if (fd < 0) return -1;
+    if (owner_uid >= 0 && ioctl(fd, TUNSETOWNER, (unsigned long)owner_uid) < 0) goto fail;
+    if (ioctl(fd, TUNSETPERSIST, 1UL) < 0) goto fail;
+    close(fd);
+    return 0;
+fail:;
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return -1;
+}
+
+int cmv_tap_delete(const char *name) {
+    struct ifreq ifr;
+    int fd = tap_open(name, &ifr);
+    if (fd < 0) return -1;
+    int rc = ioctl(fd, TUNSETPERSIST, 0UL);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return rc < 0 ? -1 : 0;
+}
+
+int cmv_interface_set_up(const char *name, int up) {
+    struct ifreq ifr;
+    if (copy_ifname(&ifr, name) < 0) return -1;
+    int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (sock < 0) return -1;
+    int rc = ioctl(sock, SIOCGIFFLAGS, &ifr);
+    if (rc == 0) {
+        if (up) ifr.ifr_flags |= IFF_UP; else ifr.ifr_flags &= ~IFF_UP;
+        rc = ioctl(sock, SIOCSIFFLAGS, &ifr);
+    }
+    int saved = errno;
+    close(sock);
+    errno = saved;
+    return rc < 0 ? -1 : 0;
+}
+
+/* --- Jail support (MicroVMHost/Jail) --- */
+
+#include <linux/fs.h>
+#include <sys/statfs.h>
+#include <sys/wait.h>
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+int cmv_statfs_magic(const char *path, unsigned long *magic) {
+    struct statfs st;
+    if (statfs(path, &st) < 0) return -1;
+    *magic = (unsigned long)st.f_type;
+    return 0;
+}
+
+off_t cmv_seek_data(int fd, off_t offset) {
+    return lseek(fd, offset, SEEK_DATA);
+}
+
+off_t cmv_seek_hole(int fd, off_t offset) {
+    return lseek(fd, offset, SEEK_HOLE);
+}
+
+int cmv_ficlone(int dst_fd, int src_fd) {
+    return ioctl(dst_fd, FICLONE, src_fd) < 0 ? -1 : 0;
+}
+
+int cmv_pipe_cloexec(int fds[2]) {
+    return pipe2(fds, O_CLOEXEC);
+}
+
+int cmv_pidfd_reap(int pidfd, int nohang, int *exited, int *value) {
+    siginfo_t info;
+    memset(&info, 0, sizeof(info));
+    if (waitid((idtype_t)P_PIDFD, (id_t)pidfd, &info, WEXITED | (nohang ? WNOHANG : 0)) < 0) return -1;
+    if (info.si_pid == 0) return 0;
+    *exited = info.si_code == CLD_EXITED ? 1 : 0;
+    *value = info.si_status;
+    return 1;
+}
+
+#include <sys/xattr.h>
+
+int cmv_has_access_acl(const char *path) {
+    ssize_t size = lgetxattr(path, "system.posix_acl_access", NULL, 0);
+    if (size >= 0) return 1;
+    if (errno == ENODATA || errno == ENOTSUP) return 0;
+    return -1;
+}

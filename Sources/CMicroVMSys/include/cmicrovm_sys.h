@@ -1,0 +1,55 @@
+#ifndef CMICROVM_SYS_H
+#define CMICROVM_SYS_H
+
+#include <sys/types.h>
+
+/* Thin wrappers for syscalls and ioctls the Swift importer cannot reach (macros, variadic
+ * calls, _GNU_SOURCE-only declarations). Every function returns -1 and leaves errno set on
+ * failure; Swift turns that into a typed error in one place (MicroVMHost.SystemCallError). */
+
+/* prctl(PR_SET_CHILD_SUBREAPER, 1): orphans below us (a VMM whose jailer exited) are
+ * reparented to this process, so we can reap them and read their exit status. */
+int cmv_set_child_subreaper(void);
+
+/* pidfd_open(2): a file descriptor that refers to one process, immune to pid reuse. */
+int cmv_pidfd_open(pid_t pid);
+
+/* pidfd_send_signal(2). */
+int cmv_pidfd_send_signal(int pidfd, int sig);
+
+/* Creates (or attaches to) a persistent TAP device named `name` (at most 15 bytes), without
+ * packet information, owned by `owner_uid` (or -1 for no owner). Returns 0. */
+int cmv_tap_create(const char *name, int owner_uid);
+
+/* Removes a persistent TAP device created by cmv_tap_create. Returns 0. */
+int cmv_tap_delete(const char *name);
+
+/* Sets or clears IFF_UP on an interface. Returns 0. */
+int cmv_interface_set_up(const char *name, int up);
+
+/* --- Jail support (MicroVMHost/Jail) --- */
+
+/* statfs(2)'s f_type (the filesystem magic) of `path` into *magic. Returns 0. */
+int cmv_statfs_magic(const char *path, unsigned long *magic);
+
+/* lseek(fd, offset, SEEK_DATA) / SEEK_HOLE: the sparse-file cursor moves (_GNU_SOURCE only). */
+off_t cmv_seek_data(int fd, off_t offset);
+off_t cmv_seek_hole(int fd, off_t offset);
+
+/* ioctl(dst, FICLONE, src): share src's extents with dst (reflink). Returns 0. */
+int cmv_ficlone(int dst_fd, int src_fd);
+
+/* pipe2(fds, O_CLOEXEC). Returns 0. */
+int cmv_pipe_cloexec(int fds[2]);
+
+/* waitid(P_PIDFD, pidfd, WEXITED [| WNOHANG]): reaps the process the pidfd refers to if it has
+ * exited. Returns 1 and fills *exited (1: exit code in *value; 0: killed by signal *value) when it
+ * reaped it, 0 when it is still running (only with nohang), -1/errno otherwise (ECHILD: not our
+ * child). */
+int cmv_pidfd_reap(int pidfd, int nohang, int *exited, int *value);
+
+/* Whether `path` (not followed if a symlink) carries a POSIX access ACL (system.posix_acl_access).
+ * Returns 1 or 0; -1/errno on other errors. */
+int cmv_has_access_acl(const char *path);
+
+#endif

@@ -1,0 +1,36 @@
+/// A token bucket: `size` tokens refill over `refillTime` milliseconds, plus a one-off burst
+/// allowance consumed before refilling begins. Used for bytes (bandwidth) or operations.
+public struct TokenBucket: Codable, Sendable, Hashable {
+    /// Tokens available once, before the regular refill rate applies.
+    public var oneTimeBurst: Int64?
+    /// Milliseconds for an empty bucket to refill completely.
+    public var refillTime: Int64
+    /// Capacity of the bucket, in tokens.
+    public var size: Int64
+
+    public init(size: Int64, refillTime: Int64, oneTimeBurst: Int64? = nil) {
+        self.size = size
+        self.refillTime = refillTime
+        self.oneTimeBurst = oneTimeBurst
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case oneTimeBurst = "one_time_burst"
+        case refillTime = "refill_time"
+        case size
+    }
+}
+
+/// Independent bandwidth and operations limits for a device. A missing bucket means that
+/// dimension is unlimited.
+public struct RateLimiter: Codable, Sendable, Hashable {
+    /// Tokens are bytes.
+    public var bandwidth: TokenBucket?
+    /// Tokens are I/O operations.
+    public var ops: TokenBucket?
+
+    public init(bandwidth: TokenBucket? = nil, ops: TokenBucket? = nil) {
+        self.bandwidth = bandwidth
+        self.ops = ops
+    }
+}
