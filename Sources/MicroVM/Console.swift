@@ -124,6 +124,13 @@ public actor Console {
             .timedOut(description: description, lastLines: tail())
     }
 
+    /// Returns once the output has ended (its last writer closed it), or when cancelled.
+    public func untilFinished() async {
+        while !finished && !Task.isCancelled {
+            _ = try? await waitForLine(timeout: .seconds(3600), "(end of output)") { _ in false }
+        }
+    }
+
     /// Waits for a line containing `text`.
     public func waitForLine(
         containing text: String, after: Int = 0, timeout: Duration

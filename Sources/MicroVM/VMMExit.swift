@@ -2,6 +2,8 @@
 public enum VMMExit: Sendable, Hashable, CustomStringConvertible {
     case exited(code: Int32)
     case signaled(signal: Int32)
+    /// The process is gone but its status could not be collected (it was not our child).
+    case unknown
 
     /// Whether Firecracker reported a clean stop (the guest reset or shut down).
     public var isClean: Bool { self == .exited(code: 0) }
@@ -26,6 +28,8 @@ public enum VMMExit: Sendable, Hashable, CustomStringConvertible {
             case 157: "SIGILL"
             default: "exit code \(code)"
             }
+        case .unknown:
+            "ended; exit status unknown (the process was not this process's child)"
         case .signaled(let signal):
             switch signal {
             case 9: "killed (SIGKILL)"
@@ -38,7 +42,7 @@ public enum VMMExit: Sendable, Hashable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .exited(let code): "exited with code \(code) (\(reason))"
-        case .signaled: reason
+        case .signaled, .unknown: reason
         }
     }
 }

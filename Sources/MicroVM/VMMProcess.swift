@@ -1,4 +1,7 @@
+import CMicroVMSys
 public import Logging
+import NIOCore
+import NIOPosix
 import Subprocess
 public import SystemPackage
 
@@ -29,29 +32,32 @@ public final class VMMProcess: Sendable {
     /// The pid of the process that was started.
     public let pid: Int32
 
-    private let commands: AsyncStream<Command>.Continuation
+    private let input: any Channel
+    private let pidfd: Int32
     private let outcome: Task<VMMExit, Never>
     private let exitState: ExitState
 
-    private enum Command: Sendable {
-        case input([UInt8])
-        case signal(Int32)
-    }
-
     private init(
-        console: Console, standardError: Console, pid: pid_t,
-        commands: AsyncStream<Command>.Continuation, outcome: Task<VMMExit, Never>, exitState: ExitState
+        console: Console, standardError: Console, pid: Int32, input: any Channel, pidfd: Int32,
+        outcome: Task<VMMExit, Never>, exitState: ExitState
     ) {
-        self.exitState = exitState
         self.console = console
         self.standardError = standardError
         self.pid = pid
-        self.commands = commands
+        self.input = input
+        self.pidfd = pidfd
         self.outcome = outcome
+        self.exitState = exitState
     }
 
     /// Starts `executable` with `arguments` and returns once it runs (or throws if it could not
     /// be started). The caller must eventually observe ``exit()`` or the process is left running.
+    ///
+    /// The standard streams are pipes this object owns and reads through SwiftNIO, not
+    /// swift-subprocess's: subprocess stops reading when its child exits, but a jailed VMM is
+    /// the jailer's grandchild and keeps writing the console long after the jailer is gone.
+    /// ``exit()`` is the started process's exit; the console ends when the last writer (the VMM)
+    /// closes it.
     public static func launch(
         executable: FilePath, arguments: [String], workingDirectory: FilePath? = nil,
         environment: [String: String]? = nil,
@@ -59,8 +65,14 @@ public final class VMMProcess: Sendable {
     ) async throws -> VMMProcess {
         let console = Console()
         let standardError = Console(capacity: 1_000)
-        let (commandStream, commands) = AsyncStream<Command>.makeStream()
-        let (started, startedContinuation) = AsyncStream<Result<pid_t, LaunchError>>.makeStream()
+        let pipes = try (Pipe(), Pipe(), Pipe())
+        let (stdin, stdout, stderr) = pipes
+        var childEnds = [stdin.read, stdout.write, stderr.write]
+        var parentEnds = [stdin.write, stdout.read, stderr.read]
+        defer {
+            // Whatever was not handed over is closed here, on success and failure alike.
+            for fd in childEnds + parentEnds where fd >= 0 { close(fd) }
+        }
 
         var options = PlatformOptions()
         options.createSession = true
@@ -72,64 +84,50 @@ public final class VMMProcess: Sendable {
             executable: .path(executable), arguments: Arguments(arguments), environment: env,
             workingDirectory: workingDirectory, platformOptions: options)
 
+        let group = MultiThreadedEventLoopGroup.singleton
+        let outputChannel = try await Self.reader(fd: stdout.read, into: console, group: group)
+        parentEnds[1] = -1
+        let errorChannel = try await Self.reader(fd: stderr.read, into: standardError, group: group)
+        parentEnds[2] = -1
+        let inputChannel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(output: stdin.write).get()
+        parentEnds[0] = -1
+
+        let (started, startedContinuation) = AsyncStream<Result<(pid: Int32, pidfd: Int32), LaunchError>>.makeStream()
+        let childInput = FileDescriptor(rawValue: stdin.read)
+        let childOutput = FileDescriptor(rawValue: stdout.write)
+        let childError = FileDescriptor(rawValue: stderr.write)
+        childEnds = [-1, -1, -1]  // subprocess closes them after spawning
         let exitState = ExitState()
         let outcome = Task<VMMExit, Never> {
-            let exit = await run()
-            await exitState.resolve(exit)
-            return exit
-        }
-        @Sendable func run() async -> VMMExit {
+            let exit: VMMExit
             do {
                 let result = try await Subprocess.run(
-                    configuration, input: .inputWriter, output: .sequence, error: .sequence
+                    configuration,
+                    input: .fileDescriptor(childInput, closeAfterSpawningProcess: true),
+                    output: .fileDescriptor(childOutput, closeAfterSpawningProcess: true),
+                    error: .fileDescriptor(childError, closeAfterSpawningProcess: true)
                 ) { execution in
-                    startedContinuation.yield(.success(execution.processIdentifier.value))
+                    // A private duplicate of subprocess's pidfd stays valid after the child is
+                    // reaped, so signals can never reach a recycled pid.
+                    let identifier = execution.processIdentifier
+                    let pidfd = identifier.processDescriptor >= 0 ? dup(identifier.processDescriptor) : -1
+                    startedContinuation.yield(.success((identifier.value, pidfd)))
                     startedContinuation.finish()
-                    await withTaskGroup(of: Void.self) { group in
-                        group.addTask {
-                            do {
-                                for try await chunk in execution.standardOutput {
-                                    await console.append(chunk.withUnsafeBytes { Array($0) })
-                                }
-                            } catch {}
-                            await console.finish()
-                        }
-                        group.addTask {
-                            do {
-                                for try await chunk in execution.standardError {
-                                    await standardError.append(chunk.withUnsafeBytes { Array($0) })
-                                }
-                            } catch {}
-                            await standardError.finish()
-                        }
-                        let control = Task {
-                            for await command in commandStream {
-                                switch command {
-                                case .input(let bytes):
-                                    _ = try? await execution.standardInputWriter.write(bytes)
-                                case .signal(let signal):
-                                    try? execution.send(signal: Signal(rawValue: signal))
-                                }
-                            }
-                        }
-                        await group.waitForAll()
-                        control.cancel()
-                        _ = try? await execution.standardInputWriter.finish()
-                    }
                 }
-                commands.finish()
                 switch result.terminationStatus {
-                case .exited(let code): return .exited(code: code)
-                case .signaled(let signal): return .signaled(signal: signal)
+                case .exited(let code): exit = .exited(code: code)
+                case .signaled(let signal): exit = .signaled(signal: signal)
                 }
             } catch {
                 startedContinuation.yield(.failure(LaunchError(executable: executable.string, message: "\(error)")))
                 startedContinuation.finish()
-                commands.finish()
-                await console.finish()
-                await standardError.finish()
-                return .exited(code: -1)
+                try? await inputChannel.close()
+                try? await outputChannel.close()
+                try? await errorChannel.close()
+                exit = .unknown
             }
+            await exitState.resolve(exit)
+            return exit
         }
 
         var iterator = started.makeAsyncIterator()
@@ -137,26 +135,37 @@ public final class VMMProcess: Sendable {
             throw LaunchError(executable: executable.string, message: "the launch did not report back")
         }
         switch first {
-        case .success(let pid):
-            logger.debug("started VMM process", metadata: ["pid": "\(pid)", "executable": "\(executable)"])
+        case .success(let (pid, pidfd)):
+            logger.debug("started process", metadata: ["pid": "\(pid)", "executable": "\(executable)"])
             return VMMProcess(
-                console: console, standardError: standardError, pid: pid, commands: commands, outcome: outcome, exitState: exitState)
+                console: console, standardError: standardError, pid: pid, input: inputChannel, pidfd: pidfd,
+                outcome: outcome, exitState: exitState)
         case .failure(let error):
             throw error
         }
     }
 
+    deinit {
+        if pidfd >= 0 { close(pidfd) }
+        input.close(promise: nil)
+    }
+
     /// Writes bytes to the process's standard input (the guest's serial input).
     public func write(_ text: String) {
-        commands.yield(.input(Array(text.utf8)))
+        let channel = input
+        channel.eventLoop.execute {
+            channel.writeAndFlush(channel.allocator.buffer(string: text), promise: nil)
+        }
     }
 
     /// Sends a signal through the process's pidfd (no pid-reuse race). A no-op once it is gone.
     public func send(signal: Int32) {
-        commands.yield(.signal(signal))
+        if pidfd >= 0 {
+            _ = cmv_pidfd_send_signal(pidfd, signal)
+        }
     }
 
-    /// Waits until the process has exited and its output is drained.
+    /// Waits until the started process has exited.
     public func exit() async -> VMMExit {
         await outcome.value
     }
@@ -176,6 +185,70 @@ public final class VMMProcess: Sendable {
         if let exit = await exit(within: grace) { return exit }
         send(signal: SIGKILL)
         return await exit()
+    }
+
+    /// Reads a pipe into a console until its last writer closes it.
+    private static func reader(fd: Int32, into console: Console, group: any EventLoopGroup) async throws -> any Channel {
+        let (chunks, continuation) = AsyncStream<[UInt8]>.makeStream()
+        let channel = try await NIOPipeBootstrap(group: group)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(PipeReader(continuation: continuation))
+                }
+            }
+            .takingOwnershipOfDescriptor(input: fd)
+            .get()
+        Task {
+            for await chunk in chunks { await console.append(chunk) }
+            await console.finish()
+        }
+        return channel
+    }
+
+    /// Hands what arrives on a pipe, in order, to the console's feeder.
+    private final class PipeReader: ChannelInboundHandler, Sendable {
+        typealias InboundIn = ByteBuffer
+        let continuation: AsyncStream<[UInt8]>.Continuation
+
+        init(continuation: AsyncStream<[UInt8]>.Continuation) {
+            self.continuation = continuation
+        }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            var buffer = unwrapInboundIn(data)
+            continuation.yield(buffer.readBytes(length: buffer.readableBytes) ?? [])
+        }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            continuation.finish()
+        }
+
+        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+            if case .inputClosed = event as? ChannelEvent {
+                continuation.finish()
+                context.close(promise: nil)
+            }
+        }
+
+        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            continuation.finish()
+            context.close(promise: nil)
+        }
+    }
+
+    /// A pipe whose ends are close-on-exec (the child gets its end through dup2).
+    private struct Pipe {
+        let read: Int32
+        let write: Int32
+
+        init() throws {
+            var fds: [Int32] = [-1, -1]
+            guard cmv_pipe_cloexec(&fds) == 0 else {
+                throw LaunchError(executable: "pipe", message: String(cString: strerror(errno)))
+            }
+            read = fds[0]
+            write = fds[1]
+        }
     }
 }
 

@@ -17,7 +17,7 @@ struct FirecrackerLifecycleTests {
             try? tap.remove()
             #expect(!TapDevice.exists(name: tap.name), "the test's TAP device was left behind")
         }
-        try await EndToEnd.withFirecracker { vm, directory in
+        try await EndToEnd.withFirecracker(logToFile: false) { vm, directory in
             let client = vm.client
             // Firecracker opens (never creates) its log and metrics paths.
             let logPath = directory + "/firecracker.log"

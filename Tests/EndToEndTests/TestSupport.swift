@@ -107,12 +107,21 @@ enum EndToEnd {
     /// Starts an unjailed Firecracker with its socket in a scratch directory and guarantees that
     /// the process, socket and directory are gone when `body` ends, whether it passed or threw.
     @discardableResult
+    ///
+    /// Unless `logToFile` is false (for a test that configures the logger through the API),
+    /// Firecracker logs to `<directory>/firecracker.log`: on stdout its lines would cut console lines.
     static func withFirecracker<T>(
-        arguments: [String] = [],
+        arguments: [String] = [], logToFile: Bool = true,
         _ body: (FirecrackerInstance, String) async throws -> T
     ) async throws -> T {
         let assets = try assets()
         return try await withScratchDirectory { directory in
+            var arguments = arguments
+            if logToFile {
+                let logPath = directory + "/firecracker.log"
+                _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+                arguments += ["--log-path", logPath, "--level", "Info"]
+            }
             let instance = try await FirecrackerInstance.start(
                 firecracker: FilePath(assets.firecracker), socketPath: directory + "/api.sock",
                 arguments: arguments, logger: logger)

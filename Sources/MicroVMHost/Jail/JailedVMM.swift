@@ -212,7 +212,7 @@ public struct JailedVMM: Sendable, Hashable {
     /// Reaps the exited process behind `pidfd` if it is our child; nil otherwise (ECHILD: its
     /// parent is someone else, who must reap it). The pidfd turns readable a moment before the
     /// kernel makes a multi-threaded leader waitable, so "not yet" is retried briefly.
-    static func reap(_ pidfd: Int32, timeout: Duration = .seconds(2)) async -> ProcessTermination? {
+    public static func reap(_ pidfd: Int32, timeout: Duration = .seconds(2)) async -> ProcessTermination? {
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
         while true {
@@ -230,7 +230,7 @@ public struct JailedVMM: Sendable, Hashable {
     }
 
     /// Polls until the process has exited (pidfd readable, or zombie/gone in /proc).
-    static func waitForExit(pidfd: Int32, pid: Int32, timeout: Duration) async -> Bool {
+    public static func waitForExit(pidfd: Int32, pid: Int32, timeout: Duration) async -> Bool {
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
         while true {
