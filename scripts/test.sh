@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 
 bash scripts/provision-test-assets.sh >/dev/null
 swift build --build-tests
-swift test --skip-build "$@"
+# Serially: end-to-end tests measure timing (pause, heartbeats) on a 2-core machine.
+swift test --skip-build --no-parallel "$@"

@@ -55,6 +55,9 @@ struct RealJailerTests {
         // The VMM is reparented to us when the jailer exits, so we can reap it and read its status.
         #expect(cmv_set_child_subreaper() == 0)
         let scratch = ScratchDirectory("real")
+        // A private copy: its link count is this test's alone, whatever else runs meanwhile.
+        let kernel = scratch.file("guest.elf")
+        _ = try HostCommand.run("/bin/cp", [assets.kernel, kernel])
         let base = scratch.file("base")
         mkdir(base, 0o755)
         let parent = uniqueName("microvm-test")
@@ -64,7 +67,7 @@ struct RealJailerTests {
         let limits = ResourceLimits(cpu: CPUQuota(cpus: 0.5), memory: .automatic, pids: 16)
         let guest = GuestResources(memoryMiB: 64, vcpuCount: 1)
         let jail = try Jail(configuration: configuration, id: try VMIdentifier(uniqueName("smoke")))
-        let kernelBefore = try statOf(assets.kernel)
+        let kernelBefore = try statOf(kernel)
 
         try await withCleanup {
             let preflight = SandboxPreflight.check(configuration: configuration, limits: limits)
@@ -83,7 +86,7 @@ struct RealJailerTests {
                     """)
                 let staged = try jail.stage(
                     [
-                        .readOnly(FilePath(assets.kernel), at: "/kernel/guest.elf"),
+                        .readOnly(FilePath(kernel), at: "/kernel/guest.elf"),
                         .readOnly(FilePath(vmConfig), at: "/vm.json"),
                         .emptyFile(at: "/logs/firecracker.log"),
                     ], logger: testLogger)
@@ -122,8 +125,8 @@ struct RealJailerTests {
                     #expect(exists(try jail.apiSocketHostPath().string))
                     let rootStatus = try statOf(root)
                     #expect(rootStatus.st_uid == 123 && rootStatus.st_mode & 0o777 == 0o700, "the jailer re-owns root/")
-                    #expect(try statOf(assets.kernel).st_uid == kernelBefore.st_uid)
-                    #expect(try statOf(assets.kernel).st_mode == kernelBefore.st_mode)
+                    #expect(try statOf(kernel).st_uid == kernelBefore.st_uid)
+                    #expect(try statOf(kernel).st_mode == kernelBefore.st_mode)
                 } else {
                     #expect(await waitForLine("microvm-guest: goodbye", in: console))
                     // The guest resets itself; Firecracker exits 0 and waits for us to reap it.
@@ -145,7 +148,7 @@ struct RealJailerTests {
                 #expect(!exists(jail.layout.jailDirectory.string))
                 for directory in directories { #expect(!exists(directory), "\(directory)") }
                 #expect(Set(report.removedCgroups) == Set(directories))
-                #expect(try statOf(assets.kernel).st_nlink == kernelBefore.st_nlink)
+                #expect(try statOf(kernel).st_nlink == kernelBefore.st_nlink)
             }
         } cleanup: {
             _ = await jail.teardown(logger: testLogger)
