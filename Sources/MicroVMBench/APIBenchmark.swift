@@ -1,0 +1,101 @@
+import ArgumentParser
+import FirecrackerAPI
+import Foundation
+import MicroVM
+import Subprocess
+import SystemPackage
+
+/// Requests per second and latency of the API client on one keep-alive connection against the
+/// real Firecracker, beside `curl --unix-socket` in the same run.
+struct APIBenchmark: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "api", abstract: "GET/PUT /machine-config through the client vs curl.")
+
+    @OptionGroup var assets: AssetOptions
+    @Option(help: "Requests per measured series (client).") var requests = 5_000
+    @Option(help: "Requests per curl series (each is a process start).") var curlRequests = 200
+    @Option(help: "Warm-up requests before each client series.") var warmup = 200
+
+    func run() async throws {
+        let firecracker = try assets.firecrackerPath
+        let directory = NSTemporaryDirectory() + "microvm-bench-api-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let logPath = directory + "/firecracker.log"
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
+        // Firecracker logs every API request at Info; Warning keeps the log out of the measurement.
+        let vm = try await FirecrackerInstance.start(
+            firecracker: FilePath(firecracker), socketPath: directory + "/api.sock",
+            arguments: ["--log-path", logPath, "--level", "Warning"], logger: quietLogger())
+        do {
+            let client = vm.client
+            let config = MachineConfiguration(vcpuCount: 1, memSizeMiB: 128)
+            try await client.putMachineConfiguration(config)
+            print("Firecracker \(try await client.serverVersion()), socket \(vm.socketPath)")
+            print("series                          n   req/s      p50 ms   p99 ms")
+
+            for _ in 0..<warmup { _ = try await client.getMachineConfiguration() }
+            var get = Samples()
+            for _ in 0..<requests {
+                let start = ContinuousClock.now
+                _ = try await client.getMachineConfiguration()
+                get.append(ContinuousClock.now - start)
+            }
+            report("client GET /machine-config", get)
+
+            for _ in 0..<warmup { try await client.putMachineConfiguration(config) }
+            var put = Samples()
+            for _ in 0..<requests {
+                let start = ContinuousClock.now
+                try await client.putMachineConfiguration(config)
+                put.append(ContinuousClock.now - start)
+            }
+            report("client PUT /machine-config", put)
+
+            let body = #"{"vcpu_count":1,"mem_size_mib":128}"#
+            let curlGet = try await curl(vm.socketPath, ["http://localhost/machine-config"])
+            report("curl GET (time_total)", curlGet.exchange, wall: curlGet.wall)
+            let curlPut = try await curl(
+                vm.socketPath,
+                ["-X", "PUT", "-H", "Content-Type: application/json", "-d", body, "http://localhost/machine-config"])
+            report("curl PUT (time_total)", curlPut.exchange, wall: curlPut.wall)
+        } catch {
+            await vm.kill()
+            throw error
+        }
+        await vm.kill()
+    }
+
+    private func report(_ name: String, _ samples: Samples, wall: Samples? = nil) {
+        let rate = Double(samples.values.count) / max(Double(samples.total.components.seconds) + Double(samples.total.components.attoseconds) / 1e18, 1e-9)
+        let line = "\(name.padding(toLength: 28, withPad: " ", startingAt: 0)) \(String(format: "%5d", samples.values.count)) \(String(format: "%8.0f", rate))   \(Samples.milliseconds(samples.percentile(50)).leftPad(7))  \(Samples.milliseconds(samples.percentile(99)).leftPad(7))"
+        print(line)
+        if let wall {
+            print("  (curl process wall time: p50 \(Samples.milliseconds(wall.percentile(50))) ms, p99 \(Samples.milliseconds(wall.percentile(99))) ms)")
+        }
+    }
+
+    /// curl's own `time_total` per request (connect + exchange, no process start), and the wall time.
+    private func curl(_ socket: String, _ arguments: [String]) async throws -> (exchange: Samples, wall: Samples) {
+        var exchange = Samples()
+        var wall = Samples()
+        for _ in 0..<curlRequests {
+            let start = ContinuousClock.now
+            let result = try await Subprocess.run(
+                .name("curl"),
+                arguments: Arguments(["-s", "-o", "/dev/null", "-w", "%{time_total}", "--unix-socket", socket] + arguments),
+                output: .string(limit: 256))
+            wall.append(ContinuousClock.now - start)
+            guard case .exited(0) = result.terminationStatus, let seconds = Double(result.standardOutput)
+            else { throw ValidationError("curl failed: \(result.terminationStatus)") }
+            exchange.append(.nanoseconds(Int64(seconds * 1e9)))
+        }
+        return (exchange, wall)
+    }
+}
+
+extension String {
+    func leftPad(_ width: Int) -> String {
+        count >= width ? self : String(repeating: " ", count: width - count) + self
+    }
+}

@@ -1,0 +1,62 @@
+import ArgumentParser
+import Foundation
+import Logging
+
+@main
+struct BenchCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "microvm-bench",
+        abstract: "Benchmarks against the real Firecracker and jailer; prints figures (see BENCHMARKS.md).",
+        subcommands: [APIBenchmark.self, LaunchBenchmark.self]
+    )
+}
+
+/// Where the benchmarks find their binaries and guest: flags, else the test-asset variables.
+struct AssetOptions: ParsableArguments {
+    @Option(help: "firecracker binary (default: $MICROVM_FIRECRACKER_BIN)")
+    var firecracker: String?
+    @Option(help: "jailer binary (default: $MICROVM_JAILER_BIN)")
+    var jailer: String?
+    @Option(help: "guest kernel (default: $MICROVM_GUEST_KERNEL)")
+    var kernel: String?
+
+    func resolve(_ value: String?, _ variable: String) throws -> String {
+        guard let path = value ?? ProcessInfo.processInfo.environment[variable], FileManager.default.fileExists(atPath: path)
+        else {
+            throw ValidationError("set \(variable) or pass the flag (scripts/provision-test-assets.sh provides it)")
+        }
+        return path
+    }
+
+    var firecrackerPath: String { get throws { try resolve(firecracker, "MICROVM_FIRECRACKER_BIN") } }
+    var jailerPath: String { get throws { try resolve(jailer, "MICROVM_JAILER_BIN") } }
+    var kernelPath: String { get throws { try resolve(kernel, "MICROVM_GUEST_KERNEL") } }
+}
+
+/// Latency samples and their summary.
+struct Samples {
+    var values: [Duration] = []
+
+    mutating func append(_ value: Duration) { values.append(value) }
+
+    func percentile(_ p: Double) -> Duration {
+        guard !values.isEmpty else { return .zero }
+        let sorted = values.sorted()
+        let index = min(sorted.count - 1, max(0, Int((p / 100 * Double(sorted.count)).rounded(.up)) - 1))
+        return sorted[index]
+    }
+
+    var total: Duration { values.reduce(.zero, +) }
+
+    static func milliseconds(_ value: Duration) -> String {
+        let (seconds, attoseconds) = value.components
+        let ms = Double(seconds) * 1000 + Double(attoseconds) / 1e15
+        return String(format: "%.3f", ms)
+    }
+}
+
+func quietLogger() -> Logger {
+    var logger = Logger(label: "microvm.bench")
+    logger.logLevel = .error
+    return logger
+}
