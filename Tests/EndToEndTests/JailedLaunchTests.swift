@@ -135,6 +135,31 @@ struct JailedLaunchTests {
         }
     }
 
+    @Test("A VMM that exits at once is reported with its real exit code, and nothing is left")
+    func exitsAtOnce() async throws {
+        let assets = try EndToEnd.assets()
+        try await EndToEnd.withScratchDirectory { directory in
+            let base = directory + "/jails"
+            try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
+            let configuration = Self.configuration(assets, base: base, parent: "microvm-e2e-\(getpid())-x")
+            let jail = try Jail(configuration: configuration, id: try VMIdentifier("e2e-early-\(getpid())"))
+            let candidates = jail.cgroupHost.everyCandidateDirectory(parent: jail.parentCgroup, id: jail.id)
+            defer { Self.removeParents(of: candidates) }
+            await #expect {
+                try await JailedFirecracker.start(
+                    jail: jail, guest: GuestResources(memoryMiB: 32, vcpuCount: 1),
+                    firecrackerArguments: JailerCommand.firecrackerArguments(extra: ["--no-such-flag"]),
+                    logger: EndToEnd.logger)
+            } throws: { error in
+                // Firecracker's exit code for bad arguments, learned by reaping it as subreaper.
+                guard case .vmmExitedEarly(_, .exited(153)?, _) = error as? JailError else { return false }
+                return true
+            }
+            #expect(!FileManager.default.fileExists(atPath: jail.layout.jailDirectory.string))
+            for directory in candidates { #expect(!FileManager.default.fileExists(atPath: directory), "\(directory)") }
+        }
+    }
+
     @Test("Bad ids are refused before anything touches the disk")
     func badIdentifiers() throws {
         for bad in ["a_b", "../x", "", String(repeating: "a", count: 65), "/"] {
