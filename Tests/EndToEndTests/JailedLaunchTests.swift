@@ -25,6 +25,17 @@ struct JailedLaunchTests {
         }
     }
 
+    /// A jail for one test, with a chroot base and parent cgroup of its own.
+    static func withJail(name: String, _ body: (Jail) async throws -> Void) async throws {
+        let assets = try EndToEnd.assets()
+        try await EndToEnd.withScratchDirectory { directory in
+            let base = directory + "/jails"
+            try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
+            let configuration = configuration(assets, base: base, parent: "microvm-e2e-\(getpid())-\(name)")
+            try await body(try Jail(configuration: configuration, id: try VMIdentifier("e2e-\(name)-\(getpid())")))
+        }
+    }
+
     static func readStatus(_ pid: Int32) -> String {
         (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
     }
@@ -114,12 +125,7 @@ struct JailedLaunchTests {
 
     @Test("A VMM killed from outside is reported, and teardown still leaves nothing")
     func killedFromOutside() async throws {
-        let assets = try EndToEnd.assets()
-        try await EndToEnd.withScratchDirectory { directory in
-            let base = directory + "/jails"
-            try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
-            let configuration = Self.configuration(assets, base: base, parent: "microvm-e2e-\(getpid())-k")
-            let jail = try Jail(configuration: configuration, id: try VMIdentifier("e2e-kill-\(getpid())"))
+        try await Self.withJail(name: "kill") { jail in
             let vm = try await JailedFirecracker.start(
                 jail: jail, limits: .recommended, guest: GuestResources(memoryMiB: 32, vcpuCount: 1),
                 logger: EndToEnd.logger)
@@ -137,12 +143,7 @@ struct JailedLaunchTests {
 
     @Test("A VMM that exits at once is reported with its real exit code, and nothing is left")
     func exitsAtOnce() async throws {
-        let assets = try EndToEnd.assets()
-        try await EndToEnd.withScratchDirectory { directory in
-            let base = directory + "/jails"
-            try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
-            let configuration = Self.configuration(assets, base: base, parent: "microvm-e2e-\(getpid())-x")
-            let jail = try Jail(configuration: configuration, id: try VMIdentifier("e2e-early-\(getpid())"))
+        try await Self.withJail(name: "early") { jail in
             let candidates = jail.cgroupHost.everyCandidateDirectory(parent: jail.parentCgroup, id: jail.id)
             defer { Self.removeParents(of: candidates) }
             await #expect {
