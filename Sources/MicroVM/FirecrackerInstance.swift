@@ -110,8 +110,7 @@ public final class FirecrackerInstance: Sendable {
     @discardableResult
     public func stop(grace: Duration = .seconds(5)) async -> VMMExit {
         do {
-            try await client.perform(
-                APIRequest(method: .put, path: "/actions", body: Array(#"{"action_type":"SendCtrlAltDel"}"#.utf8)))
+            try await client.sendCtrlAltDel()
         } catch {
             logger.debug("SendCtrlAltDel failed; killing", metadata: ["error": "\(error)"])
         }
