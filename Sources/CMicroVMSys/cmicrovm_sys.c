@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -141,4 +142,28 @@ int cmv_has_access_acl(const char *path) {
     if (size >= 0) return 1;
     if (errno == ENODATA || errno == ENOTSUP) return 0;
     return -1;
+}
+
+int cmv_epoll_create(void) {
+    return epoll_create1(EPOLL_CLOEXEC);
+}
+
+int cmv_epoll_add_oneshot(int epfd, int fd, unsigned long long token) {
+    struct epoll_event event;
+    memset(&event, 0, sizeof(event));
+    event.events = EPOLLIN | EPOLLONESHOT;
+    event.data.u64 = token;
+    return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &event);
+}
+
+int cmv_epoll_remove(int epfd, int fd) {
+    return epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL);
+}
+
+int cmv_epoll_wait(int epfd, unsigned long long *tokens, int capacity, int timeout_ms) {
+    struct epoll_event events[64];
+    if (capacity > 64) capacity = 64;
+    int count = epoll_wait(epfd, events, capacity, timeout_ms);
+    for (int i = 0; i < count; i++) tokens[i] = events[i].data.u64;
+    return count;
 }

@@ -1,13 +1,33 @@
-/// The guest's serial console as the host sees it: Firecracker's standard output.
+import DequeModule
+public import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The guest's serial console as the host sees it: Firecracker's standard output, which carries
+/// only what the guest wrote (the driver always sends Firecracker's own log elsewhere).
 ///
-/// Bytes are split into lines as they arrive and kept (up to `capacity` lines, oldest
-/// dropped) so that callers can wait for a line that may already have been printed, which
-/// is how readiness and test assertions avoid races with a fast guest.
+/// Bytes are split into lines as they arrive and the newest are kept, bounded both in lines and
+/// in bytes, so callers can wait for a line that may already have been printed (how readiness
+/// and tests avoid racing a fast guest) and a chatty guest cannot grow the driver without limit.
+/// Optionally every byte also goes, unchanged, to a size-capped rotating file.
 public actor Console {
     /// One console line and its position in the whole output (0 = first line ever printed).
     public struct Line: Sendable, Hashable {
         public let index: Int
         public let text: String
+    }
+
+    /// Bounds of the in-memory ring.
+    public struct Limits: Sendable, Hashable, Codable {
+        public var lines: Int
+        public var bytes: Int
+
+        public init(lines: Int = 10_000, bytes: Int = 1 << 20) {
+            self.lines = max(lines, 1)
+            self.bytes = max(bytes, 1)
+        }
     }
 
     public enum WaitError: Error, Sendable, Hashable, CustomStringConvertible {
@@ -28,14 +48,16 @@ public actor Console {
         }
     }
 
-    public let capacity: Int
-    private var lines: [Line] = []
+    public let limits: Limits
+    private var lines: Deque<Line> = []
+    private var heldBytes = 0
     private var nextIndex = 0
     private var partial: [UInt8] = []
     private var finished = false
     private var waiters: [Int: Waiter] = [:]
     private var subscribers: [Int: AsyncStream<Line>.Continuation] = [:]
     private var nextToken = 0
+    private var file: RotatingFile?
 
     private struct Waiter {
         let after: Int
@@ -43,12 +65,15 @@ public actor Console {
         let continuation: CheckedContinuation<Line?, Never>
     }
 
-    public init(capacity: Int = 10_000) {
-        self.capacity = capacity
+    public init(limits: Limits = Limits(), file: RotatingFile.Configuration? = nil) {
+        self.limits = limits
+        self.file = file.map(RotatingFile.init)
     }
 
-    /// Feeds raw console bytes. A carriage return before a newline is dropped.
-    public func append(_ bytes: some Sequence<UInt8>) {
+    /// Feeds raw console bytes. A carriage return before a newline is dropped from the line (the
+    /// file keeps it).
+    public func append(_ bytes: some Collection<UInt8>) {
+        file?.write(bytes)
         for byte in bytes {
             if byte == UInt8(ascii: "\n") {
                 if partial.last == UInt8(ascii: "\r") { partial.removeLast() }
@@ -56,6 +81,11 @@ public actor Console {
                 partial.removeAll(keepingCapacity: true)
             } else {
                 partial.append(byte)
+                // A line without end must not grow without bound either.
+                if partial.count >= limits.bytes {
+                    emit(String(decoding: partial, as: UTF8.self))
+                    partial.removeAll(keepingCapacity: true)
+                }
             }
         }
     }
@@ -68,6 +98,8 @@ public actor Console {
             partial.removeAll()
         }
         finished = true
+        file?.close()
+        file = nil
         for waiter in waiters.values { waiter.continuation.resume(returning: nil) }
         waiters.removeAll()
         for subscriber in subscribers.values { subscriber.finish() }
@@ -75,14 +107,14 @@ public actor Console {
     }
 
     /// The lines still held, oldest first.
-    public var recentLines: [Line] { lines }
+    public var recentLines: [Line] { Array(lines) }
 
     /// Whether the output has ended.
     public var isFinished: Bool { finished }
 
     /// Lines printed from now on (and, with `replay`, those still held), until the output ends.
     public func subscribe(replay: Bool = false) -> AsyncStream<Line> {
-        let (stream, continuation) = AsyncStream<Line>.makeStream(bufferingPolicy: .bufferingNewest(capacity))
+        let (stream, continuation) = AsyncStream<Line>.makeStream(bufferingPolicy: .bufferingNewest(limits.lines))
         if replay { for line in lines { continuation.yield(line) } }
         if finished {
             continuation.finish()
@@ -124,13 +156,6 @@ public actor Console {
             .timedOut(description: description, lastLines: tail())
     }
 
-    /// Returns once the output has ended (its last writer closed it), or when cancelled.
-    public func untilFinished() async {
-        while !finished && !Task.isCancelled {
-            _ = try? await waitForLine(timeout: .seconds(3600), "(end of output)") { _ in false }
-        }
-    }
-
     /// Waits for a line containing `text`.
     public func waitForLine(
         containing text: String, after: Int = 0, timeout: Duration
@@ -138,11 +163,17 @@ public actor Console {
         try await waitForLine(after: after, timeout: timeout, "containing '\(text)'") { $0.contains(text) }
     }
 
+    /// The index the next line will have: wait for lines `after:` this to ignore older ones.
+    public var nextLineIndex: Int { nextIndex }
+
     private func emit(_ text: String) {
         let line = Line(index: nextIndex, text: text)
         nextIndex += 1
         lines.append(line)
-        if lines.count > capacity { lines.removeFirst(lines.count - capacity) }
+        heldBytes += text.utf8.count
+        while lines.count > limits.lines || (heldBytes > limits.bytes && lines.count > 1) {
+            heldBytes -= lines.removeFirst().text.utf8.count
+        }
         for (token, waiter) in waiters where line.index >= waiter.after && waiter.predicate(text) {
             waiters[token] = nil
             waiter.continuation.resume(returning: line)
@@ -160,5 +191,59 @@ public actor Console {
 
     private func tail() -> [String] {
         lines.suffix(5).map(\.text)
+    }
+}
+
+/// A log file capped in size: when a write would pass `maximumBytes`, `path` becomes `path.1`
+/// (`path.1` becomes `path.2`, ... up to `keep` old files) and a new `path` is started.
+public struct RotatingFile: Sendable {
+    public struct Configuration: Sendable, Hashable, Codable {
+        public var path: FilePath
+        public var maximumBytes: Int
+        public var keep: Int
+
+        public init(path: FilePath, maximumBytes: Int = 8 << 20, keep: Int = 2) {
+            self.path = path
+            self.maximumBytes = max(maximumBytes, 4096)
+            self.keep = max(keep, 0)
+        }
+    }
+
+    public let configuration: Configuration
+    private var fd: Int32
+    private var size: Int
+
+    public init(_ configuration: Configuration) {
+        self.configuration = configuration
+        fd = open(configuration.path.string, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
+        var status = stat()
+        size = fd >= 0 && fstat(fd, &status) == 0 ? Int(status.st_size) : 0
+    }
+
+    mutating func write(_ bytes: some Collection<UInt8>) {
+        guard fd >= 0, !bytes.isEmpty else { return }
+        if size + bytes.count > configuration.maximumBytes, size > 0 { rotate() }
+        let written = Array(bytes).withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        if written > 0 { size += written }
+    }
+
+    mutating func close() {
+        if fd >= 0 { Glibc.close(fd) }
+        fd = -1
+    }
+
+    private mutating func rotate() {
+        let path = configuration.path.string
+        Glibc.close(fd)
+        if configuration.keep == 0 {
+            unlink(path)
+        } else {
+            for generation in stride(from: configuration.keep - 1, through: 1, by: -1) {
+                rename("\(path).\(generation)", "\(path).\(generation + 1)")
+            }
+            rename(path, "\(path).1")
+        }
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o640)
+        size = 0
     }
 }

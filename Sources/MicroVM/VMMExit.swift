@@ -1,12 +1,9 @@
 /// How a Firecracker process ended, with the meaning of its exit code.
-public enum VMMExit: Sendable, Hashable, CustomStringConvertible {
+public enum VMMExit: Sendable, Hashable, Codable, CustomStringConvertible {
     case exited(code: Int32)
     case signaled(signal: Int32)
     /// The process is gone but its status could not be collected (it was not our child).
     case unknown
-
-    /// Whether Firecracker reported a clean stop (the guest reset or shut down).
-    public var isClean: Bool { self == .exited(code: 0) }
 
     /// Firecracker's documented exit codes (src/firecracker/src/main.rs, v1.12).
     public var reason: String {

@@ -17,21 +17,16 @@ struct APIBenchmark: AsyncParsableCommand {
     @Option(help: "Warm-up requests before each client series.") var warmup = 200
 
     func run() async throws {
-        let firecracker = try assets.firecrackerPath
-        let directory = NSTemporaryDirectory() + "microvm-bench-api-\(getpid())"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let logPath = directory + "/firecracker.log"
-        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-        // Firecracker logs every API request at Info; Warning keeps the log out of the measurement.
-        let vm = try await FirecrackerInstance.start(
-            firecracker: FilePath(firecracker), socketPath: directory + "/api.sock",
-            arguments: ["--log-path", logPath, "--level", "Warning"], logger: quietLogger())
+        // A created (configured, not started) VM: pre-boot PUT /machine-config can be repeated.
+        let vm = try await MicroVM.create(
+            VMSpec(id: "bench-api-\(getpid())", machine: .init(vcpus: 1, memoryMiB: 128), boot: .init(kernel: try assets.kernelPath)),
+            configuration: try assets.driverConfiguration(policy: .disabled), logger: quietLogger())
+        let socket = vm.directory.string + "/run/firecracker.socket"
         do {
             let client = vm.client
             let config = MachineConfiguration(vcpuCount: 1, memSizeMiB: 128)
             try await client.putMachineConfiguration(config)
-            print("Firecracker \(try await client.serverVersion()), socket \(vm.socketPath)")
+            print("Firecracker \(try await client.serverVersion()), socket \(socket)")
             print("series                          n   req/s      p50 ms   p99 ms")
 
             for _ in 0..<warmup { _ = try await client.getMachineConfiguration() }
@@ -53,10 +48,10 @@ struct APIBenchmark: AsyncParsableCommand {
             report("client PUT /machine-config", put)
 
             let body = #"{"vcpu_count":1,"mem_size_mib":128}"#
-            let curlGet = try await curl(vm.socketPath, ["http://localhost/machine-config"])
+            let curlGet = try await curl(socket, ["http://localhost/machine-config"])
             report("curl GET (time_total)", curlGet.exchange, wall: curlGet.wall)
             let curlPut = try await curl(
-                vm.socketPath,
+                socket,
                 ["-X", "PUT", "-H", "Content-Type: application/json", "-d", body, "http://localhost/machine-config"])
             report("curl PUT (time_total)", curlPut.exchange, wall: curlPut.wall)
         } catch {

@@ -1,6 +1,9 @@
 import ArgumentParser
 import Foundation
 import Logging
+import MicroVM
+import MicroVMHost
+import SystemPackage
 
 @main
 struct BenchCommand: AsyncParsableCommand {
@@ -31,6 +34,15 @@ struct AssetOptions: ParsableArguments {
     var firecrackerPath: String { get throws { try resolve(firecracker, "MICROVM_FIRECRACKER_BIN") } }
     var jailerPath: String { get throws { try resolve(jailer, "MICROVM_JAILER_BIN") } }
     var kernelPath: String { get throws { try resolve(kernel, "MICROVM_GUEST_KERNEL") } }
+
+    /// The driver's configuration for these binaries, with a chroot base private to this run.
+    func driverConfiguration(policy: SandboxPolicy, chrootBase: String? = nil, uid: UInt32 = 123, gid: UInt32 = 100) throws -> DriverConfiguration {
+        var jailer = JailerConfiguration(
+            jailerBinary: FilePath(try jailerPath), firecrackerBinary: FilePath(try firecrackerPath), uid: uid, gid: gid)
+        if let chrootBase { jailer.chrootBase = FilePath(chrootBase) }
+        jailer.parentCgroup = "microvm-bench-\(getpid())"
+        return DriverConfiguration(jailer: jailer, policy: policy)
+    }
 }
 
 /// Latency samples and their summary.

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import MicroVM
+import MicroVMHost
 import SystemPackage
 import Testing
 
@@ -92,7 +93,7 @@ enum EndToEnd {
 
     static let logger: Logger = {
         var logger = Logger(label: "microvm.e2e")
-        logger.logLevel = ProcessInfo.processInfo.environment["MICROVM_TEST_LOG"] == nil ? .warning : .debug
+        logger.logLevel = ProcessInfo.processInfo.environment["MICROVM_TEST_LOG"] == nil ? .error : .debug
         return logger
     }()
 
@@ -104,40 +105,108 @@ enum EndToEnd {
         return try await body(path)
     }
 
-    /// Starts an unjailed Firecracker with its socket in a scratch directory and guarantees that
-    /// the process, socket and directory are gone when `body` ends, whether it passed or threw.
-    @discardableResult
-    ///
-    /// Unless `logToFile` is false (for a test that configures the logger through the API),
-    /// Firecracker logs to `<directory>/firecracker.log`: on stdout its lines would cut console lines.
-    static func withFirecracker<T>(
-        arguments: [String] = [], logToFile: Bool = true,
-        _ body: (FirecrackerInstance, String) async throws -> T
-    ) async throws -> T {
-        let assets = try assets()
-        return try await withScratchDirectory { directory in
-            var arguments = arguments
-            if logToFile {
-                let logPath = directory + "/firecracker.log"
-                _ = FileManager.default.createFile(atPath: logPath, contents: nil)
-                arguments += ["--log-path", logPath, "--level", "Info"]
-            }
-            let instance = try await FirecrackerInstance.start(
-                firecracker: FilePath(assets.firecracker), socketPath: directory + "/api.sock",
-                arguments: arguments, logger: logger)
-            do {
-                let result = try await body(instance, directory)
-                await instance.kill()
-                return result
-            } catch {
-                await instance.kill()
-                throw error
-            }
-        }
-    }
-
     /// A TAP device name unique to this test process, within the 15-byte limit.
     static func tapName(_ suffix: String) -> String {
         "mvmt\(getpid() % 100_000)\(suffix)"
+    }
+}
+
+extension EndToEnd {
+    static let uid: UInt32 = 123
+    static let gid: UInt32 = 100
+    static let heartbeatArgs = ["console=ttyS0", "microvm.heartbeat_ms=100"]
+
+    /// The test guest as a spec.
+    static func spec(_ assets: TestAssets, id: String, args: [String] = heartbeatArgs, memoryMiB: Int = 64) -> VMSpec {
+        VMSpec(id: id, machine: .init(vcpus: 1, memoryMiB: memoryMiB), boot: .init(kernel: assets.kernel, args: args))
+    }
+
+    /// A driver whose chroot base (under `directory`) and parent cgroup belong to one test.
+    static func configuration(
+        _ assets: TestAssets, policy: SandboxPolicy, base: String, parent: String, jailer: String? = nil, firecracker: String? = nil
+    ) -> DriverConfiguration {
+        DriverConfiguration(
+            jailer: JailerConfiguration(
+                jailerBinary: FilePath(jailer ?? assets.jailer), firecrackerBinary: FilePath(firecracker ?? assets.firecracker),
+                uid: uid, gid: gid, chrootBase: FilePath(base), parentCgroup: parent),
+            policy: policy)
+    }
+
+    /// Runs `body` with a driver for `policy` whose jails and cgroups belong to this test alone,
+    /// then checks, whether `body` passed or threw, that nothing is left: no jail or VM
+    /// directory, no cgroup, no pidfd, no child process. A leak is a test failure.
+    static func withDriver<T>(
+        _ policy: SandboxPolicy, name: String,
+        _ body: (DriverConfiguration, TestAssets, String) async throws -> T
+    ) async throws -> T {
+        let assets = try assets()
+        return try await withScratchDirectory { directory in
+            let base = directory + "/jails"
+            try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
+            let parent = "microvm-e2e-\(getpid())-\(name)"
+            let configuration = configuration(assets, policy: policy, base: base, parent: parent)
+            let pidfdsBefore = pidfdCount()
+            defer {
+                let jails = (try? FileManager.default.subpathsOfDirectory(atPath: base))?.filter { $0.split(separator: "/").count >= 2 } ?? []
+                #expect(jails.isEmpty, "VM directories left behind: \(jails)")
+                for hierarchy in cgroupHierarchies {
+                    let parentDirectory = hierarchy + "/" + parent
+                    let children = ((try? FileManager.default.contentsOfDirectory(atPath: parentDirectory)) ?? []).filter { name in
+                        var isDirectory: ObjCBool = false
+                        return FileManager.default.fileExists(atPath: parentDirectory + "/" + name, isDirectory: &isDirectory) && isDirectory.boolValue
+                    }
+                    #expect(children.isEmpty, "cgroups left behind in \(parentDirectory): \(children)")
+                    rmdir(parentDirectory)
+                }
+                #expect(pidfdCount() <= pidfdsBefore, "pidfds left open: \(pidfdCount()) after, \(pidfdsBefore) before")
+                let children = liveChildren()
+                #expect(children.isEmpty, "child processes left running: \(children)")
+            }
+            return try await body(configuration, assets, directory)
+        }
+    }
+
+    /// Kills `vm` if `body` throws (the VM's own teardown then removes everything).
+    static func using<T>(_ vm: MicroVM, _ body: (MicroVM) async throws -> T) async throws -> T {
+        do {
+            return try await body(vm)
+        } catch {
+            await vm.kill()
+            throw error
+        }
+    }
+
+    static var cgroupHierarchies: [String] {
+        ["cpu", "cpuacct", "cpuset", "memory", "pids", "unified"].map { "/sys/fs/cgroup/" + $0 } + ["/sys/fs/cgroup"]
+    }
+
+    /// Open pidfds of this process.
+    static func pidfdCount() -> Int {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+        return entries.filter { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/" + $0)) == "anon_inode:[pidfd]" }.count
+    }
+
+    /// Open descriptors of this process.
+    static func descriptorCount() -> Int {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).count
+    }
+
+    /// Children of this process that are still running (not zombies).
+    static func liveChildren() -> [String] {
+        let me = getpid()
+        return ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { entry -> String? in
+            guard Int32(entry) != nil, let status = try? String(contentsOfFile: "/proc/\(entry)/status", encoding: .utf8) else { return nil }
+            let fields = Dictionary(status.split(separator: "\n").compactMap { line -> (String, String)? in
+                let parts = line.split(separator: ":", maxSplits: 1)
+                return parts.count == 2 ? (String(parts[0]), parts[1].trimmingCharacters(in: .whitespaces)) : nil
+            }, uniquingKeysWith: { first, _ in first })
+            guard fields["PPid"] == "\(me)", fields["State"]?.hasPrefix("Z") == false else { return nil }
+            return "\(entry) \(fields["Name"] ?? "?")"
+        }
+    }
+
+    /// True for a line Firecracker's logger would write (`<RFC 3339 time> [<instance>:...]`).
+    static func looksLikeFirecrackerLog(_ line: String) -> Bool {
+        line.range(of: #"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+ \["#, options: .regularExpression) != nil
     }
 }

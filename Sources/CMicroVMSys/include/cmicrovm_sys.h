@@ -52,4 +52,19 @@ int cmv_pidfd_reap(int pidfd, int nohang, int *exited, int *value);
  * Returns 1 or 0; -1/errno on other errors. */
 int cmv_has_access_acl(const char *path);
 
+/* --- Process supervision (MicroVM) --- */
+
+/* epoll_create1(EPOLL_CLOEXEC). Returns the epoll fd. */
+int cmv_epoll_create(void);
+
+/* Adds `fd` to `epfd` for readability, one-shot, with `token` as its user data. Returns 0. */
+int cmv_epoll_add_oneshot(int epfd, int fd, unsigned long long token);
+
+/* Removes `fd` from `epfd`. Returns 0. */
+int cmv_epoll_remove(int epfd, int fd);
+
+/* epoll_wait into an array of tokens (struct epoll_event is packed on x86_64, which Swift cannot
+ * lay out). Returns the number of tokens written. */
+int cmv_epoll_wait(int epfd, unsigned long long *tokens, int capacity, int timeout_ms);
+
 #endif

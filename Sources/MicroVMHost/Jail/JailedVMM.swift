@@ -113,16 +113,19 @@ public struct JailedVMM: Sendable, Hashable {
         return processState(pid) == nil ? .gone : .foreign
     }
 
-    /// Every live process whose root directory is this jail's root: the VMM even when its pid
-    /// file is missing or wrong, and a jailer child caught between clone and exec.
+    /// Every live process whose root directory or working directory is this jail's root: the
+    /// VMM even when its pid file is missing or wrong, a jailer child caught between clone and
+    /// exec, and an unjailed VMM, which runs with the VM's directory as working directory.
     public static func processesInJail(layout: JailLayout) -> [Int32] {
         guard let root = try? JailFileSystem.statPath(layout.rootDirectory.string),
             let entries = JailFileSystem.directoryEntries("/proc")
         else { return [] }
         let jailRoot = FileIdentity(root)
         return entries.compactMap { Int32($0) }.filter { pid in
-            guard let processRoot = try? JailFileSystem.statPath("/proc/\(pid)/root") else { return false }
-            guard FileIdentity(processRoot) == jailRoot, let state = processState(pid) else { return false }
+            let inside = ["root", "cwd"].contains { link in
+                (try? JailFileSystem.statPath("/proc/\(pid)/\(link)")).map(FileIdentity.init) == jailRoot
+            }
+            guard inside, let state = processState(pid) else { return false }
             return state != "Z" && state != "X"
         }.sorted()
     }

@@ -231,7 +231,7 @@ public struct JailerConfiguration: Sendable, Hashable {
 
     /// The jailer refuses absolute parents and `.`/`..`; empty components would name a different
     /// directory than the one teardown looks for.
-    static func parentCgroupProblem(_ parent: String) -> String? {
+    public static func parentCgroupProblem(_ parent: String) -> String? {
         if parent.hasPrefix("/") { return "an absolute path" }
         if parent.contains("\0") || parent.contains("\n") { return "contains a NUL or newline" }
         let components = parent.split(separator: "/", omittingEmptySubsequences: false)

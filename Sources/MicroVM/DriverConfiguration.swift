@@ -1,0 +1,65 @@
+import Logging
+public import MicroVMHost
+import SystemPackage
+import Synchronization
+
+/// What the driver needs from the host, shared by every VM it runs: where Firecracker and the
+/// jailer are, the default jail settings and sandbox policy. A VM's spec can override the jail
+/// settings and the policy for itself.
+public struct DriverConfiguration: Sendable, Hashable {
+    /// Binaries, VM user, chroot base, cgroup parent, namespaces.
+    public var jailer: JailerConfiguration
+    /// Applied when a spec names none.
+    public var policy: SandboxPolicy
+    /// How long a new Firecracker has to answer its API.
+    public var readinessTimeout: Duration
+
+    public init(jailer: JailerConfiguration, policy: SandboxPolicy = .required, readinessTimeout: Duration = .seconds(5)) {
+        self.jailer = jailer
+        self.policy = policy
+        self.readinessTimeout = readinessTimeout
+    }
+
+    /// From `MICROVM_FIRECRACKER_BIN`, `MICROVM_JAILER_*` and `MICROVM_SANDBOX_POLICY`; a value
+    /// that cannot be used is an error naming the variable.
+    public init(environment: [String: String]) throws(JailError) {
+        self.init(jailer: try JailerConfiguration(environment: environment), policy: try SandboxPolicy(environment: environment))
+    }
+
+    /// The jailer configuration for `spec`: the driver's, with the spec's overrides.
+    func jailerConfiguration(for spec: VMSpec) -> JailerConfiguration {
+        var configuration = jailer
+        guard let overrides = spec.jail else { return configuration }
+        if let uid = overrides.uid { configuration.uid = uid }
+        if let gid = overrides.gid { configuration.gid = gid }
+        if let base = overrides.chrootBase { configuration.chrootBase = FilePath(base) }
+        if let parent = overrides.parentCgroup { configuration.parentCgroup = parent }
+        if let newPID = overrides.newPidNamespace { configuration.newPIDNamespace = newPID }
+        if let netns = overrides.netns { configuration.networkNamespace = FilePath(netns) }
+        return configuration
+    }
+}
+
+/// Sandbox preflight results that found nothing wrong, kept per configuration and limits: the
+/// check runs `jailer --version` and reads cgroup files, which a fleet launching many VMs with
+/// one configuration should not repeat for each. A failed check is never cached.
+enum PreflightCache {
+    private struct Key: Hashable {
+        let configuration: JailerConfiguration
+        let controllers: Set<String>
+    }
+
+    private static let passed = Mutex<Set<Key>>([])
+
+    static func decide(
+        policy: SandboxPolicy, configuration: JailerConfiguration, limits: ResourceLimits, logger: Logger
+    ) throws(JailError) -> SandboxDecision {
+        let key = Key(configuration: configuration, controllers: limits.requiredControllers(numaNode: configuration.numaNode))
+        if policy != .disabled, passed.withLock({ $0.contains(key) }) {
+            return .jailed(PreflightReport(problems: []))
+        }
+        let decision = try policy.evaluate(configuration: configuration, limits: limits, logger: logger)
+        if decision.isSandboxed { _ = passed.withLock { $0.insert(key) } }
+        return decision
+    }
+}

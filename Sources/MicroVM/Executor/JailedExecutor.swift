@@ -1,0 +1,128 @@
+import CMicroVMSys
+import FirecrackerAPI
+import Logging
+import MicroVMHost
+import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Firecracker started through the official jailer: chroot, uid/gid drop, cgroup limits, new
+/// PID namespace, seccomp left on.
+///
+/// The jailer is only the launcher: with `--new-pid-ns` it exits right after cloning, and the
+/// VMM, whose pid comes from the jail's pid file, is the process supervised. The driver makes
+/// itself a child subreaper so the orphaned VMM is re-parented to it: the only way to learn its
+/// real exit status and to reap it promptly, which its cgroups need before they can be removed.
+struct JailedExecutor: VMMExecutor {
+    let jail: Jail
+    let limits: ResourceLimits
+    var isSandboxed: Bool { true }
+
+    /// Makes this process the reaper of orphaned descendants, once. The errno on failure.
+    static let becomeSubreaper: Int32 = cmv_set_child_subreaper() == 0 ? 0 : errno
+
+    func vmmPath(_ path: FilePath) -> String {
+        path.string
+    }
+
+    func prepare(staging: [StagingRequest], logger: Logger) async throws(JailError) -> [StagedFile] {
+        try await jail.prepare(logger: logger)
+        do throws(JailError) {
+            return try jail.stage(staging, logger: logger)
+        } catch {
+            _ = await jail.teardown(logger: logger)
+            throw error
+        }
+    }
+
+    func launch(
+        arguments: [String], guest: GuestResources, streams: VMMStreams, logger: Logger
+    ) async throws(MicroVMError) -> (SupervisedProcess, JailerCommand?) {
+        let id = jail.id.rawValue
+        if Self.becomeSubreaper != 0 {
+            logger.warning(
+                "could not become a child subreaper; the VMM's exit status will be unknown",
+                metadata: ["errno": "\(Self.becomeSubreaper)"])
+        }
+        let command: JailerCommand
+        do {
+            command = try jail.command(
+                limits: limits, guest: guest,
+                firecrackerArguments: ["--api-sock", JailLayout.defaultAPISocket.string] + arguments)
+        } catch {
+            streams.closeChildEnds()
+            throw .sandbox(id: id, error)
+        }
+        logger.debug("launching jailer", metadata: ["command": "\(command)"])
+        let launcher: ProcessLauncher.Spawned
+        do {
+            launcher = try await ProcessLauncher.spawn(
+                executable: command.executable, arguments: command.arguments, workingDirectory: nil,
+                standardInput: streams.childInput, standardOutput: streams.childOutput, standardError: streams.childError)
+        } catch {
+            throw .sandbox(id: id, .jailerMissing(path: command.executable.string, reason: error.message))
+        }
+        close(launcher.pidfd)  // the jailer is reaped by swift-subprocess; only the VMM is signalled
+        let pid = try await waitForVMM(launcher: launcher, streams: streams)
+        let pidfd = cmv_pidfd_open(pid)
+        if pidfd < 0 {
+            throw .sandbox(
+                id: id,
+                .vmmExitedEarly(id: id, termination: nil, detail: "pid \(pid) was gone at once; stderr: \(await streams.standardError.recentLines.suffix(5).map(\.text))"))
+        }
+        logger.debug("jailed VMM started", metadata: ["pid": "\(pid)"])
+        return (SupervisedProcess(pid: pid, pidfd: pidfd, reaper: .pidfd), command)
+    }
+
+    /// Waits for the pid file, or for the jailer to fail first (then its stderr says why).
+    private func waitForVMM(launcher: ProcessLauncher.Spawned, streams: VMMStreams) async throws(MicroVMError) -> Int32 {
+        enum Event: Sendable {
+            case vmm(Result<JailedVMM, JailError>)
+            case launcherEnded(VMMExit)
+        }
+        let jail = self.jail
+        let result: Result<Int32, JailError> = await withTaskGroup(of: Event.self) { group in
+            group.addTask {
+                do throws(JailError) {
+                    return .vmm(.success(try await jail.waitForVMM()))
+                } catch {
+                    return .vmm(.failure(error))
+                }
+            }
+            group.addTask { .launcherEnded(await launcher.termination.value) }
+            defer { group.cancelAll() }
+            while let event = await group.next() {
+                switch event {
+                case .vmm(let result):
+                    return result.map(\.pid)
+                case .launcherEnded(let exit) where exit != .exited(code: 0):
+                    // The pid file may still have been written (the failure came after the clone).
+                    if let pid = try? JailedVMM.readPIDFile(layout: jail.layout) {
+                        return .success(pid)
+                    }
+                    let stderr = await streams.standardError.recentLines.map(\.text).joined(separator: "\n")
+                    let termination: ProcessTermination =
+                        switch exit {
+                        case .exited(let code): .exited(code)
+                        case .signaled(let signal): .signaled(signal)
+                        case .unknown: .exited(-1)
+                        }
+                    return .failure(
+                        JailerFailure.classify(
+                            id: jail.id.rawValue, termination: termination, standardError: stderr,
+                            configuration: jail.configuration))
+                case .launcherEnded:
+                    continue  // exited 0 (it cloned the VMM and left): the pid file decides
+                }
+            }
+            return .failure(.pidFileTimeout(id: jail.id.rawValue, path: jail.layout.pidFile.string, waitedMilliseconds: 0))
+        }
+        do {
+            return try result.get()
+        } catch {
+            throw .sandbox(id: jail.id.rawValue, error)
+        }
+    }
+}

@@ -1,0 +1,93 @@
+import FirecrackerAPI
+import Logging
+import MicroVMHost
+import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// How a VMM is started and what it sees: the seam between the VM handle and the sandbox.
+///
+/// Both executors use the same directory for the VM (`<chroot base>/<exec name>/<id>/root`) and
+/// the same paths inside it; they differ in how Firecracker is started and how it names those
+/// paths. The sandbox policy picks one; nothing else in the driver asks whether a VM is jailed.
+protocol VMMExecutor: Sendable {
+    var isSandboxed: Bool { get }
+    /// The VM's directory layout (jail or not) and its teardown.
+    var jail: Jail { get }
+    /// What Firecracker must be told for the file at `path` under the VM's root.
+    func vmmPath(_ path: FilePath) -> String
+    /// Removes a stale directory of the same id (refusing a live one) and stages the files.
+    func prepare(staging: [StagingRequest], logger: Logger) async throws(JailError) -> [StagedFile]
+    /// Starts Firecracker with `arguments` (paths already translated) on `streams`; the jailer
+    /// command when there was one.
+    func launch(
+        arguments: [String], guest: GuestResources, streams: VMMStreams, logger: Logger
+    ) async throws(MicroVMError) -> (SupervisedProcess, JailerCommand?)
+}
+
+extension VMMExecutor {
+    /// The host path of the API socket (the same place for both executors).
+    var apiSocketHostPath: FilePath { jail.layout.apiSocketHostPath }
+
+    /// The host path of a path under the VM's root.
+    func hostPath(_ path: FilePath) -> FilePath {
+        jail.layout.rootDirectory.pushing(path.removingRoot())
+    }
+
+    /// Removes the VM's directory and cgroups. The process must be gone already (the VM handle
+    /// kills and reaps it first); pids found in the jail are stopped anyway.
+    func cleanup(logger: Logger) async -> TeardownReport {
+        await jail.teardown(logger: logger)
+    }
+}
+
+/// Firecracker started directly, as this process's user, with no chroot, cgroups or namespaces
+/// (sandbox policy `disabled`, or `preferred` on a host without a usable jailer).
+///
+/// It runs with the VM's root as working directory and is given relative paths, so what it
+/// records (in a snapshot, for instance) does not name this VM's directory and a restore into a
+/// VM of another id finds its files, just as a jailed VMM's in-jail paths do.
+struct DirectExecutor: VMMExecutor {
+    let jail: Jail
+    var isSandboxed: Bool { false }
+
+    func vmmPath(_ path: FilePath) -> String {
+        path.removingRoot().string
+    }
+
+    func prepare(staging: [StagingRequest], logger: Logger) async throws(JailError) -> [StagedFile] {
+        try await jail.prepare(logger: logger)
+        do throws(JailError) {
+            // The jailer would make run/ for the socket; without it the directory is ours to make.
+            let staged = try JailStager(layout: jail.layout, uid: getuid(), gid: getgid(), logger: logger)
+                .stage(staging)
+            let run = hostPath(JailLayout.defaultAPISocket.removingLastComponent()).string
+            if mkdir(run, 0o700) != 0 && errno != EEXIST {
+                throw JailError.system(id: jail.id.rawValue, SystemCallError(call: "mkdir", subject: run, errno: errno))
+            }
+            return staged
+        } catch {
+            _ = await jail.teardown(logger: logger)
+            throw error
+        }
+    }
+
+    func launch(
+        arguments: [String], guest: GuestResources, streams: VMMStreams, logger: Logger
+    ) async throws(MicroVMError) -> (SupervisedProcess, JailerCommand?) {
+        let binary = jail.configuration.firecrackerBinary
+        do {
+            let spawned = try await ProcessLauncher.spawn(
+                executable: binary,
+                arguments: ["--api-sock", vmmPath(JailLayout.defaultAPISocket)] + arguments,
+                workingDirectory: jail.layout.rootDirectory,
+                standardInput: streams.childInput, standardOutput: streams.childOutput, standardError: streams.childError)
+            logger.debug("started Firecracker (unjailed)", metadata: ["pid": "\(spawned.pid)"])
+            return (SupervisedProcess(pid: spawned.pid, pidfd: spawned.pidfd, reaper: .launcher(spawned.termination)), nil)
+        } catch {
+            throw .sandbox(id: jail.id.rawValue, .firecrackerMissing(path: binary.string, reason: error.message))
+        }
+    }
+}

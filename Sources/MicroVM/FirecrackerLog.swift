@@ -1,0 +1,123 @@
+import DequeModule
+import FirecrackerAPI
+public import Logging
+
+/// Firecracker's own log, read from the FIFO the driver gives it (never its stdout, which is the
+/// guest's console), re-emitted through swift-log with the VM id as metadata and Firecracker's
+/// level mapped, and kept (the newest lines) to explain how the VMM ended.
+public actor FirecrackerLog {
+    /// One parsed line: `<timestamp> [<instance>:<thread>:<LEVEL>] <message>`.
+    public struct Line: Sendable, Hashable {
+        public let timestamp: String
+        public let thread: String
+        public let level: Logger.Level
+        public let message: String
+        /// The line as Firecracker wrote it.
+        public let raw: String
+    }
+
+    private var lines: Deque<Line> = []
+    private let capacity: Int
+    private var partial: [UInt8] = []
+    private let logger: Logger
+    private let forwardLevel: Logger.Level
+    private let ended = ExitState<Bool>()
+
+    /// Lines at `forwardLevel` or above are re-emitted to `logger` (with source "firecracker").
+    public init(logger: Logger, forwardLevel: Logger.Level = .info, capacity: Int = 500) {
+        self.logger = logger
+        self.forwardLevel = forwardLevel
+        self.capacity = max(capacity, 16)
+    }
+
+    public func append(_ bytes: some Collection<UInt8>) {
+        for byte in bytes {
+            if byte == UInt8(ascii: "\n") {
+                take(String(decoding: partial, as: UTF8.self))
+                partial.removeAll(keepingCapacity: true)
+            } else if partial.count < 64 * 1024 {
+                partial.append(byte)
+            }
+        }
+    }
+
+    /// The writer is gone (the VMM exited and the pipe drained).
+    public func finish() async {
+        if !partial.isEmpty {
+            take(String(decoding: partial, as: UTF8.self))
+            partial.removeAll()
+        }
+        await ended.resolve(true)
+    }
+
+    /// Waits until the log has ended, at most `timeout`.
+    func waitUntilFinished(timeout: Duration) async {
+        _ = await ended.wait(timeout: timeout)
+    }
+
+    /// The newest lines, oldest first.
+    public var recentLines: [Line] { Array(lines) }
+
+    /// The line the driver writes behind Firecracker's last one once the VMM has exited.
+    static let endOfLog = "\u{1}microvm: end of Firecracker's log\u{1}"
+
+    private func take(_ text: String) {
+        guard !text.isEmpty else { return }
+        if text == Self.endOfLog {
+            Task { await self.finish() }
+            return
+        }
+        let line = Self.parse(text)
+        lines.append(line)
+        if lines.count > capacity { lines.removeFirst() }
+        if line.level >= forwardLevel {
+            logger.log(
+                level: line.level, "\(line.message)", metadata: ["firecracker_thread": "\(line.thread)"],
+                source: "firecracker")
+        }
+    }
+
+    /// Parses a line written with `--show-level`; anything else is kept whole at level info.
+    static func parse(_ text: String) -> Line {
+        guard let open = text.firstIndex(of: "["), let close = text[open...].firstIndex(of: "]") else {
+            return Line(timestamp: "", thread: "", level: .info, message: text, raw: text)
+        }
+        let timestamp = text[..<open].trimmingCharacters(in: " ")
+        let fields = text[text.index(after: open)..<close].split(separator: ":", omittingEmptySubsequences: false)
+        let message = text[text.index(after: close)...].trimmingCharacters(in: " ")
+        let level: Logger.Level
+        switch fields.count >= 3 ? fields[2].uppercased() : "" {
+        case "ERROR": level = .error
+        case "WARN": level = .warning
+        case "DEBUG": level = .debug
+        case "TRACE": level = .trace
+        default: level = .info
+        }
+        return Line(
+            timestamp: timestamp, thread: fields.count >= 2 ? String(fields[1]) : "", level: level,
+            message: message, raw: text)
+    }
+}
+
+extension LogLevel {
+    /// Firecracker's level as swift-log's.
+    var swiftLogLevel: Logger.Level {
+        switch self {
+        case .off: .critical
+        case .error: .error
+        case .warning: .warning
+        case .info: .info
+        case .debug: .debug
+        case .trace: .trace
+        }
+    }
+}
+
+extension StringProtocol {
+    func trimmingCharacters(in set: Character) -> String {
+        var slice = Substring(self)
+        while slice.first == set { slice.removeFirst() }
+        while slice.last == set { slice.removeLast() }
+        return String(slice)
+    }
+}

@@ -1,0 +1,610 @@
+public import FirecrackerAPI
+import Foundation
+import Synchronization
+public import Logging
+public import MicroVMHost
+public import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// One microVM from create to destroy: the handle an operator embeds.
+///
+/// It owns everything the VM has on the host (Firecracker's process, the jail or VM directory
+/// with its staged files, the cgroups, the console pipes, Firecracker's log FIFO, the API
+/// connection) and releases all of it at once when the VMM ends, however it ends; what stays
+/// is in memory (state, exit reason, the console's and the log's last lines).
+///
+/// Every operation checks ``state`` first (``VMOperation``), so an illegal one fails locally
+/// with the state named. The VM is jailed or not as its sandbox policy decides; nothing but the
+/// executor chosen at create time knows which.
+public actor MicroVM {
+    public nonisolated let id: VMIdentifier
+    public nonisolated let spec: VMSpec
+    /// The guest's serial console: only what the guest wrote.
+    public nonisolated let console: Console
+    /// Firecracker's own log (also re-emitted through the logger given at create).
+    public nonisolated let firecrackerLog: FirecrackerLog
+    /// The API client, for anything the handle does not cover. Paths it sends are Firecracker's
+    /// view: use ``vmmPath(_:)``.
+    public nonisolated let client: FirecrackerClient
+    /// Whether the VMM runs inside the jailer's sandbox.
+    public nonisolated let isSandboxed: Bool
+    /// Why the VM runs the way it does (for an unjailed VM under `preferred`: what was missing).
+    public nonisolated let sandboxDecision: SandboxDecision
+    /// Firecracker's pid (in this process's PID namespace).
+    public nonisolated let pid: Int32
+    /// Firecracker's start time (`/proc/PID/stat`), which with the pid identifies it.
+    public nonisolated let processStartTime: UInt64?
+    /// The VM's directory on the host (the jail's `root/`).
+    public nonisolated let directory: FilePath
+    /// How the jailer was run (its cgroup settings among it); nil for an unjailed VM.
+    public nonisolated let jailerCommand: JailerCommand?
+    /// The VM's jail layout (the same directories for an unjailed VM).
+    public nonisolated var layout: JailLayout { executor.jail.layout }
+    /// The cgroup directories the jailer made for this VM (removed when it ends).
+    public nonisolated var cgroupDirectories: [String] {
+        jailerCommand?.cgroupDirectories(on: executor.jail.cgroupHost) ?? []
+    }
+
+    public private(set) var state: VMState
+
+    private let executor: any VMMExecutor
+    private let process: SupervisedProcess
+    private let streams: VMMStreams
+    private let logger: Logger
+    private let ended = ExitState<ExitReason>()
+    private var killRequested = false
+    private var teardownReport: TeardownReport?
+
+    private init(
+        spec: VMSpec, id: VMIdentifier, executor: any VMMExecutor, decision: SandboxDecision, process: SupervisedProcess,
+        command: JailerCommand?, streams: VMMStreams, client: FirecrackerClient, state: VMState, logger: Logger
+    ) {
+        self.jailerCommand = command
+        self.spec = spec
+        self.id = id
+        self.executor = executor
+        self.isSandboxed = executor.isSandboxed
+        self.sandboxDecision = decision
+        self.process = process
+        self.pid = process.pid
+        self.processStartTime = process.startTime
+        self.streams = streams
+        self.console = streams.console
+        self.firecrackerLog = streams.log
+        self.client = client
+        self.directory = executor.jail.layout.rootDirectory
+        self.state = state
+        self.logger = logger
+    }
+
+    // MARK: Creating
+
+    /// Validates `spec`, stages its files, starts Firecracker (jailed or not, as the policy
+    /// decides) and configures it through the API, leaving the guest not yet started
+    /// (``VMState/created``). A failure at any step removes everything done so far and names
+    /// the step.
+    public static func create(
+        _ spec: VMSpec, configuration: DriverConfiguration, logger: Logger = Logger(label: "microvm")
+    ) async throws(MicroVMError) -> MicroVM {
+        try await launch(spec, configuration: configuration, mode: .configureThroughAPI, logger: logger)
+    }
+
+    /// Creates and starts in one step, booting from a `--config-file` (no API round trips before
+    /// the guest runs; the API socket is up as for ``create(_:configuration:logger:)``).
+    public static func run(
+        _ spec: VMSpec, configuration: DriverConfiguration, logger: Logger = Logger(label: "microvm")
+    ) async throws(MicroVMError) -> MicroVM {
+        try await launch(spec, configuration: configuration, mode: .bootFromConfigFile, logger: logger)
+    }
+
+    /// Restores `snapshot` into a new VM (new id, new jail): its files are linked or copied in,
+    /// writable drives come from the snapshot's copies, network interfaces can be pointed at
+    /// other TAP devices. The guest carries on where it was (paused unless `resume`).
+    public static func restore(
+        _ snapshot: Snapshot, id: String, resume: Bool = true, networkOverrides: [String: String] = [:],
+        configuration: DriverConfiguration, logger: Logger = Logger(label: "microvm")
+    ) async throws(MicroVMError) -> MicroVM {
+        var spec = snapshot.spec
+        spec.id = id
+        for index in spec.networkInterfaces.indices {
+            if let tap = networkOverrides[spec.networkInterfaces[index].id] { spec.networkInterfaces[index].tap = tap }
+        }
+        if let unknown = networkOverrides.keys.first(where: { name in !spec.networkInterfaces.contains { $0.id == name } }) {
+            throw .invalidSpec(id: id, problems: [SpecProblem(field: "network_overrides.\(unknown)", message: "the snapshot has no interface '\(unknown)'")])
+        }
+        return try await launch(spec, configuration: configuration, mode: .restore(snapshot, resume: resume), logger: logger)
+    }
+
+    enum LaunchMode: Sendable {
+        case configureThroughAPI
+        case bootFromConfigFile
+        case restore(Snapshot, resume: Bool)
+    }
+
+    private static func launch(
+        _ spec: VMSpec, configuration: DriverConfiguration, mode: LaunchMode, logger: Logger
+    ) async throws(MicroVMError) -> MicroVM {
+        var logger = logger
+        logger[metadataKey: "vm"] = "\(spec.id)"
+        // 1. Validate: nothing on the host is touched before the spec is known to be usable.
+        var problems = spec.validate()
+        if case .restore(let snapshot, _) = mode {
+            // A restore boots no kernel: it may be gone since the snapshot.
+            problems.removeAll { $0.field.hasPrefix("boot.") }
+            problems += snapshot.missingFiles()
+        }
+        if !problems.isEmpty { throw .invalidSpec(id: spec.id, problems: problems) }
+        let id: VMIdentifier
+        let jail: Jail
+        let decision: SandboxDecision
+        let limits = spec.limits?.resourceLimits ?? .recommended
+        let jailerConfiguration = configuration.jailerConfiguration(for: spec)
+        do {
+            id = try VMIdentifier(spec.id)
+            jail = try Jail(configuration: jailerConfiguration, id: id)
+            decision = try PreflightCache.decide(
+                policy: spec.sandbox ?? configuration.policy, configuration: jailerConfiguration, limits: limits, logger: logger)
+        } catch {
+            throw .sandbox(id: spec.id, error)
+        }
+        let executor: any VMMExecutor = decision.isSandboxed ? JailedExecutor(jail: jail, limits: limits) : DirectExecutor(jail: jail)
+        if !decision.isSandboxed {
+            logger.warning("starting Firecracker UNJAILED", metadata: ["policy": "\((spec.sandbox ?? configuration.policy).rawValue)"])
+        }
+
+        // 2. Claim the id in this process (another VM of this driver may be between its own
+        //    checks and its launch), then stage the files: a stale directory of the same id is
+        //    removed, a live one refused.
+        let directoryKey = jail.layout.jailDirectory.string
+        guard LiveDirectories.claim(directoryKey) else {
+            throw .createFailed(
+                id: spec.id, step: "staging files",
+                cause: JailError.jailBusy(id: spec.id, pid: 0, jailDirectory: directoryKey), exit: nil)
+        }
+
+        var staging: [StagingRequest]
+        switch mode {
+        case .restore(let snapshot, _):
+            staging = VMFiles.staging(for: spec, driveSources: snapshot.driveCopies, boot: false)
+            staging += [.readOnly(snapshot.statePath, at: VMFiles.restoreState), .readOnly(snapshot.memoryPath, at: VMFiles.restoreMemory)]
+        case .configureThroughAPI, .bootFromConfigFile:
+            staging = VMFiles.staging(for: spec)
+        }
+        do {
+            _ = try await executor.prepare(staging: staging, logger: logger)
+        } catch {
+            LiveDirectories.release(directoryKey)
+            throw .createFailed(id: spec.id, step: "staging files", cause: error, exit: nil)
+        }
+
+        var process: SupervisedProcess?
+        var command: JailerCommand?
+        var streams: VMMStreams?
+        var step = "writing the config file"
+        do {
+            // 3. Firecracker's arguments: its log always goes to the driver's FIFO, never to
+            //    stdout, which is the guest's console alone.
+            let forward = spec.logging?.level?.swiftLogLevel ?? .info
+            let firecrackerLevel: LogLevel = forward <= .debug ? (forward == .trace ? .trace : .debug) : .info
+            var arguments = ["--log-path", executor.vmmPath(VMFiles.log), "--level", firecrackerLevel.rawValue, "--show-level"]
+            if !executor.isSandboxed { arguments += ["--id", id.rawValue] }
+            if spec.logging?.metrics == true { arguments += ["--metrics-path", executor.vmmPath(VMFiles.metrics)] }
+            if case .bootFromConfigFile = mode {
+                try writeConfigFile(VMFiles.configuration(for: spec, path: executor.vmmPath), to: executor.hostPath(VMFiles.configFile), id: spec.id)
+                arguments += ["--config-file", executor.vmmPath(VMFiles.configFile)]
+            }
+
+            // 4. Streams, then the process.
+            step = "opening the console and log"
+            let console = Console(
+                limits: Console.Limits(lines: spec.console?.ringLines ?? 10_000, bytes: spec.console?.ringBytes ?? 1 << 20),
+                file: spec.console?.file.map {
+                    RotatingFile.Configuration(path: FilePath($0), maximumBytes: spec.console?.maxFileBytes ?? 8 << 20, keep: spec.console?.keepFiles ?? 2)
+                })
+            let log = FirecrackerLog(logger: logger, forwardLevel: forward)
+            do {
+                streams = try await VMMStreams.open(console: console, log: log, logFIFO: executor.hostPath(VMFiles.log).string)
+            } catch {
+                throw MicroVMError.file(id: spec.id, error)
+            }
+            step = "launching Firecracker"
+            (process, command) = try await executor.launch(
+                arguments: arguments, guest: GuestResources(memoryMiB: spec.machine.memoryMiB, vcpuCount: spec.machine.vcpus),
+                streams: streams!, logger: logger)
+
+            // 5. The API, raced against an early exit (then Firecracker's own words explain it).
+            step = "waiting for Firecracker's API"
+            let client = FirecrackerClient(socketPath: executor.apiSocketHostPath.string, logger: logger)
+            try await waitUntilReady(client: client, process: process!, timeout: configuration.readinessTimeout, id: spec.id)
+
+            // 6. Configure (or load the snapshot).
+            let vm: MicroVM
+            switch mode {
+            case .bootFromConfigFile:
+                vm = MicroVM(
+                    spec: spec, id: id, executor: executor, decision: decision, process: process!, command: command, streams: streams!,
+                    client: client, state: .running, logger: logger)
+                step = "putting MMDS data"
+                if case .object(let metadata)? = spec.mmds?.metadata { try await call("PUT /mmds", id: spec.id) { try await client.putMMDS(metadata) } }
+            case .configureThroughAPI:
+                try await configure(client: client, spec: spec, executor: executor, step: &step)
+                vm = MicroVM(
+                    spec: spec, id: id, executor: executor, decision: decision, process: process!, command: command, streams: streams!,
+                    client: client, state: .created, logger: logger)
+            case .restore(_, let resume):
+                step = "loading the snapshot"
+                let overrides = spec.networkInterfaces.map { NetworkOverride(ifaceId: $0.id, hostDevName: $0.tap) }
+                try await call("PUT /snapshot/load", id: spec.id) {
+                    try await client.loadSnapshot(
+                        SnapshotLoadParams(
+                            snapshotPath: executor.vmmPath(VMFiles.restoreState),
+                            memBackend: .file(executor.vmmPath(VMFiles.restoreMemory)), resumeVm: resume,
+                            networkOverrides: overrides.isEmpty ? nil : overrides))
+                }
+                vm = MicroVM(
+                    spec: spec, id: id, executor: executor, decision: decision, process: process!, command: command, streams: streams!,
+                    client: client, state: resume ? .running : .paused, logger: logger)
+            }
+            await vm.superviseExit()
+            let state = await vm.state
+            logger.info(
+                "VM \(state.name)",
+                metadata: ["pid": "\(vm.pid)", "sandboxed": "\(vm.isSandboxed)", "directory": "\(vm.directory)"])
+            return vm
+        } catch {
+            // Undo everything: the process, the streams, the directory and cgroups.
+            var exit: ExitReason?
+            if let process {
+                process.send(signal: SIGKILL)
+                let status = await process.exited()
+                await streams?.vmmExited()
+                exit = ExitReason.classify(exit: status, log: await streams?.log.recentLines ?? [], killedByDriver: false)
+                    .adding(standardError: await streams?.standardError.recentLines.map(\.text) ?? [])
+            } else if streams != nil {
+                streams?.closeChildEnds()
+            }
+            await streams?.close()
+            let report = await executor.cleanup(logger: logger)
+            LiveDirectories.release(directoryKey)
+            if !report.isComplete {
+                logger.error("cleanup after a failed create was incomplete", metadata: ["failures": "\(report.failures.map(\.summary))"])
+            }
+            let cause: any Error
+            if case .createFailed = error as? MicroVMError { throw error as! MicroVMError }
+            if case .invalidSpec = error as? MicroVMError { throw error as! MicroVMError }
+            cause = error
+            if let exit, exit.kind != .killedByDriver, exit.exit != .signaled(signal: SIGKILL) {
+                throw .createFailed(id: spec.id, step: step, cause: cause, exit: exit)
+            }
+            throw .createFailed(id: spec.id, step: step, cause: cause, exit: nil)
+        }
+    }
+
+    private static func configure(
+        client: FirecrackerClient, spec: VMSpec, executor: any VMMExecutor, step: inout String
+    ) async throws(MicroVMError) {
+        let configuration = VMFiles.configuration(for: spec, path: executor.vmmPath)
+        let id = spec.id
+        step = "configuring the machine"
+        if let machine = configuration.machineConfig {
+            try await call("PUT /machine-config", id: id) { try await client.putMachineConfiguration(machine) }
+        }
+        step = "configuring the boot source"
+        if let boot = configuration.bootSource {
+            try await call("PUT /boot-source", id: id) { try await client.putBootSource(boot) }
+        }
+        for drive in configuration.drives ?? [] {
+            step = "configuring drive \(drive.driveId)"
+            try await call("PUT /drives/\(drive.driveId)", id: id) { try await client.putDrive(drive) }
+        }
+        for interface in configuration.networkInterfaces ?? [] {
+            step = "configuring network interface \(interface.ifaceId)"
+            try await call("PUT /network-interfaces/\(interface.ifaceId)", id: id) { try await client.putNetworkInterface(interface) }
+        }
+        if let vsock = configuration.vsock {
+            step = "configuring vsock"
+            try await call("PUT /vsock", id: id) { try await client.putVsock(vsock) }
+        }
+        if let entropy = configuration.entropy {
+            step = "configuring the entropy device"
+            try await call("PUT /entropy", id: id) { try await client.putEntropyDevice(entropy) }
+        }
+        if let balloon = configuration.balloon {
+            step = "configuring the balloon"
+            try await call("PUT /balloon", id: id) { try await client.putBalloon(balloon) }
+        }
+        if let mmds = configuration.mmdsConfig {
+            step = "configuring MMDS"
+            try await call("PUT /mmds/config", id: id) { try await client.putMMDSConfig(mmds) }
+            if case .object(let metadata)? = spec.mmds?.metadata {
+                try await call("PUT /mmds", id: id) { try await client.putMMDS(metadata) }
+            }
+        }
+    }
+
+    private static func writeConfigFile(_ configuration: FullVmConfiguration, to path: FilePath, id: String) throws(MicroVMError) {
+        let data: Data
+        do {
+            data = try JSONEncoder().encode(configuration)
+        } catch {
+            throw .createFailed(id: id, step: "writing the config file", cause: error, exit: nil)
+        }
+        let fd = open(path.string, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw .file(id: id, SystemCallError(call: "open(O_CREAT|O_EXCL)", subject: path.string, errno: errno)) }
+        defer { Glibc.close(fd) }
+        let written = data.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        if written != data.count {
+            throw .file(id: id, SystemCallError(call: "write", subject: path.string, errno: written < 0 ? errno : EIO))
+        }
+    }
+
+    private static func waitUntilReady(
+        client: FirecrackerClient, process: SupervisedProcess, timeout: Duration, id: String
+    ) async throws(MicroVMError) {
+        enum Event: Sendable {
+            case ready(FirecrackerAPIError?)
+            case exited(VMMExit?)
+        }
+        let event = await withTaskGroup(of: Event.self) { group in
+            group.addTask {
+                do throws(FirecrackerAPIError) {
+                    try await client.waitUntilReady(timeout: timeout)
+                    return .ready(nil)
+                } catch {
+                    return .ready(error)
+                }
+            }
+            group.addTask { .exited(await process.exit(within: nil)) }
+            let first = await group.next()!
+            group.cancelAll()
+            return first
+        }
+        switch event {
+        case .ready(nil):
+            return
+        case .ready(let error?):
+            throw .api(id: id, operation: "GET / (readiness)", error)
+        case .exited(let exit):
+            throw .api(
+                id: id, operation: "GET / (readiness)",
+                .transport(.connectionClosed, operation: "Firecracker \(exit.map { "\($0)" } ?? "exited") before its API answered", socketPath: client.socketPath))
+        }
+    }
+
+    /// Runs one API call, keeping Firecracker's error (and its fault message) as the cause.
+    static func call(
+        _ operation: String, id: String, isolation: isolated (any Actor)? = #isolation, _ body: () async throws -> Void
+    ) async throws(MicroVMError) {
+        do {
+            try await body()
+        } catch let error as FirecrackerAPIError {
+            throw .api(id: id, operation: operation, error)
+        } catch {
+            throw .api(id: id, operation: operation, .transport(.io("\(error)"), operation: operation, socketPath: ""))
+        }
+    }
+
+    // MARK: Supervision
+
+    /// Watches for the VMM's exit, whenever and however it comes.
+    private func superviseExit() {
+        let process = self.process
+        Task { [weak self] in
+            let status = await process.exited()
+            await self?.vmmEnded(status)
+        }
+    }
+
+    /// The VMM is gone: read the rest of its log, judge the exit, release everything at once.
+    private func vmmEnded(_ status: VMMExit) async {
+        await streams.vmmExited()
+        let reason = ExitReason.classify(exit: status, log: await streams.log.recentLines, killedByDriver: killRequested)
+        state = .ended(reason)
+        await streams.close()
+        await client.close()
+        let report = await executor.cleanup(logger: logger)
+        LiveDirectories.release(executor.jail.layout.jailDirectory.string)
+        teardownReport = report
+        if !report.isComplete {
+            logger.error("teardown incomplete", metadata: ["failures": "\(report.failures.map(\.summary))"])
+        }
+        if reason.isClean {
+            logger.info("VM stopped", metadata: ["reason": "\(reason)"])
+        } else {
+            logger.warning("VM failed", metadata: ["reason": "\(reason)"])
+        }
+        await ended.resolve(reason)
+    }
+
+    /// Waits until the VMM has ended and everything it had is released.
+    public func waitForExit() async -> ExitReason {
+        await ended.wait(timeout: nil) ?? ExitReason(kind: .unknown, exit: .unknown)
+    }
+
+    /// The exit reason if the VM ends within `timeout`.
+    public func waitForExit(timeout: Duration) async -> ExitReason? {
+        await ended.wait(timeout: timeout)
+    }
+
+    /// What removing the VM's directory and cgroups did; nil while the VMM runs.
+    public var teardown: TeardownReport? { teardownReport }
+
+    // MARK: Operations
+
+    /// Boots the guest (InstanceStart).
+    public func start() async throws(MicroVMError) {
+        try VMOperation.start.check(in: state, id: id.rawValue)
+        try await Self.call("InstanceStart", id: id.rawValue) { try await client.startInstance() }
+        if case .created = state { state = .running }
+    }
+
+    /// Pauses the vCPUs.
+    public func pause() async throws(MicroVMError) {
+        try VMOperation.pause.check(in: state, id: id.rawValue)
+        try await Self.call("PATCH /vm Paused", id: id.rawValue) { try await client.pause() }
+        if state == .running { state = .paused }
+    }
+
+    /// Resumes paused vCPUs.
+    public func resume() async throws(MicroVMError) {
+        try VMOperation.resume.check(in: state, id: id.rawValue)
+        try await Self.call("PATCH /vm Resumed", id: id.rawValue) { try await client.resume() }
+        if state == .paused { state = .running }
+    }
+
+    /// Sends Ctrl-Alt-Del to the guest (which may ignore it).
+    public func sendCtrlAltDel() async throws(MicroVMError) {
+        try VMOperation.sendCtrlAltDel.check(in: state, id: id.rawValue)
+        try await Self.call("SendCtrlAltDel", id: id.rawValue) { try await client.sendCtrlAltDel() }
+    }
+
+    /// Writes to the guest's serial input.
+    public nonisolated func write(_ text: String) {
+        streams.write(Array(text.utf8))
+    }
+
+    /// Stops the VM: Ctrl-Alt-Del (a paused VM is resumed for it), `grace` for the guest to
+    /// shut down, then SIGTERM for an unjailed VMM and SIGKILL. Returns once everything the VM
+    /// had on the host is released. Idempotent.
+    @discardableResult
+    public func stop(grace: Duration = .seconds(5)) async -> ExitReason {
+        if let reason = state.exitReason { return await finished(reason) }
+        if state == .paused {
+            try? await Self.call("PATCH /vm Resumed", id: id.rawValue) { try await client.resume() }
+            if state == .paused { state = .running }
+        }
+        if state == .running {
+            do {
+                try await Self.call("SendCtrlAltDel", id: id.rawValue) { try await client.sendCtrlAltDel() }
+                if let reason = await ended.wait(timeout: grace) { return reason }
+                logger.warning("the guest did not shut down within the grace period; killing the VMM", metadata: ["grace": "\(grace)"])
+            } catch {
+                logger.debug("Ctrl-Alt-Del failed; killing", metadata: ["error": "\(error)"])
+            }
+        }
+        if let reason = state.exitReason { return await finished(reason) }
+        killRequested = true
+        if !isSandboxed {
+            // Unjailed, SIGTERM is delivered (Firecracker does not handle it, so it ends at
+            // once); a jailed VMM is PID 1 of its namespace and would never see it.
+            process.send(signal: SIGTERM)
+            if let reason = await ended.wait(timeout: .milliseconds(500)) { return reason }
+        }
+        process.send(signal: SIGKILL)
+        return await waitForExit()
+    }
+
+    /// Kills the VMM at once (SIGKILL) and releases everything. Idempotent.
+    @discardableResult
+    public func kill() async -> ExitReason {
+        if let reason = state.exitReason { return await finished(reason) }
+        killRequested = true
+        process.send(signal: SIGKILL)
+        return await waitForExit()
+    }
+
+    private func finished(_ reason: ExitReason) async -> ExitReason {
+        await ended.wait(timeout: nil) ?? reason
+    }
+
+    /// The path Firecracker must be given for a file at `path` under the VM's directory.
+    public nonisolated func vmmPath(_ path: FilePath) -> String {
+        executor.vmmPath(path)
+    }
+
+    /// The host path of the vsock device's socket (guest-initiated connections to port P arrive
+    /// on this path + `_P`); nil without a vsock device.
+    public nonisolated var vsockPath: FilePath? {
+        spec.vsock == nil ? nil : executor.hostPath(VMFiles.vsock)
+    }
+
+    /// The host path of Firecracker's metrics file; nil unless the spec asks for metrics.
+    public nonisolated var metricsPath: FilePath? {
+        spec.logging?.metrics == true ? executor.hostPath(VMFiles.metrics) : nil
+    }
+
+    // MARK: Snapshots
+
+    /// Writes a snapshot into `destination` (a new or empty directory): the VM's state, its
+    /// memory, copies of its writable drives, and `snapshot.json` describing them. A running VM
+    /// is paused for it and resumed after, whatever happens.
+    ///
+    /// `.diff` writes only the memory dirtied since the previous snapshot (Firecracker 1.12 needs
+    /// `machine.track_dirty_pages`); ``Snapshot/applyingDiff(onto:)`` merges it with a full one.
+    public func snapshot(to destination: FilePath, type: SnapshotType = .full) async throws(MicroVMError) -> Snapshot {
+        try VMOperation.snapshot.check(in: state, id: id.rawValue)
+        let vmID = id.rawValue
+        if type == .diff, spec.machine.trackDirtyPages != true {
+            let version = try? await client.serverVersion()
+            if let version, version < FirecrackerVersion(1, 13, 0) {
+                throw .invalidSpec(
+                    id: vmID,
+                    problems: [SpecProblem(field: "machine.track_dirty_pages", message: "diff snapshots on Firecracker \(version) need dirty page tracking", hint: "set machine.track_dirty_pages: true")])
+            }
+        }
+        try SnapshotFiles.prepareDestination(destination, id: vmID)
+        let stateFile = executor.hostPath(VMFiles.snapshotState)
+        let memoryFile = executor.hostPath(VMFiles.snapshotMemory)
+        unlink(stateFile.string)
+        unlink(memoryFile.string)
+        let wasRunning = state == .running
+        if wasRunning {
+            try await Self.call("PATCH /vm Paused", id: vmID) { try await client.pause() }
+            state = .paused
+        }
+        var driveCopies: [String: String] = [:]
+        let outcome: Result<Void, MicroVMError>
+        do throws(MicroVMError) {
+            try await Self.call("PUT /snapshot/create", id: vmID) {
+                try await client.createSnapshot(
+                    SnapshotCreateParams(
+                        snapshotPath: executor.vmmPath(VMFiles.snapshotState), memFilePath: executor.vmmPath(VMFiles.snapshotMemory),
+                        snapshotType: type))
+            }
+            // Writable drives are copied while the guest cannot write them.
+            for drive in spec.drives where !drive.isReadOnly {
+                let copy = destination.appending("drive-\(drive.id)")
+                try await SnapshotFiles.copy(executor.hostPath(VMFiles.drive(drive.id)), to: copy, id: vmID)
+                driveCopies[drive.id] = copy.string
+            }
+            outcome = .success(())
+        } catch {
+            outcome = .failure(error)
+        }
+        if wasRunning, state == .paused {
+            do throws(MicroVMError) {
+                try await Self.call("PATCH /vm Resumed", id: vmID) { try await client.resume() }
+                state = .running
+            } catch {
+                logger.error("could not resume after the snapshot", metadata: ["error": "\(error)"])
+                if case .success = outcome { throw error }
+            }
+        }
+        try outcome.get()
+        let snapshot = Snapshot(
+            directory: destination, type: type, spec: spec, firecrackerVersion: (try? await client.serverVersion())?.description,
+            driveCopies: driveCopies, createdAt: Date())
+        try await SnapshotFiles.move(stateFile, to: snapshot.statePath, id: vmID)
+        try await SnapshotFiles.move(memoryFile, to: snapshot.memoryPath, id: vmID)
+        try snapshot.writeDescription()
+        logger.info("snapshot written", metadata: ["type": "\(type.rawValue)", "directory": "\(destination)"])
+        return snapshot
+    }
+}
+
+/// The VM directories this process is using, from the moment a create claims one until its
+/// teardown: two VMs of one driver can never share an id, even while neither has a process yet.
+enum LiveDirectories {
+    private static let claimed = Mutex<Set<String>>([])
+
+    static func claim(_ directory: String) -> Bool {
+        claimed.withLock { $0.insert(directory).inserted }
+    }
+
+    static func release(_ directory: String) {
+        _ = claimed.withLock { $0.remove(directory) }
+    }
+}

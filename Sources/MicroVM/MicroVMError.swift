@@ -1,0 +1,67 @@
+public import FirecrackerAPI
+public import MicroVMHost
+
+/// What went wrong with a VM, with the VM's id, Firecracker's or the jailer's own words where
+/// they exist, and a hint.
+public enum MicroVMError: Error, Sendable, CustomStringConvertible {
+    /// The spec is not usable; every problem names its field. Nothing on the host was touched.
+    case invalidSpec(id: String?, problems: [SpecProblem])
+    /// The operation is not allowed in the VM's current state.
+    case invalidState(id: String, operation: String, state: VMState, allowed: [String])
+    /// The sandbox (jailer, jail, cgroups, staging) refused or failed.
+    case sandbox(id: String, JailError)
+    /// Firecracker refused a request or could not be reached; its fault message is kept verbatim.
+    case api(id: String, operation: String, FirecrackerAPIError)
+    /// Creating the VM failed at `step`; everything done before that step was undone.
+    case createFailed(id: String, step: String, cause: any Error, exit: ExitReason?)
+    /// A snapshot could not be written or moved to its destination.
+    case snapshotFailed(id: String, step: String, detail: String)
+    /// A host file operation failed.
+    case file(id: String, SystemCallError)
+
+    public var id: String? {
+        switch self {
+        case .invalidSpec(let id, _): id
+        case .invalidState(let id, _, _, _), .sandbox(let id, _), .api(let id, _, _), .createFailed(let id, _, _, _),
+            .snapshotFailed(let id, _, _), .file(let id, _):
+            id
+        }
+    }
+
+    public var description: String {
+        let vm = id.map { "VM \($0): " } ?? ""
+        switch self {
+        case .invalidSpec(_, let problems):
+            return "\(vm)invalid spec: " + problems.map(\.description).joined(separator: "; ")
+        case .invalidState(_, let operation, let state, let allowed):
+            return "\(vm)cannot \(operation) while \(state.name) (only when \(allowed.joined(separator: " or ")))"
+        case .sandbox(_, let error):
+            return "\(vm)\(error)"
+        case .api(_, let operation, let error):
+            return "\(vm)\(operation): \(error)"
+        case .createFailed(_, let step, let cause, let exit):
+            let exitText = exit.map { "; Firecracker \($0)" } ?? ""
+            return "\(vm)create failed while \(step): \(cause)\(exitText); everything it had made was removed"
+        case .snapshotFailed(_, let step, let detail):
+            return "\(vm)snapshot failed while \(step): \(detail)"
+        case .file(_, let error):
+            return "\(vm)\(error)"
+        }
+    }
+
+    /// What to do about it.
+    public var hint: String {
+        switch self {
+        case .invalidSpec: "correct the fields named above"
+        case .invalidState(_, _, let state, _):
+            state.isLive ? "wait for or bring about the state the operation needs" : "the VM has ended; create a new one (or restore a snapshot)"
+        case .sandbox(_, let error): error.hint
+        case .api(_, _, let error): error.hint
+        case .createFailed(_, _, let cause, _):
+            (cause as? MicroVMError)?.hint ?? (cause as? JailError)?.hint ?? (cause as? FirecrackerAPIError)?.hint
+                ?? "see the cause above"
+        case .snapshotFailed: "check the destination's free space and permissions"
+        case .file: "check the path and its permissions"
+        }
+    }
+}

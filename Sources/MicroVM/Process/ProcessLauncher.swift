@@ -1,0 +1,80 @@
+import Logging
+import Subprocess
+import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Starts a process (Firecracker itself, or the jailer that starts it) through swift-subprocess,
+/// which clears the signal mask in the child and reaps it without blocking a thread. The child
+/// runs in its own session, so a terminal's SIGINT or SIGHUP aimed at the host process does not
+/// reach the VMM (Firecracker turns SIGHUP into exit code 156).
+enum ProcessLauncher {
+    struct Spawned: Sendable {
+        let pid: Int32
+        /// A private duplicate of swift-subprocess's pidfd: it stays valid after the child is
+        /// reaped, so a signal can never reach a recycled pid.
+        let pidfd: Int32
+        /// The started process's termination, as swift-subprocess reaped it.
+        let termination: Task<VMMExit, Never>
+    }
+
+    /// Spawns `executable`; `standardInput/Output/Error` are handed to the child and closed here
+    /// after the spawn, whatever happens.
+    static func spawn(
+        executable: FilePath, arguments: [String], workingDirectory: FilePath?,
+        standardInput: Int32, standardOutput: Int32, standardError: Int32
+    ) async throws(LaunchFailure) -> Spawned {
+        var options = PlatformOptions()
+        options.createSession = true
+        let configuration = Configuration(
+            executable: .path(executable), arguments: Arguments(arguments), environment: .inherit,
+            workingDirectory: workingDirectory, platformOptions: options)
+        let input = FileDescriptor(rawValue: standardInput)
+        let output = FileDescriptor(rawValue: standardOutput)
+        let error = FileDescriptor(rawValue: standardError)
+        let (started, continuation) = AsyncStream<Result<(Int32, Int32), LaunchFailure>>.makeStream()
+        let termination = Task<VMMExit, Never> {
+            do {
+                let result = try await Subprocess.run(
+                    configuration,
+                    input: .fileDescriptor(input, closeAfterSpawningProcess: true),
+                    output: .fileDescriptor(output, closeAfterSpawningProcess: true),
+                    error: .fileDescriptor(error, closeAfterSpawningProcess: true)
+                ) { execution in
+                    let identifier = execution.processIdentifier
+                    let pidfd = identifier.processDescriptor >= 0 ? dup(identifier.processDescriptor) : -1
+                    continuation.yield(.success((identifier.value, pidfd)))
+                    continuation.finish()
+                }
+                switch result.terminationStatus {
+                case .exited(let code): return .exited(code: code)
+                case .signaled(let signal): return .signaled(signal: signal)
+                }
+            } catch {
+                continuation.yield(.failure(LaunchFailure(executable: executable.string, message: "\(error)")))
+                continuation.finish()
+                return .unknown
+            }
+        }
+        var iterator = started.makeAsyncIterator()
+        switch await iterator.next() {
+        case .success(let (pid, pidfd))?:
+            return Spawned(pid: pid, pidfd: pidfd, termination: termination)
+        case .failure(let failure)?:
+            throw failure
+        case nil:
+            throw LaunchFailure(executable: executable.string, message: "the launch did not report back")
+        }
+    }
+}
+
+/// A process that could not be started at all (missing or non-executable binary).
+public struct LaunchFailure: Error, Sendable, Hashable, CustomStringConvertible {
+    public let executable: String
+    public let message: String
+    public var description: String {
+        "could not start \(executable): \(message). Hint: check that the file exists and is executable"
+    }
+}

@@ -1,0 +1,185 @@
+import CMicroVMSys
+import Logging
+import MicroVMHost
+import NIOCore
+import NIOPosix
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The VMM's standard streams and Firecracker's log FIFO, owned by the driver and read with
+/// SwiftNIO. The driver owns them (not swift-subprocess) because a jailed VMM is the jailer's
+/// grandchild and writes its console long after the process that was spawned has exited.
+///
+/// - stdout is the guest's serial console (``Console``), stdin its serial input;
+/// - stderr holds Firecracker's (or the jailer's) complaints about its command line;
+/// - the log FIFO carries Firecracker's log (``FirecrackerLog``). The driver opens it read-write
+///   so it never sees a premature end of file before Firecracker opens it; once the VMM has
+///   exited, a sentinel line written behind Firecracker's last line marks the end, so the exit
+///   reason is read from the complete log.
+final class VMMStreams: Sendable {
+    let console: Console
+    let standardError: Console
+    let log: FirecrackerLog
+
+    /// The child's ends, handed to the spawned process (which closes them after the spawn).
+    let childInput: Int32
+    let childOutput: Int32
+    let childError: Int32
+
+    private let input: any Channel
+    private let readers: [any Channel]
+    private let logFIFO: String?
+
+    private init(
+        console: Console, standardError: Console, log: FirecrackerLog, childInput: Int32, childOutput: Int32,
+        childError: Int32, input: any Channel, readers: [any Channel], logFIFO: String?
+    ) {
+        self.console = console
+        self.standardError = standardError
+        self.log = log
+        self.childInput = childInput
+        self.childOutput = childOutput
+        self.childError = childError
+        self.input = input
+        self.readers = readers
+        self.logFIFO = logFIFO
+    }
+
+    /// Opens the three pipes and, if given, the log FIFO (a host path that exists already).
+    static func open(console: Console, log: FirecrackerLog, logFIFO: String?) async throws(SystemCallError) -> VMMStreams {
+        var fds: [Int32] = []  // closed on failure
+        func pipe() throws(SystemCallError) -> (read: Int32, write: Int32) {
+            var ends: [Int32] = [-1, -1]
+            try SystemCallError.check("pipe2", "console pipe") { cmv_pipe_cloexec(&ends) }
+            fds += ends
+            return (ends[0], ends[1])
+        }
+        var channels: [any Channel] = []
+        do throws(SystemCallError) {
+            let stdin = try pipe()
+            let stdout = try pipe()
+            let stderr = try pipe()
+            var logFD: Int32 = -1
+            if let logFIFO {
+                logFD = try SystemCallError.check("open", logFIFO) { Glibc.open(logFIFO, O_RDWR | O_NONBLOCK | O_CLOEXEC) }
+                fds.append(logFD)
+            }
+            let standardError = Console(limits: .init(lines: 200, bytes: 64 * 1024))
+            let group = MultiThreadedEventLoopGroup.singleton
+            do {
+                let inputChannel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(output: stdin.write).get()
+                fds.removeAll { $0 == stdin.write }
+                channels.append(inputChannel)
+                channels.append(try await reader(fd: stdout.read, group: group) { await console.append($0) } end: { await console.finish() })
+                fds.removeAll { $0 == stdout.read }
+                channels.append(try await reader(fd: stderr.read, group: group) { await standardError.append($0) } end: { await standardError.finish() })
+                fds.removeAll { $0 == stderr.read }
+                if logFD >= 0 {
+                    channels.append(try await reader(fd: logFD, group: group) { await log.append($0) } end: { await log.finish() })
+                    fds.removeAll { $0 == logFD }
+                }
+            } catch {
+                throw SystemCallError(call: "NIO pipe bootstrap", subject: "VMM streams: \(error)", errno: EIO)
+            }
+            if logFD < 0 { await log.finish() }
+            return VMMStreams(
+                console: console, standardError: standardError, log: log, childInput: stdin.read, childOutput: stdout.write,
+                childError: stderr.write, input: channels[0], readers: Array(channels.dropFirst()), logFIFO: logFIFO)
+        } catch {
+            for fd in fds { Glibc.close(fd) }
+            for channel in channels { channel.close(promise: nil) }
+            throw error
+        }
+    }
+
+    /// Closes the child's ends in this process (after a spawn that did not take them).
+    func closeChildEnds() {
+        for fd in [childInput, childOutput, childError] { Glibc.close(fd) }
+    }
+
+    /// Writes bytes to the guest's serial input.
+    func write(_ bytes: [UInt8]) {
+        let channel = input
+        channel.eventLoop.execute {
+            channel.writeAndFlush(channel.allocator.buffer(bytes: bytes), promise: nil)
+        }
+    }
+
+    /// The VMM has exited: mark the end of its log and wait until everything before is read.
+    func vmmExited() async {
+        if let logFIFO {
+            let fd = Glibc.open(logFIFO, O_WRONLY | O_NONBLOCK | O_CLOEXEC)
+            if fd >= 0 {
+                let line = Array(("\n" + FirecrackerLog.endOfLog + "\n").utf8)
+                _ = line.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+                Glibc.close(fd)
+            } else {
+                await log.finish()
+            }
+        }
+        await log.waitUntilFinished(timeout: .seconds(2))
+    }
+
+    /// Closes every descriptor; the console and stderr end (their last lines are kept).
+    func close() async {
+        try? await input.close()
+        for reader in readers { try? await reader.close() }
+        await console.finish()
+        await standardError.finish()
+        await log.finish()
+    }
+
+    /// Reads a pipe into `chunk`, in order; `end` runs once at its end.
+    private static func reader(
+        fd: Int32, group: any EventLoopGroup, chunk: @escaping @Sendable ([UInt8]) async -> Void,
+        end: @escaping @Sendable () async -> Void
+    ) async throws -> any Channel {
+        let (chunks, continuation) = AsyncStream<[UInt8]>.makeStream()
+        let channel = try await NIOPipeBootstrap(group: group)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(PipeReader(continuation: continuation))
+                }
+            }
+            .takingOwnershipOfDescriptor(input: fd)
+            .get()
+        Task {
+            for await bytes in chunks { await chunk(bytes) }
+            await end()
+        }
+        return channel
+    }
+
+    /// Hands what arrives on a pipe, in order, to the stream's consumer.
+    private final class PipeReader: ChannelInboundHandler, Sendable {
+        typealias InboundIn = ByteBuffer
+        let continuation: AsyncStream<[UInt8]>.Continuation
+
+        init(continuation: AsyncStream<[UInt8]>.Continuation) {
+            self.continuation = continuation
+        }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            var buffer = unwrapInboundIn(data)
+            continuation.yield(buffer.readBytes(length: buffer.readableBytes) ?? [])
+        }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            continuation.finish()
+        }
+
+        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+            if case .inputClosed = event as? ChannelEvent {
+                continuation.finish()
+                context.close(promise: nil)
+            }
+        }
+
+        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            continuation.finish()
+            context.close(promise: nil)
+        }
+    }
+}

@@ -1,0 +1,168 @@
+public import FirecrackerAPI
+public import Foundation
+import MicroVMHost
+import NIOPosix
+public import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A snapshot on disk: a directory holding Firecracker's state file (`state`), the guest memory
+/// (`memory`), copies of the writable drives (`drive-<id>`) and `snapshot.json`, this value,
+/// which says what the files are and the spec of the VM they came from.
+public struct Snapshot: Codable, Sendable, Hashable {
+    public var directory: String
+    public var type: SnapshotType
+    /// The spec of the VM it was taken from; a restore starts from it.
+    public var spec: VMSpec
+    public var firecrackerVersion: String?
+    /// Drive id to the file name (in `directory`) of that writable drive's copy.
+    public var driveFiles: [String: String]
+    public var createdAt: Date
+
+    public static let descriptionFile = "snapshot.json"
+
+    init(directory: FilePath, type: SnapshotType, spec: VMSpec, firecrackerVersion: String?, driveCopies: [String: String], createdAt: Date) {
+        self.directory = directory.string
+        self.type = type
+        self.spec = spec
+        self.firecrackerVersion = firecrackerVersion
+        self.driveFiles = driveCopies.mapValues { FilePath($0).lastComponent?.string ?? $0 }
+        self.createdAt = createdAt
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case directory, type, spec
+        case firecrackerVersion = "firecracker_version"
+        case driveFiles = "drive_files"
+        case createdAt = "created_at"
+    }
+
+    public var statePath: FilePath { FilePath(directory).appending("state") }
+    public var memoryPath: FilePath { FilePath(directory).appending("memory") }
+    /// Host paths of the writable drives' copies, by drive id.
+    public var driveCopies: [String: String] { driveFiles.mapValues { FilePath(directory).appending($0).string } }
+
+    /// Reads `snapshot.json` from a snapshot directory (which may have been moved since).
+    public static func load(from directory: FilePath) throws(MicroVMError) -> Snapshot {
+        let file = directory.appending(descriptionFile)
+        do {
+            let data = try Data(contentsOf: URL(fileURLWithPath: file.string))
+            var snapshot = try JSONDecoder.snapshots.decode(Snapshot.self, from: data)
+            snapshot.directory = directory.string
+            return snapshot
+        } catch {
+            throw .invalidSpec(id: nil, problems: [SpecProblem(field: file.string, message: "not a readable snapshot description: \(error)", hint: "give the directory MicroVM.snapshot(to:) wrote")])
+        }
+    }
+
+    func writeDescription() throws(MicroVMError) {
+        let file = FilePath(directory).appending(Self.descriptionFile)
+        do {
+            try JSONEncoder.snapshots.encode(self).write(to: URL(fileURLWithPath: file.string), options: .atomic)
+        } catch {
+            throw .snapshotFailed(id: spec.id, step: "writing \(file)", detail: "\(error)")
+        }
+    }
+
+    /// The files a restore needs that are not there.
+    func missingFiles() -> [SpecProblem] {
+        var problems: [SpecProblem] = []
+        for (name, path) in [("state", statePath.string), ("memory", memoryPath.string)] + driveCopies.sorted(by: { $0.key < $1.key }).map({ ("drive \($0.key)", $0.value) })
+        where access(path, R_OK) != 0 {
+            problems.append(SpecProblem(field: "snapshot.\(name)", message: "\(path) is missing or unreadable"))
+        }
+        return problems
+    }
+
+    /// Merges this diff snapshot with the full snapshot it was taken after (`base`): its memory
+    /// becomes base's memory with the dirtied pages written over, and the result, in this
+    /// snapshot's directory, is a full snapshot that can be restored.
+    public func applyingDiff(onto base: Snapshot) async throws(MicroVMError) -> Snapshot {
+        guard type == .diff else {
+            throw .snapshotFailed(id: spec.id, step: "merging", detail: "\(directory) is already a full snapshot")
+        }
+        guard base.type == .full else {
+            throw .snapshotFailed(id: spec.id, step: "merging", detail: "the base \(base.directory) is not a full snapshot")
+        }
+        let merged = memoryPath.string + ".merged"
+        let diff = memoryPath.string
+        let baseMemory = base.memoryPath.string
+        let id = spec.id
+        try await SnapshotFiles.offPool(id: id, step: "merging the memory") { () throws(SystemCallError) in
+            unlink(merged)
+            try SparseFile.copy(baseMemory, to: merged)
+            try SparseFile.overlay(diff, onto: merged)
+            try SystemCallError.check("rename", merged) { rename(merged, diff) }
+        }
+        var result = self
+        result.type = .full
+        try result.writeDescription()
+        return result
+    }
+}
+
+/// Moving snapshot files out of the VM's directory, off Swift's cooperative threads (a memory
+/// file is as large as the guest's RAM).
+enum SnapshotFiles {
+    /// `destination` must be a new or empty directory.
+    static func prepareDestination(_ destination: FilePath, id: String) throws(MicroVMError) {
+        if mkdir(destination.string, 0o700) == 0 { return }
+        let code = errno
+        guard code == EEXIST else {
+            throw .snapshotFailed(id: id, step: "creating \(destination)", detail: String(cString: strerror(code)))
+        }
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: destination.string) else {
+            throw .snapshotFailed(id: id, step: "checking \(destination)", detail: "it exists and is not a directory")
+        }
+        if !entries.isEmpty {
+            throw .snapshotFailed(id: id, step: "checking \(destination)", detail: "the directory is not empty; give a new or empty directory so no earlier snapshot is overwritten")
+        }
+    }
+
+    /// Moves a file: a rename on the same filesystem, else an extent-exact copy and unlink.
+    static func move(_ source: FilePath, to destination: FilePath, id: String) async throws(MicroVMError) {
+        if rename(source.string, destination.string) == 0 { return }
+        guard errno == EXDEV else {
+            throw .snapshotFailed(id: id, step: "moving \(source) to \(destination)", detail: String(cString: strerror(errno)))
+        }
+        try await copy(source, to: destination, id: id)
+        unlink(source.string)
+    }
+
+    static func copy(_ source: FilePath, to destination: FilePath, id: String) async throws(MicroVMError) {
+        try await offPool(id: id, step: "copying \(source) to \(destination)") { () throws(SystemCallError) in
+            try SparseFile.copy(source.string, to: destination.string)
+        }
+    }
+
+    static func offPool(id: String, step: String, _ body: @escaping @Sendable () throws(SystemCallError) -> Void) async throws(MicroVMError) {
+        do {
+            try await NIOThreadPool.singleton.runIfActive {
+                do throws(SystemCallError) { try body() } catch { throw error }
+            }
+        } catch let error as SystemCallError {
+            throw .snapshotFailed(id: id, step: step, detail: error.description)
+        } catch {
+            throw .snapshotFailed(id: id, step: step, detail: "\(error)")
+        }
+    }
+}
+
+extension JSONEncoder {
+    static var snapshots: JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        encoder.dateEncodingStrategy = .iso8601
+        return encoder
+    }
+}
+
+extension JSONDecoder {
+    static var snapshots: JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return decoder
+    }
+}

@@ -1,0 +1,204 @@
+public import FirecrackerAPI
+public import Foundation
+public import SystemPackage
+import Yams
+
+/// One thing wrong with a spec: where (a key path such as `drives[1].path`), what, and how to fix it.
+public struct SpecProblem: Sendable, Hashable, CustomStringConvertible {
+    public var field: String
+    public var message: String
+    public var hint: String?
+
+    public init(field: String, message: String, hint: String? = nil) {
+        self.field = field
+        self.message = message
+        self.hint = hint
+    }
+
+    public var description: String {
+        "\(field.isEmpty ? "(spec)" : field): \(message)\(hint.map { ". Hint: \($0)" } ?? "")"
+    }
+}
+
+extension VMSpec {
+    /// Reads a spec from a `.json`, `.yaml` or `.yml` file (other names: JSON, then YAML).
+    /// Strict: a key the spec does not know is an error naming its path, so a typo such as
+    /// `bandwith` is caught instead of silently giving a drive no limit.
+    public static func load(from path: FilePath) throws(MicroVMError) -> VMSpec {
+        let data: Data
+        do {
+            data = try Data(contentsOf: URL(fileURLWithPath: path.string))
+        } catch {
+            throw .invalidSpec(
+                id: nil,
+                problems: [SpecProblem(field: "", message: "cannot read \(path): \(error.localizedDescription)", hint: "check the path")])
+        }
+        let name = path.lastComponent?.extension?.lowercased()
+        if name == "yaml" || name == "yml" {
+            return try decode(yaml: String(decoding: data, as: UTF8.self))
+        }
+        if name == "json" { return try decode(json: data) }
+        do {
+            return try decode(json: data)
+        } catch {
+            return try decode(yaml: String(decoding: data, as: UTF8.self))
+        }
+    }
+
+    /// Decodes a spec from JSON, strictly.
+    public static func decode(json data: Data) throws(MicroVMError) -> VMSpec {
+        let tree: JSONValue
+        do {
+            tree = try JSONDecoder().decode(JSONValue.self, from: data)
+        } catch {
+            throw .invalidSpec(id: nil, problems: [SpecProblem(field: "", message: "not valid JSON: \(Self.describe(error))")])
+        }
+        return try decode(tree: tree)
+    }
+
+    /// Decodes a spec from YAML, strictly. Unquoted `true`/`false` are booleans and numbers are
+    /// numbers (YAML 1.2 core schema): `Off` or `no` stay strings.
+    public static func decode(yaml text: String) throws(MicroVMError) -> VMSpec {
+        let tree: JSONValue
+        do {
+            guard let node = try Yams.compose(yaml: text) else {
+                throw MicroVMError.invalidSpec(id: nil, problems: [SpecProblem(field: "", message: "the document is empty")])
+            }
+            tree = try JSONValue(yaml: node, path: "")
+        } catch let error as MicroVMError {
+            throw error
+        } catch {
+            throw .invalidSpec(id: nil, problems: [SpecProblem(field: "", message: "not valid YAML: \(error)")])
+        }
+        return try decode(tree: tree)
+    }
+
+    /// Decodes from a parsed tree, then reports every key the spec did not take.
+    public static func decode(tree: JSONValue) throws(MicroVMError) -> VMSpec {
+        let spec: VMSpec
+        let taken: JSONValue
+        do {
+            let data = try JSONEncoder().encode(tree)
+            spec = try JSONDecoder().decode(VMSpec.self, from: data)
+            taken = try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(spec))
+        } catch let error as DecodingError {
+            throw .invalidSpec(id: tree.objectValue?["id"]?.stringValue, problems: [Self.problem(error)])
+        } catch {
+            throw .invalidSpec(id: nil, problems: [SpecProblem(field: "", message: "\(error)")])
+        }
+        var unknown: [SpecProblem] = []
+        Self.unknownKeys(in: tree, taken: taken, path: "", into: &unknown)
+        if !unknown.isEmpty { throw .invalidSpec(id: spec.id, problems: unknown) }
+        return spec
+    }
+
+    /// Keys present (with a value) in `given` that did not survive decoding into the spec.
+    private static func unknownKeys(in given: JSONValue, taken: JSONValue, path: String, into problems: inout [SpecProblem]) {
+        switch (given, taken) {
+        case (.object(let members), .object(let kept)):
+            for (key, value) in members.sorted(by: { $0.key < $1.key }) {
+                let field = path.isEmpty ? key : "\(path).\(key)"
+                guard let keptValue = kept[key] else {
+                    if value != .null {
+                        problems.append(SpecProblem(field: field, message: "unknown key", hint: "remove it or correct its spelling (see the VMSpec reference in README.md)"))
+                    }
+                    continue
+                }
+                unknownKeys(in: value, taken: keptValue, path: field, into: &problems)
+            }
+        case (.array(let items), .array(let kept)):
+            for (index, item) in items.enumerated() where index < kept.count {
+                unknownKeys(in: item, taken: kept[index], path: "\(path)[\(index)]", into: &problems)
+            }
+        default:
+            return
+        }
+    }
+
+    static func problem(_ error: DecodingError) -> SpecProblem {
+        func render(_ path: [any CodingKey]) -> String {
+            var result = ""
+            for key in path {
+                if let index = key.intValue { result += "[\(index)]" } else { result += result.isEmpty ? key.stringValue : ".\(key.stringValue)" }
+            }
+            return result
+        }
+        switch error {
+        case .keyNotFound(let key, let context):
+            return SpecProblem(field: render(context.codingPath + [key]), message: "missing", hint: "this key is required")
+        case .typeMismatch(let type, let context):
+            return SpecProblem(field: render(context.codingPath), message: "expected \(Self.typeName(type))")
+        case .valueNotFound(let type, let context):
+            return SpecProblem(field: render(context.codingPath), message: "expected \(Self.typeName(type)), found null")
+        case .dataCorrupted(let context):
+            return SpecProblem(field: render(context.codingPath), message: context.debugDescription)
+        @unknown default:
+            return SpecProblem(field: "", message: "\(error)")
+        }
+    }
+
+    private static func typeName(_ type: Any.Type) -> String {
+        switch type {
+        case is String.Type: "a string"
+        case is Bool.Type: "true or false"
+        case is Int.Type, is Int64.Type, is UInt32.Type: "an integer"
+        case is Double.Type: "a number"
+        default: "\(type)".contains("Array") ? "a list" : "an object"
+        }
+    }
+
+    private static func describe(_ error: any Error) -> String {
+        if let decoding = error as? DecodingError, case .dataCorrupted(let context) = decoding {
+            return (context.underlyingError as? NSError)?.userInfo[NSDebugDescriptionErrorKey] as? String ?? context.debugDescription
+        }
+        return "\(error)"
+    }
+}
+
+extension JSONValue {
+    /// A YAML node as JSON under the YAML 1.2 core schema.
+    init(yaml node: Node, path: String) throws(MicroVMError) {
+        switch node {
+        case .scalar(let scalar):
+            if scalar.style != .plain {
+                self = .string(scalar.string)
+                return
+            }
+            let text = scalar.string
+            switch text {
+            case "", "~", "null", "Null", "NULL": self = .null
+            case "true", "True", "TRUE": self = .bool(true)
+            case "false", "False", "FALSE": self = .bool(false)
+            default:
+                if let integer = Int64(text) {
+                    self = .int(integer)
+                } else if let number = Double(text), text.contains(where: { $0.isNumber }) {
+                    self = .double(number)
+                } else {
+                    self = .string(text)
+                }
+            }
+        case .sequence(let sequence):
+            var items: [JSONValue] = []
+            for (index, item) in sequence.enumerated() {
+                items.append(try JSONValue(yaml: item, path: "\(path)[\(index)]"))
+            }
+            self = .array(items)
+        case .mapping(let mapping):
+            var members: [String: JSONValue] = [:]
+            for (key, value) in mapping {
+                guard case .scalar(let scalar) = key else {
+                    throw .invalidSpec(id: nil, problems: [SpecProblem(field: path, message: "a key that is not a plain string")])
+                }
+                let field = path.isEmpty ? scalar.string : "\(path).\(scalar.string)"
+                if members[scalar.string] != nil {
+                    throw .invalidSpec(id: nil, problems: [SpecProblem(field: field, message: "given twice")])
+                }
+                members[scalar.string] = try JSONValue(yaml: value, path: field)
+            }
+            self = .object(members)
+        case .alias:
+            throw .invalidSpec(id: nil, problems: [SpecProblem(field: path, message: "YAML aliases are not supported")])
+        }
+    }
+}

@@ -1,0 +1,71 @@
+import FirecrackerAPI
+import MicroVMHost
+import SystemPackage
+
+/// Where a VM's files live under its root directory (the jail's `root/`, or the same directory
+/// for an unjailed VM). Firecracker is given these paths (translated by the executor); the host
+/// reaches them under the root.
+enum VMFiles {
+    static let kernel: FilePath = "/boot/kernel"
+    static let initrd: FilePath = "/boot/initrd"
+    /// The driver's own files: Firecracker's log FIFO, metrics, vsock socket, config file.
+    static let directory: FilePath = "/microvm"
+    static let log: FilePath = "/microvm/firecracker.log"
+    static let metrics: FilePath = "/microvm/metrics.json"
+    static let vsock: FilePath = "/microvm/vsock.sock"
+    static let configFile: FilePath = "/microvm/vm.json"
+    /// Where Firecracker writes a snapshot before the driver moves it to its destination.
+    static let snapshots: FilePath = "/microvm/snapshots"
+    static let snapshotState: FilePath = "/microvm/snapshots/state"
+    static let snapshotMemory: FilePath = "/microvm/snapshots/memory"
+    /// A snapshot being restored.
+    static let restoreState: FilePath = "/microvm/restore/state"
+    static let restoreMemory: FilePath = "/microvm/restore/memory"
+
+    static func drive(_ id: String) -> FilePath {
+        FilePath("/drives").appending(id)
+    }
+
+    /// What to stage for `spec`. `driveSources` replaces drive images (a restore takes the
+    /// snapshot's copies of writable drives); `boot` is false for a restore (no kernel needed).
+    static func staging(for spec: VMSpec, driveSources: [String: String] = [:], boot: Bool = true) -> [StagingRequest] {
+        var requests: [StagingRequest] = [.directory(at: directory), .fifo(at: log), .directory(at: snapshots)]
+        if boot {
+            requests.append(.readOnly(FilePath(spec.boot.kernel), at: kernel))
+            if let initrd = spec.boot.initrd { requests.append(.readOnly(FilePath(initrd), at: self.initrd)) }
+        }
+        if spec.logging?.metrics == true { requests.append(.emptyFile(at: metrics)) }
+        for drive in spec.drives {
+            let source = FilePath(driveSources[drive.id] ?? drive.path)
+            requests.append(drive.isReadOnly ? .readOnly(source, at: self.drive(drive.id)) : .writableCopy(source, at: self.drive(drive.id)))
+        }
+        return requests
+    }
+
+    /// Firecracker's view of `spec`, every path translated by `path`.
+    static func configuration(for spec: VMSpec, path: (FilePath) -> String) -> FullVmConfiguration {
+        FullVmConfiguration(
+            balloon: spec.balloon,
+            drives: spec.drives.map { drive in
+                Drive(
+                    driveId: drive.id, isRootDevice: drive.isRoot, pathOnHost: path(self.drive(drive.id)),
+                    isReadOnly: drive.isReadOnly, partuuid: drive.partuuid, cacheType: drive.cacheType,
+                    rateLimiter: drive.rateLimiter, ioEngine: drive.ioEngine)
+            },
+            bootSource: BootSource(
+                kernelImagePath: path(kernel), bootArgs: spec.boot.args.joined(separator: " "),
+                initrdPath: spec.boot.initrd == nil ? nil : path(initrd)),
+            machineConfig: MachineConfiguration(
+                vcpuCount: spec.machine.vcpus, memSizeMiB: spec.machine.memoryMiB, smt: spec.machine.smt,
+                trackDirtyPages: spec.machine.trackDirtyPages, hugePages: spec.machine.hugePages,
+                cpuTemplate: spec.machine.cpuTemplate),
+            mmdsConfig: spec.mmds?.configuration,
+            networkInterfaces: spec.networkInterfaces.map { interface in
+                NetworkInterface(
+                    ifaceId: interface.id, hostDevName: interface.tap, guestMac: interface.mac, mtu: interface.mtu,
+                    rxRateLimiter: interface.rxRateLimiter, txRateLimiter: interface.txRateLimiter)
+            },
+            vsock: spec.vsock.map { Vsock(guestCid: $0.guestCid, udsPath: path(vsock)) },
+            entropy: spec.entropy)
+    }
+}

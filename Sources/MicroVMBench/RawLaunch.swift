@@ -1,0 +1,59 @@
+import Dispatch
+import Foundation
+import Subprocess
+import SystemPackage
+
+/// The raw baselines: a binary started as a shell script would start it, its stdout read on a
+/// plain thread until the guest's banner appears.
+enum RawLaunch {
+    struct Result {
+        let elapsed: Duration
+        let pid: Int32
+        let termination: Task<Void, Never>
+    }
+
+    /// Starts `executable` and returns once `banner` has been read from its stdout.
+    static func untilBanner(executable: String, arguments: [String], banner: String) async throws -> Result {
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else { throw CocoaError(.fileWriteUnknown) }
+        let readEnd = fds[0]
+        let writeEnd = FileDescriptor(rawValue: fds[1])
+        let start = ContinuousClock.now
+        let (pids, pidContinuation) = AsyncStream<Int32>.makeStream()
+        let termination = Task {
+            _ = try? await Subprocess.run(
+                .path(FilePath(executable)), arguments: Arguments(arguments),
+                input: .none, output: .fileDescriptor(writeEnd, closeAfterSpawningProcess: true), error: .discarded
+            ) { execution in
+                pidContinuation.yield(execution.processIdentifier.value)
+                pidContinuation.finish()
+            }
+        }
+        let found: ContinuousClock.Instant? = await withCheckedContinuation { continuation in
+            DispatchQueue.global().async {
+                defer { close(readEnd) }
+                let needle = Array(banner.utf8)
+                var seen: [UInt8] = []
+                var buffer = [UInt8](repeating: 0, count: 4096)
+                while true {
+                    let count = buffer.withUnsafeMutableBytes { read(readEnd, $0.baseAddress, $0.count) }
+                    if count <= 0 {
+                        continuation.resume(returning: nil)
+                        return
+                    }
+                    seen += buffer[0..<count]
+                    if seen.count >= needle.count,
+                        (0...(seen.count - needle.count)).contains(where: { seen[$0..<($0 + needle.count)].elementsEqual(needle) })
+                    {
+                        continuation.resume(returning: ContinuousClock.now)
+                        return
+                    }
+                }
+            }
+        }
+        var iterator = pids.makeAsyncIterator()
+        let pid = await iterator.next() ?? -1
+        guard let found else { throw CocoaError(.fileReadUnknown, userInfo: [NSLocalizedDescriptionKey: "\(executable) ended before its banner"]) }
+        return Result(elapsed: found - start, pid: pid, termination: termination)
+    }
+}

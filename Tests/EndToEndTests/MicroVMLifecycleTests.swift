@@ -1,0 +1,233 @@
+import FirecrackerAPI
+import Foundation
+import MicroVM
+import MicroVMHost
+import SystemPackage
+import Testing
+
+/// The VM handle against the real Firecracker and jailer, jailed (`required`) and unjailed
+/// (`disabled`), with the project's test guest. Every test checks that nothing is left.
+@Suite("MicroVM lifecycle end to end", .serialized, .enabled(if: EndToEnd.enabled))
+struct MicroVMLifecycleTests {
+    static let policies: [SandboxPolicy] = [.required, .disabled]
+
+    @Test("create, start, pause, resume, console both ways, metrics, log, stop: every state checked", arguments: policies)
+    func fullLifecycle(policy: SandboxPolicy) async throws {
+        let tap = try TapDevice.create(name: EndToEnd.tapName("l\(policy.rawValue.prefix(1))"))
+        defer {
+            try? tap.remove()
+            #expect(!TapDevice.exists(name: tap.name), "the test's TAP device was left behind")
+        }
+        try await EndToEnd.withDriver(policy, name: "life-\(policy.rawValue)") { configuration, assets, _ in
+            var spec = EndToEnd.spec(assets, id: "life-\(policy.rawValue)-\(getpid())")
+            spec.drives = [
+                DriveSpec(id: "rootfs", path: assets.rootfsImage, root: true),
+                DriveSpec(id: "data", path: assets.dataImage, readOnly: true),
+            ]
+            spec.networkInterfaces = [NetworkInterfaceSpec(id: "eth0", tap: tap.name, mac: "06:00:ac:10:00:02")]
+            spec.logging = .init(level: .info, metrics: true)
+            let vm = try await MicroVM.create(spec, configuration: configuration, logger: EndToEnd.logger)
+            try await EndToEnd.using(vm) { vm in
+                #expect(vm.isSandboxed == (policy == .required))
+                #expect(await vm.state == .created)
+                #expect(try await vm.client.describeInstance().state == .notStarted)
+                let config = try await vm.client.getVMConfiguration()
+                #expect(config.bootSource?.kernelImagePath == vm.vmmPath("/boot/kernel"))
+                #expect(config.bootSource?.bootArgs == spec.boot.args.joined(separator: " "))
+                #expect(config.machineConfig?.memSizeMiB == 64)
+                let root = try #require(config.drives?.first { $0.driveId == "rootfs" })
+                #expect(root.pathOnHost == vm.vmmPath("/drives/rootfs") && root.isRootDevice && root.isReadOnly == false)
+                #expect(config.drives?.first { $0.driveId == "data" }?.isReadOnly == true)
+                #expect(config.networkInterfaces?.first?.hostDevName == tap.name)
+
+                try await vm.start()
+                #expect(await vm.state == .running)
+                let banner = try await vm.console.waitForLine(containing: "microvm-guest: banner", timeout: .seconds(10))
+                #expect(banner.text == "microvm-guest: banner version=1 mode=normal heartbeat_ms=100")
+                _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat 2", timeout: .seconds(5))
+
+                try await vm.pause()
+                #expect(await vm.state == .paused)
+                #expect(try await vm.client.describeInstance().state == .paused)
+                let last = await vm.console.nextLineIndex
+                try await Task.sleep(for: .milliseconds(500))
+                let whilePaused = await vm.console.recentLines.filter { $0.index >= last && $0.text.contains("heartbeat") }
+                #expect(whilePaused.isEmpty, "the guest ran while paused: \(whilePaused)")
+                try await vm.resume()
+                #expect(await vm.state == .running)
+                _ = try await vm.console.waitForLine(after: last, timeout: .seconds(2), "heartbeat after resume") { $0.contains("heartbeat") }
+
+                vm.write("hello from the host\n")
+                _ = try await vm.console.waitForLine(containing: "microvm-guest: echo hello from the host", timeout: .seconds(3))
+
+                try await vm.client.flushMetrics()
+                let metricsPath = try #require(vm.metricsPath)
+                let metrics = try String(contentsOfFile: metricsPath.string, encoding: .utf8)
+                let lastMetrics = try #require(metrics.split(separator: "\n").last)
+                #expect((try JSONSerialization.jsonObject(with: Data(lastMetrics.utf8)) as? [String: Any])?["api_server"] != nil)
+                #expect(await vm.firecrackerLog.recentLines.contains { $0.message.contains("Running Firecracker v1.12.1") })
+
+                let reason = await vm.stop(grace: .seconds(5))
+                #expect(reason.kind == .guestShutdown && reason.exit == .exited(code: 0), "\(reason)")
+                #expect(await vm.state == .stopped(reason))
+                #expect(await vm.console.recentLines.contains { $0.text == "microvm-guest: goodbye" })
+                #expect(await vm.console.recentLines.allSatisfy { !EndToEnd.looksLikeFirecrackerLog($0.text) })
+                #expect(await vm.teardown?.isComplete == true)
+                #expect(!FileManager.default.fileExists(atPath: vm.layout.jailDirectory.string))
+                await #expect {
+                    try await vm.pause()
+                } throws: { error in
+                    guard case .invalidState(_, "pause", .stopped, ["running"]) = error as? MicroVMError else { return false }
+                    return true
+                }
+            }
+        }
+    }
+
+    @Test("The lifecycle state machine: the same rules as the in-memory twin", arguments: policies)
+    func stateMachine(policy: SandboxPolicy) async throws {
+        try await EndToEnd.withDriver(policy, name: "sm-\(policy.rawValue)") { configuration, assets, directory in
+            let provider = FirecrackerProvider(configuration: configuration, logger: EndToEnd.logger)
+            let violations = await StateMachineConformance.violations(
+                of: provider, spec: EndToEnd.spec(assets, id: "sm-\(policy.rawValue.prefix(3))-\(getpid())"),
+                scratchDirectory: FilePath(directory))
+            #expect(violations.isEmpty, "\(violations)")
+        }
+    }
+
+    @Test("A failure at each step of create removes everything done so far and names the step", arguments: policies)
+    func rollback(policy: SandboxPolicy) async throws {
+        try await EndToEnd.withDriver(policy, name: "rb-\(policy.rawValue)") { configuration, assets, directory in
+            let id = "rb-\(policy.rawValue.prefix(3))-\(getpid())"
+            // Validation: nothing touched, every problem named.
+            var bad = EndToEnd.spec(assets, id: id)
+            bad.drives = [DriveSpec(id: "root fs", path: directory + "/missing.img")]
+            bad.machine.memoryMiB = 0
+            await #expect {
+                try await MicroVM.create(bad, configuration: configuration, logger: EndToEnd.logger)
+            } throws: { error in
+                guard case .invalidSpec(_, let problems) = error as? MicroVMError else { return false }
+                return Set(problems.map(\.field)) == ["drives[0].id", "drives[0].path", "machine.memory_mib"]
+            }
+
+            // Launch: a Firecracker binary that cannot run (jailed: the jailer's own complaint).
+            var broken = configuration
+            let fake = directory + "/firecracker"
+            _ = FileManager.default.createFile(atPath: fake, contents: Data("not a program".utf8), attributes: [.posixPermissions: 0o755])
+            broken.jailer.firecrackerBinary = FilePath(fake)
+            await #expect {
+                try await MicroVM.run(EndToEnd.spec(assets, id: id), configuration: broken, logger: EndToEnd.logger)
+            } throws: { error in
+                guard case .createFailed(_, let step, _, _) = error as? MicroVMError else { return false }
+                return step == "launching Firecracker" || step == "waiting for Firecracker's API"
+            }
+
+            // Configure: Firecracker refuses a request (two interfaces with one MAC, which the
+            // spec does not forbid); the step and Firecracker's fault message are kept.
+            var refused = EndToEnd.spec(assets, id: id)
+            refused.networkInterfaces = [
+                NetworkInterfaceSpec(id: "eth0", tap: EndToEnd.tapName("r0"), mac: "06:00:00:00:00:01"),
+                NetworkInterfaceSpec(id: "eth1", tap: EndToEnd.tapName("r1"), mac: "06:00:00:00:00:01"),
+            ]
+            await #expect {
+                let vm = try await MicroVM.create(refused, configuration: configuration, logger: EndToEnd.logger)
+                await vm.kill()
+            } throws: { error in
+                guard case .createFailed(_, let step, let cause, _) = error as? MicroVMError,
+                    case .api(_, _, .api(400, let message, _, _))? = cause as? MicroVMError
+                else { return false }
+                return step.hasPrefix("configuring network interface") && !message.isEmpty
+            }
+            for tap in ["r0", "r1"] { #expect(!TapDevice.exists(name: EndToEnd.tapName(tap))) }
+        }
+    }
+
+    @Test("A guest that ignores Ctrl-Alt-Del is killed after the grace period", arguments: policies)
+    func stopEscalation(policy: SandboxPolicy) async throws {
+        try await EndToEnd.withDriver(policy, name: "esc-\(policy.rawValue)") { configuration, assets, _ in
+            let spec = EndToEnd.spec(assets, id: "esc-\(policy.rawValue.prefix(3))-\(getpid())", args: ["console=ttyS0", "microvm.mode=hang"])
+            let vm = try await MicroVM.run(spec, configuration: configuration, logger: EndToEnd.logger)
+            try await EndToEnd.using(vm) { vm in
+                try await Task.sleep(for: .milliseconds(100))
+                let start = ContinuousClock.now
+                let reason = await vm.stop(grace: .milliseconds(400))
+                #expect(ContinuousClock.now - start >= .milliseconds(400))
+                #expect(reason.kind == .killedByDriver, "\(reason)")
+                let expected: VMMExit = policy == .required ? .signaled(signal: SIGKILL) : .signaled(signal: SIGTERM)
+                #expect(reason.exit == expected)
+                #expect(await vm.state == .stopped(reason))
+            }
+        }
+    }
+
+    @Test("How a VM ended: guest shutdown, triple fault, KVM error, killed from outside", arguments: policies)
+    func exitReasons(policy: SandboxPolicy) async throws {
+        try await EndToEnd.withDriver(policy, name: "why-\(policy.rawValue)") { configuration, assets, _ in
+            // Firecracker 1.12.1 exits 1 after a KVM internal error, but now and then 0 (its two
+            // "Vmm is stopping" paths race; seen in about 1 of 3 jailed runs): only the log tells.
+            let cases: [(String, ExitReason.Kind, Set<VMMExit>)] = [
+                ("exit", .guestShutdown, [.exited(code: 0)]),
+                ("triple-fault", .tripleFault, [.exited(code: 0)]),
+                ("crash", .kvmError, [.exited(code: 1), .exited(code: 0)]),
+            ]
+            for (mode, kind, exits) in cases {
+                let spec = EndToEnd.spec(assets, id: "why-\(mode)-\(getpid())", args: ["console=ttyS0", "microvm.mode=\(mode)"])
+                let vm = try await MicroVM.run(spec, configuration: configuration, logger: EndToEnd.logger)
+                let reason = try #require(await vm.waitForExit(timeout: .seconds(10)))
+                #expect(reason.kind == kind, "\(mode): \(reason)")
+                #expect(exits.contains(reason.exit), "\(mode): \(reason)")
+                #expect(await vm.state.name == (kind == .guestShutdown ? "stopped" : "failed"))
+                if kind != .guestShutdown { #expect(!reason.evidence.isEmpty, "\(mode): Firecracker's words are kept") }
+            }
+            let vm = try await MicroVM.run(EndToEnd.spec(assets, id: "why-kill-\(getpid())"), configuration: configuration, logger: EndToEnd.logger)
+            _ = try await vm.console.waitForLine(containing: "microvm-guest: banner", timeout: .seconds(10))
+            kill(vm.pid, SIGKILL)
+            let reason = try #require(await vm.waitForExit(timeout: .seconds(10)))
+            #expect(reason.kind == .killed && reason.exit == .signaled(signal: SIGKILL), "\(reason)")
+            #expect(await vm.state == .failed(reason))
+        }
+    }
+
+    @Test("50 launches in a row: the console never holds a line of Firecracker's log")
+    func consoleIsTheGuestsAlone() async throws {
+        try await EndToEnd.withDriver(.required, name: "purity") { configuration, assets, _ in
+            for round in 0..<50 {
+                var spec = EndToEnd.spec(assets, id: "pure-\(round)-\(getpid())", args: ["console=ttyS0", "microvm.heartbeat_ms=0"])
+                spec.sandbox = round % 2 == 0 ? .required : .disabled
+                let vm = try await MicroVM.run(spec, configuration: configuration, logger: EndToEnd.logger)
+                try await EndToEnd.using(vm) { vm in
+                    let banner = try await vm.console.waitForLine(containing: "microvm-guest: banner", timeout: .seconds(10))
+                    #expect(banner.text == "microvm-guest: banner version=1 mode=normal heartbeat_ms=0", "round \(round)")
+                    let reason = await vm.stop(grace: .seconds(5))
+                    #expect(reason.kind == .guestShutdown, "round \(round): \(reason)")
+                    let lines = await vm.console.recentLines.map(\.text)
+                    #expect(lines == ["microvm-guest: banner version=1 mode=normal heartbeat_ms=0", "microvm-guest: goodbye"], "round \(round)")
+                }
+            }
+        }
+    }
+
+    @Test("10 jailed VMs at once: all boot, all stop cleanly, nothing left")
+    func concurrentVMs() async throws {
+        try await EndToEnd.withDriver(.required, name: "many") { configuration, assets, _ in
+            let reasons = try await withThrowingTaskGroup(of: ExitReason.self) { group in
+                for index in 0..<10 {
+                    group.addTask {
+                        let vm = try await MicroVM.run(
+                            EndToEnd.spec(assets, id: "many-\(index)-\(getpid())", memoryMiB: 32), configuration: configuration,
+                            logger: EndToEnd.logger)
+                        return try await EndToEnd.using(vm) { vm in
+                            _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat 2", timeout: .seconds(20))
+                            vm.write("vm \(index)\n")
+                            _ = try await vm.console.waitForLine(containing: "echo vm \(index)", timeout: .seconds(10))
+                            return await vm.stop(grace: .seconds(10))
+                        }
+                    }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(reasons.count == 10)
+            #expect(reasons.allSatisfy { $0.kind == .guestShutdown }, "\(reasons)")
+        }
+    }
+}
