@@ -113,6 +113,17 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(
+            name: "MicroVMTests",
+            dependencies: [
+                "MicroVM",
+                "FirecrackerAPI",
+                "MicroVMHost",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
             name: "EndToEndTests",
             dependencies: [
                 "MicroVM",

@@ -29,7 +29,8 @@ public struct Snapshot: Codable, Sendable, Hashable {
         self.spec = spec
         self.firecrackerVersion = firecrackerVersion
         self.driveFiles = driveCopies.mapValues { FilePath($0).lastComponent?.string ?? $0 }
-        self.createdAt = createdAt
+        // Whole seconds: what snapshot.json keeps (ISO 8601).
+        self.createdAt = Date(timeIntervalSince1970: createdAt.timeIntervalSince1970.rounded(.down))
     }
 
     enum CodingKeys: String, CodingKey {
@@ -91,9 +92,15 @@ public struct Snapshot: Codable, Sendable, Hashable {
         let baseMemory = base.memoryPath.string
         let id = spec.id
         try await SnapshotFiles.offPool(id: id, step: "merging the memory") { () throws(SystemCallError) in
+            // The merged file replaces the diff's memory with its owner and mode (a jailed VM's
+            // snapshot belongs to the VM user, who must be able to read it to restore it).
+            var status = stat()
+            try SystemCallError.check("stat", diff) { stat(diff, &status) }
             unlink(merged)
             try SparseFile.copy(baseMemory, to: merged)
             try SparseFile.overlay(diff, onto: merged)
+            try SystemCallError.check("chown", merged) { chown(merged, status.st_uid, status.st_gid) }
+            try SystemCallError.check("chmod", merged) { chmod(merged, status.st_mode & 0o7777) }
             try SystemCallError.check("rename", merged) { rename(merged, diff) }
         }
         var result = self

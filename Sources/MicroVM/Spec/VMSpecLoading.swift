@@ -191,9 +191,6 @@ extension JSONValue {
                     throw .invalidSpec(id: nil, problems: [SpecProblem(field: path, message: "a key that is not a plain string")])
                 }
                 let field = path.isEmpty ? scalar.string : "\(path).\(scalar.string)"
-                if members[scalar.string] != nil {
-                    throw .invalidSpec(id: nil, problems: [SpecProblem(field: field, message: "given twice")])
-                }
                 members[scalar.string] = try JSONValue(yaml: value, path: field)
             }
             self = .object(members)

@@ -1,0 +1,145 @@
+import FirecrackerAPI
+import Foundation
+import Logging
+@testable import MicroVM
+import MicroVMHost
+import SystemPackage
+import Testing
+
+@Suite("The in-memory twin")
+struct InMemoryTwinTests {
+    static let spec = VMSpec(id: "twin", machine: .init(vcpus: 1, memoryMiB: 64), boot: .init(kernel: "/images/vmlinux"))
+
+    @Test("It follows the same state machine as the real driver")
+    func conformance() async throws {
+        let directory = NSTemporaryDirectory() + "microvm-twin-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let violations = await StateMachineConformance.violations(
+            of: InMemoryProvider(), spec: Self.spec, scratchDirectory: FilePath(directory))
+        #expect(violations.isEmpty, "\(violations)")
+    }
+
+    @Test("Tests script the guest: console output, input, how it ends; snapshots restore")
+    func scripting() async throws {
+        let provider = InMemoryProvider()
+        let vm = try await provider.run(Self.spec)
+        await vm.guestWrites("booted\n")
+        _ = try await vm.console.waitForLine(containing: "booted", timeout: .seconds(1))
+        vm.write("ls\n")
+        #expect(await vm.input == "ls\n")
+        let directory = NSTemporaryDirectory() + "microvm-twin-snap-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let snapshot = try await vm.snapshot(to: FilePath(directory), type: .full)
+        let crash = await vm.guestExits(.kvmError, exit: .exited(code: 1))
+        #expect(await vm.state == .failed(crash))
+        #expect(provider.liveIDs.isEmpty)
+        let restored = try await provider.restore(snapshot, id: "twin-2", resume: false, networkOverrides: [:])
+        #expect(await restored.state == .paused)
+        await #expect {
+            _ = try await provider.restore(snapshot, id: "twin-3", resume: true, networkOverrides: ["eth9": "tap9"])
+        } throws: { error in
+            guard case .invalidSpec(_, let problems) = error as? MicroVMError else { return false }
+            return problems.first?.field == "network_overrides.eth9"
+        }
+        await restored.kill()
+    }
+}
+
+@Suite("Exit reasons and Firecracker's log")
+struct ExitReasonTests {
+    static func log(_ lines: String...) -> [FirecrackerLog.Line] {
+        lines.map { FirecrackerLog.parse($0) }
+    }
+
+    @Test("Exit status and log together decide the reason")
+    func classification() {
+        let reset = Self.log("2026-01-01T00:00:00.000 [vm:main:INFO] Vmm is stopping.")
+        let tripleFault = Self.log(
+            "2026-01-01T00:00:00.000 [vm:fc_vcpu 0:INFO] Received KVM_EXIT_SHUTDOWN signal",
+            "2026-01-01T00:00:00.000 [vm:main:INFO] Vmm is stopping.")
+        let crash = Self.log("2026-01-01T00:00:00.000 [vm:fc_vcpu 0:ERROR] Received KVM_EXIT_INTERNAL_ERROR signal")
+        let cases: [(VMMExit, [FirecrackerLog.Line], Bool, ExitReason.Kind)] = [
+            (.exited(code: 0), reset, false, .guestShutdown),
+            (.exited(code: 0), tripleFault, false, .tripleFault),
+            (.exited(code: 1), crash, false, .kvmError),
+            (.exited(code: 0), crash, false, .kvmError),  // Firecracker's exit-code race
+            (.exited(code: 148), [], false, .seccompViolation),
+            (.exited(code: 153), [], false, .badConfiguration),
+            (.exited(code: 2), [], false, .vmmError),
+            (.signaled(signal: 9), [], true, .killedByDriver),
+            (.signaled(signal: 9), [], false, .killed),
+            (.signaled(signal: 31), [], false, .seccompViolation),
+        ]
+        for (exit, log, byDriver, kind) in cases {
+            let reason = ExitReason.classify(exit: exit, log: log, killedByDriver: byDriver)
+            #expect(reason.kind == kind, "\(exit) \(log.map(\.message))")
+        }
+        #expect(ExitReason.classify(exit: .exited(code: 0), log: tripleFault, killedByDriver: false).isClean == false)
+    }
+
+    @Test("Log lines are parsed with their level; other text is kept whole")
+    func parsing() {
+        let line = FirecrackerLog.parse("2026-12-01T13:57:51.792 [vm-1:fc_vcpu 0:WARN] Something odd")
+        #expect(line.level == .warning && line.thread == "fc_vcpu 0" && line.message == "Something odd")
+        #expect(FirecrackerLog.parse("no brackets").message == "no brackets")
+    }
+}
+
+@Suite("Console ring")
+struct ConsoleTests {
+    @Test("Bounded in lines and in bytes, oldest dropped, indexes kept")
+    func bounds() async {
+        let console = Console(limits: .init(lines: 3, bytes: 1 << 20))
+        await console.append(Array("a\nb\nc\nd\n".utf8))
+        #expect(await console.recentLines.map(\.text) == ["b", "c", "d"])
+        #expect(await console.recentLines.first?.index == 1)
+        let small = Console(limits: .init(lines: 100, bytes: 10))
+        await small.append(Array("12345\n67890\nabcde\n".utf8))
+        #expect(await small.recentLines.map(\.text) == ["67890", "abcde"])
+        await small.append(Array(String(repeating: "x", count: 25).utf8))
+        #expect(await small.recentLines.last?.text.count == 10, "an endless line is cut at the byte bound")
+    }
+
+    @Test("The file gets every byte unchanged and rotates at its size")
+    func rotatingFile() async throws {
+        let directory = NSTemporaryDirectory() + "microvm-console-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/console.log"
+        let console = Console(file: .init(path: FilePath(path), maximumBytes: 4096, keep: 1))
+        let chunk = String(repeating: "y", count: 3000) + "\r\n"
+        for _ in 0..<3 { await console.append(Array(chunk.utf8)) }
+        await console.finish()
+        #expect(try String(contentsOfFile: path, encoding: .utf8) == chunk)
+        #expect(try String(contentsOfFile: path + ".1", encoding: .utf8) == chunk)
+        #expect(!FileManager.default.fileExists(atPath: path + ".2"))
+    }
+}
+
+@Suite("Sparse snapshot files")
+struct SparseFileTests {
+    @Test("A copy keeps holes and data (zeros included); an overlay writes only the source's data")
+    func copyAndOverlay() throws {
+        let directory = NSTemporaryDirectory() + "microvm-sparse-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let base = directory + "/base", diff = directory + "/diff", merged = directory + "/merged"
+        let page = 4096
+        try Data(repeating: 0xAA, count: page * 4).write(to: URL(fileURLWithPath: base))
+        // The diff: page 1 dirtied to zeros, page 3 dirtied to 0x55, pages 0 and 2 holes.
+        let fd = open(diff, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        _ = [UInt8](repeating: 0, count: page).withUnsafeBytes { pwrite(fd, $0.baseAddress, page, off_t(page)) }
+        _ = [UInt8](repeating: 0x55, count: page).withUnsafeBytes { pwrite(fd, $0.baseAddress, page, off_t(page * 3)) }
+        close(fd)
+        try SparseFile.copy(base, to: merged)
+        try SparseFile.overlay(diff, onto: merged)
+        let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: merged)))
+        #expect(bytes.count == page * 4)
+        #expect(bytes[0..<page].allSatisfy { $0 == 0xAA })
+        #expect(bytes[page..<(2 * page)].allSatisfy { $0 == 0 }, "a dirtied page of zeros is written")
+        #expect(bytes[(2 * page)..<(3 * page)].allSatisfy { $0 == 0xAA })
+        #expect(bytes[(3 * page)...].allSatisfy { $0 == 0x55 })
+        #expect(throws: SystemCallError.self) { try SparseFile.copy(base, to: merged) }
+    }
+}

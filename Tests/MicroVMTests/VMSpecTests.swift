@@ -1,0 +1,136 @@
+import FirecrackerAPI
+import Foundation
+import MicroVM
+import MicroVMHost
+import Testing
+
+@Suite("VM spec: strict decoding and validation")
+struct VMSpecTests {
+    static let kernel = "/proc/self/exe"  // any existing regular file will do for validation
+
+    static let json = """
+        {
+          "id": "vm-1",
+          "machine": {"vcpus": 2, "memory_mib": 256, "smt": false, "track_dirty_pages": true},
+          "boot": {"kernel": "\(kernel)", "args": ["console=ttyS0", "reboot=k", "panic=1"]},
+          "drives": [{"id": "rootfs", "path": "\(kernel)", "root": true,
+                      "rate_limiter": {"bandwidth": {"size": 1048576, "refill_time": 1000}}}],
+          "network_interfaces": [{"id": "eth0", "tap": "tap0", "mac": "06:00:ac:10:00:02"}],
+          "vsock": {"guest_cid": 3},
+          "mmds": {"version": "V2", "network_interfaces": ["eth0"], "metadata": {"latest": {"token": "x"}}},
+          "balloon": {"amount_mib": 16, "deflate_on_oom": true},
+          "logging": {"level": "Warning", "metrics": true},
+          "console": {"ring_lines": 100, "file": "/var/log/vm-1.console"},
+          "jail": {"uid": 1000, "gid": 1000, "chroot_base": "/srv/jailer"},
+          "limits": {"cpus": 1.5, "pids": 64},
+          "sandbox": "preferred"
+        }
+        """
+
+    @Test("A complete JSON spec decodes, keeps the argument order, and validates")
+    func completeJSON() throws {
+        let spec = try VMSpec.decode(json: Data(Self.json.utf8))
+        #expect(spec.boot.args == ["console=ttyS0", "reboot=k", "panic=1"])
+        #expect(spec.drives.first?.rateLimiter?.bandwidth?.size == 1_048_576)
+        #expect(spec.mmds?.metadata == .object(["latest": .object(["token": .string("x")])]))
+        #expect(spec.sandbox == .preferred)
+        #expect(spec.logging?.level == .warning)
+        #expect(spec.validate().isEmpty, "\(spec.validate())")
+        // It survives a round trip.
+        #expect(try VMSpec.decode(json: JSONEncoder().encode(spec)) == spec)
+    }
+
+    @Test("An unknown key is an error naming its path, however deep")
+    func unknownKeys() throws {
+        let typo = Self.json.replacingOccurrences(of: "\"bandwidth\"", with: "\"bandwith\"")
+            .replacingOccurrences(of: "\"sandbox\"", with: "\"sandbx\"")
+        #expect {
+            try VMSpec.decode(json: Data(typo.utf8))
+        } throws: { error in
+            guard case .invalidSpec(let id, let problems) = error as? MicroVMError else { return false }
+            return id == "vm-1" && Set(problems.map(\.field)) == ["drives[0].rate_limiter.bandwith", "sandbx"]
+                && problems.allSatisfy { $0.message == "unknown key" }
+        }
+    }
+
+    @Test("Missing and mistyped values name their field")
+    func shapeErrors() {
+        #expect {
+            try VMSpec.decode(json: Data(#"{"id": "a", "machine": {"vcpus": 1, "memory_mib": 64}, "boot": {}}"#.utf8))
+        } throws: { error in
+            guard case .invalidSpec(_, let problems) = error as? MicroVMError else { return false }
+            return problems.map(\.field) == ["boot.kernel"] && problems.first?.message == "missing"
+        }
+        #expect {
+            try VMSpec.decode(json: Data(#"{"id": "a", "machine": {"vcpus": "two", "memory_mib": 64}, "boot": {"kernel": "/k"}}"#.utf8))
+        } throws: { error in
+            guard case .invalidSpec(_, let problems) = error as? MicroVMError else { return false }
+            return problems.map(\.field) == ["machine.vcpus"] && problems.first?.message == "expected an integer"
+        }
+        #expect(throws: MicroVMError.self) { try VMSpec.decode(json: Data("{not json".utf8)) }
+    }
+
+    @Test("YAML: the same spec; unquoted Off and no stay strings; duplicate keys are errors")
+    func yaml() throws {
+        let yaml = """
+            id: vm-2
+            machine:
+              vcpus: 1
+              memory_mib: 128
+            boot:
+              kernel: \(Self.kernel)
+              args: [console=ttyS0, "quiet"]
+            logging:
+              level: Off
+            """
+        let spec = try VMSpec.decode(yaml: yaml)
+        #expect(spec.logging?.level == .off)
+        #expect(spec.boot.args == ["console=ttyS0", "quiet"])
+        #expect(spec.validate().isEmpty)
+        #expect {
+            try VMSpec.decode(yaml: yaml + "\nid: again\n")
+        } throws: { error in
+            guard case .invalidSpec(_, let problems) = error as? MicroVMError else { return false }
+            return problems.first?.message.contains("duplicated key(s): 'id'") == true
+        }
+        #expect {
+            try VMSpec.decode(yaml: yaml + "\nmachine_typo: 1\n")
+        } throws: { error in
+            guard case .invalidSpec(_, let problems) = error as? MicroVMError else { return false }
+            return problems.map(\.field) == ["machine_typo"]
+        }
+    }
+
+    @Test("load(from:) picks the format by extension")
+    func loadFromFile() throws {
+        let directory = NSTemporaryDirectory() + "microvm-spec-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try Data(Self.json.utf8).write(to: URL(fileURLWithPath: directory + "/vm.json"))
+        #expect(try VMSpec.load(from: .init(directory + "/vm.json")).id == "vm-1")
+        try Data("id: y\nmachine: {vcpus: 1, memory_mib: 8}\nboot: {kernel: /k}\n".utf8).write(to: URL(fileURLWithPath: directory + "/vm.yaml"))
+        #expect(try VMSpec.load(from: .init(directory + "/vm.yaml")).id == "y")
+        #expect(throws: MicroVMError.self) { try VMSpec.load(from: .init(directory + "/missing.json")) }
+    }
+
+    @Test("Validation names every problem's field")
+    func validation() {
+        var spec = VMSpec(id: "bad_id", machine: .init(vcpus: 3, memoryMiB: 0, smt: true), boot: .init(kernel: "/no/such/kernel", args: ["console=ttyS0 quiet"]))
+        spec.drives = [DriveSpec(id: "a", path: "relative.img"), DriveSpec(id: "a", path: Self.kernel, root: true), DriveSpec(id: "b-c", path: "/proc", root: true)]
+        spec.networkInterfaces = [NetworkInterfaceSpec(id: "eth0", tap: "a-name-longer-than-15", mac: "zz:00:00:00:00:00", mtu: 10)]
+        spec.vsock = VsockSpec(guestCid: 2)
+        spec.mmds = MMDSSpec(networkInterfaces: ["eth9"], metadata: .array([]))
+        spec.balloon = Balloon(amountMiB: 512, deflateOnOom: false)
+        spec.limits = .init(cpus: 0, memoryMiB: 8, pids: 1)
+        spec.jail = .init(chrootBase: "srv", parentCgroup: "/abs")
+        let fields = Set(spec.validate().map(\.field))
+        #expect(
+            fields == [
+                "id", "machine.vcpus", "machine.memory_mib", "boot.kernel", "boot.args[0]", "drives[0].path", "drives[1].id",
+                "drives[2].id", "drives[2].path", "drives", "network_interfaces[0].tap", "network_interfaces[0].mac",
+                "network_interfaces[0].mtu", "vsock.guest_cid", "mmds.metadata", "mmds.network_interfaces[0]",
+                "balloon.amount_mib", "jail.chroot_base", "jail.parent_cgroup", "limits.cpus", "limits.memory_mib", "limits.pids",
+            ], "\(fields)")
+        #expect(throws: MicroVMError.self) { try spec.check() }
+    }
+}
