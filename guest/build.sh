@@ -34,8 +34,9 @@ CFLAGS=(
 
 "$CC" "${CFLAGS[@]}" -c "$src_dir/start.S" -o "$work/start.o"
 "$CC" "${CFLAGS[@]}" -c "$src_dir/guest.c" -o "$work/guest.o"
+"$CC" "${CFLAGS[@]}" -c "$src_dir/virtio.c" -o "$work/virtio.o"
 "$LD" -nostdlib -static --no-dynamic-linker --build-id=none -z noexecstack -z max-page-size=4096 \
-    -T "$src_dir/link.ld" -o "$work/microvm-test-guest.elf" "$work/start.o" "$work/guest.o"
+    -T "$src_dir/link.ld" -o "$work/microvm-test-guest.elf" "$work/start.o" "$work/guest.o" "$work/virtio.o"
 
 mv -f "$work/microvm-test-guest.elf" "$out_dir/microvm-test-guest.elf"
 echo "$out_dir/microvm-test-guest.elf"
