@@ -50,10 +50,10 @@ public actor MicroVM {
 
     public private(set) var state: VMState
 
-    private let executor: any VMMExecutor
+    let executor: any VMMExecutor
     private let process: SupervisedProcess
-    private let streams: VMMStreams
-    private let logger: Logger
+    let streams: VMMStreams
+    let logger: Logger
     private let ended = ExitState<ExitReason>()
     private var killRequested = false
     private var teardownReport: TeardownReport?
