@@ -57,6 +57,7 @@ public actor MicroVM {
     private let ended = ExitState<ExitReason>()
     private var killRequested = false
     private var teardownReport: TeardownReport?
+    private var teardownActions: [@Sendable () async -> Void] = []
 
     private init(
         spec: VMSpec, id: VMIdentifier, executor: any VMMExecutor, decision: SandboxDecision, process: SupervisedProcess,
@@ -403,6 +404,8 @@ public actor MicroVM {
         await streams.vmmExited()
         let reason = ExitReason.classify(exit: status, log: await streams.log.recentLines, killedByDriver: killRequested)
         state = .ended(reason)
+        for action in teardownActions { await action() }
+        teardownActions.removeAll()
         await streams.close()
         await client.close()
         let report = await executor.cleanup(logger: logger)
@@ -427,6 +430,17 @@ public actor MicroVM {
     /// The exit reason if the VM ends within `timeout`.
     public func waitForExit(timeout: Duration) async -> ExitReason? {
         await ended.wait(timeout: timeout)
+    }
+
+    /// Runs `action` when the VMM has ended, before the VM's directory is removed: for what a
+    /// device holds on the host (a vsock listener, a socket in the VM's directory). Runs at once
+    /// when the VM has already ended.
+    func onTeardown(_ action: @escaping @Sendable () async -> Void) async {
+        if state.isLive {
+            teardownActions.append(action)
+        } else {
+            await action()
+        }
     }
 
     /// What removing the VM's directory and cgroups did; nil while the VMM runs.
