@@ -352,7 +352,10 @@ public actor MicroVM {
         let event = await withTaskGroup(of: Event.self) { group in
             group.addTask {
                 do throws(FirecrackerAPIError) {
-                    try await client.waitUntilReady(timeout: timeout)
+                    // A short, flat poll: connecting to a Unix socket costs microseconds, and a
+                    // doubling backoff would answer up to twice as late as the VMM is ready.
+                    try await client.waitUntilReady(
+                        timeout: timeout, initialBackoff: .microseconds(500), maximumBackoff: .milliseconds(2))
                     return .ready(nil)
                 } catch {
                     return .ready(error)
