@@ -33,11 +33,15 @@ public struct APIRequest: Sendable, Hashable {
     }
 
     /// A request with a JSON body. The endpoint's own minimum version and the body's (when its
-    /// type is ``VersionGated``) are combined.
+    /// type is ``VersionGated``) are combined. A body that is ``LocallyValidated`` is checked
+    /// first, so a value Firecracker can never accept fails here, with `.invalidArgument`.
     public static func json<Body: Encodable>(
         _ method: HTTPMethod, _ path: String, _ body: Body,
         since endpointVersion: FirecrackerVersion = .baseline
     ) throws(FirecrackerAPIError) -> APIRequest {
+        if let checked = body as? any LocallyValidated {
+            try checked.validate()
+        }
         let encoded: Data
         do {
             encoded = try APIRequest.encoder.encode(body)
@@ -81,9 +85,29 @@ public struct APIRequest: Sendable, Hashable {
 public struct APIResponse: Sendable, Hashable {
     public var status: Int
     public var body: [UInt8]
+    /// The response headers, by lowercased name; a header sent more than once has its values
+    /// joined with ", ".
+    public var headers: [String: String]
 
-    public init(status: Int, body: [UInt8]) {
+    public init(status: Int, body: [UInt8], headers: [String: String] = [:]) {
         self.status = status
         self.body = body
+        self.headers = headers
+    }
+
+    /// True when Firecracker marked the answer with `Deprecation: true` (RFC 9745; any value
+    /// other than `false` counts): the request used a deprecated endpoint or field.
+    public var isDeprecated: Bool {
+        guard let value = headers["deprecation"]?.trimmingSpaces else { return false }
+        return !value.isEmpty && value.lowercased() != "false"
+    }
+}
+
+extension String {
+    var trimmingSpaces: String {
+        var text = Substring(self)
+        while let first = text.first, first.isWhitespace { text.removeFirst() }
+        while let last = text.last, last.isWhitespace { text.removeLast() }
+        return String(text)
     }
 }

@@ -11,6 +11,12 @@ import class Foundation.JSONDecoder
 /// connection sequentially; pipelining buys nothing). Every call has a timeout. Requests that
 /// need a newer Firecracker than the server fail locally, before anything is sent; the server's
 /// version is asked once, and only when a request needs more than ``FirecrackerVersion/baseline``.
+///
+/// Answers that carry `Deprecation: true` (a deprecated endpoint or field was used) are
+/// reported three ways: a warning through the client's logger naming the call and, where the
+/// client can tell from the body it sent, the deprecated fields; the
+/// ``deprecationNotices`` list (the last ``maximumDeprecationNotices``); and the optional
+/// `deprecationHandler` given to the initializer.
 public actor FirecrackerClient {
     public struct Configuration: Sendable, Hashable {
         /// Time allowed for one complete exchange unless the call names its own.
@@ -33,17 +39,34 @@ public actor FirecrackerClient {
     private var knownServerVersion: FirecrackerVersion?
     private var busy = false
     private var waiters: [CheckedContinuation<Void, Never>] = []
+    private let deprecationHandler: (@Sendable (DeprecationNotice) -> Void)?
 
+    /// How many deprecation notices ``deprecationNotices`` keeps.
+    public static let maximumDeprecationNotices = 32
+
+    /// The most recent answers marked `Deprecation: true`, oldest first (at most
+    /// ``maximumDeprecationNotices``).
+    public private(set) var deprecationNotices: [DeprecationNotice] = []
+
+    /// - Parameter deprecationHandler: called (on the client's actor, so keep it short) for
+    ///   every answer marked `Deprecation: true`, after the warning is logged.
     public init(
         socketPath: String,
         configuration: Configuration = Configuration(),
         logger: Logger = Logger(label: "microvm.firecracker-api"),
-        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        deprecationHandler: (@Sendable (DeprecationNotice) -> Void)? = nil
     ) {
         self.socketPath = socketPath
         self.configuration = configuration
         self.logger = logger
         self.group = eventLoopGroup
+        self.deprecationHandler = deprecationHandler
+    }
+
+    /// Forgets the recorded deprecation notices.
+    public func clearDeprecationNotices() {
+        deprecationNotices.removeAll()
     }
 
     // MARK: Sending
@@ -156,6 +179,9 @@ public actor FirecrackerClient {
                 method: request.method, path: request.path, body: request.body, timeout: timeout)
             logger.trace(
                 "firecracker api", metadata: ["call": "\(request.feature)", "status": "\(response.status)"])
+            if response.isDeprecated {
+                noteDeprecation(request, response)
+            }
             return response
         } catch {
             let stale = self.connection
@@ -192,6 +218,24 @@ public actor FirecrackerClient {
         }
     }
 
+    private func noteDeprecation(_ request: APIRequest, _ response: APIResponse) {
+        let notice = DeprecationNotice(
+            operation: "\(request.method.rawValue) \(request.path)", status: response.status,
+            fields: DeprecationNotice.deprecatedFields(method: request.method, path: request.path, body: request.body),
+            headerValue: response.headers["deprecation"]?.trimmingSpaces ?? "true")
+        logger.warning(
+            "Firecracker reports a deprecated API use: \(notice)",
+            metadata: [
+                "call": "\(notice.operation)",
+                "deprecated_fields": "\(notice.fields.joined(separator: ","))",
+            ])
+        deprecationNotices.append(notice)
+        if deprecationNotices.count > Self.maximumDeprecationNotices {
+            deprecationNotices.removeFirst(deprecationNotices.count - Self.maximumDeprecationNotices)
+        }
+        deprecationHandler?(notice)
+    }
+
     private func check(_ response: APIResponse, for request: APIRequest) throws(FirecrackerAPIError) {
         guard !(200..<300).contains(response.status) else { return }
         throw .api(
@@ -201,13 +245,58 @@ public actor FirecrackerClient {
             requestBody: request.body.map { String(decoding: $0, as: UTF8.self) })
     }
 
-    /// Firecracker's `{"fault_message": "..."}`, or the raw body when it is not that shape.
+    /// Firecracker's text from an error body: `{"fault_message": "..."}` (the usual shape) or
+    /// `{"error": "..."}` (its HTTP layer's answer to a body over the payload limit, which puts a
+    /// raw newline inside the string: strict JSON parsers reject that, so raw control characters
+    /// inside strings are escaped before a second attempt). The text is returned verbatim; a
+    /// body of neither shape is returned whole, as text.
     static func faultMessage(in body: [UInt8]) -> String {
-        struct Fault: Decodable { let fault_message: String }
-        if let fault = try? JSONDecoder().decode(Fault.self, from: Data(body)) {
-            return fault.fault_message
+        struct Fault: Decodable {
+            let fault_message: String?
+            let error: String?
+        }
+        for candidate in [body, escapingControlCharactersInStrings(body)] {
+            if let fault = try? JSONDecoder().decode(Fault.self, from: Data(candidate)),
+                let message = fault.fault_message ?? fault.error
+            {
+                return message
+            }
         }
         return String(decoding: body, as: UTF8.self)
+    }
+
+    /// `json` with every raw control character (U+0000 to U+001F) inside a string replaced by
+    /// its JSON escape. Characters outside strings are left alone (there they are whitespace or
+    /// an error either way).
+    static func escapingControlCharactersInStrings(_ json: [UInt8]) -> [UInt8] {
+        var result: [UInt8] = []
+        result.reserveCapacity(json.count + 16)
+        var inString = false
+        var escaped = false
+        let hex = Array("0123456789abcdef".utf8)
+        for byte in json {
+            if inString {
+                if escaped {
+                    escaped = false
+                } else if byte == UInt8(ascii: "\\") {
+                    escaped = true
+                } else if byte == UInt8(ascii: "\"") {
+                    inString = false
+                } else if byte < 0x20 {
+                    switch byte {
+                    case 0x0A: result += Array("\\n".utf8)
+                    case 0x0D: result += Array("\\r".utf8)
+                    case 0x09: result += Array("\\t".utf8)
+                    default: result += Array("\\u00".utf8) + [hex[Int(byte >> 4)], hex[Int(byte & 0xF)]]
+                    }
+                    continue
+                }
+            } else if byte == UInt8(ascii: "\"") {
+                inString = true
+            }
+            result.append(byte)
+        }
+        return result
     }
 
     static func decode<R: Decodable>(

@@ -122,12 +122,14 @@ final class UnixSocketHTTPConnection: Sendable {
 
         private var pending: EventLoopPromise<APIResponse>?
         private var status = 0
+        private var headers: [String: String] = [:]
         private var body: [UInt8] = []
 
         func expect(_ promise: EventLoopPromise<APIResponse>) {
             pending?.fail(TransportError(.io("a new request replaced one still waiting")))
             pending = promise
             status = 0
+            headers = [:]
             body.removeAll(keepingCapacity: true)
         }
 
@@ -135,11 +137,17 @@ final class UnixSocketHTTPConnection: Sendable {
             switch unwrapInboundIn(data) {
             case .head(let head):
                 status = Int(head.status.code)
+                headers = [:]
+                for (name, value) in head.headers {
+                    let key = name.lowercased()
+                    headers[key] = headers[key].map { "\($0), \(value)" } ?? value
+                }
             case .body(var buffer):
                 body.append(contentsOf: buffer.readBytes(length: buffer.readableBytes) ?? [])
             case .end:
-                let response = APIResponse(status: status, body: body)
+                let response = APIResponse(status: status, body: body, headers: headers)
                 body = []
+                headers = [:]
                 let promise = pending
                 pending = nil
                 promise?.succeed(response)

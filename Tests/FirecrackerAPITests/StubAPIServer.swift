@@ -19,6 +19,9 @@ final class StubAPIServer: Sendable {
 
     enum Reply: Sendable {
         case respond(status: Int, body: String)
+        /// An answer with extra headers (for example `Deprecation: true`); the body is sent
+        /// byte for byte, so it may be JSON a strict parser rejects, as Firecracker's can be.
+        case respondWithHeaders(status: Int, body: String, headers: [String: String])
         case neverAnswer
         case closeConnection
     }
@@ -110,20 +113,27 @@ final class StubAPIServer: Sendable {
                 case .closeConnection:
                     context.close(promise: nil)
                 case .respond(let status, let text):
-                    var headers = HTTPHeaders()
-                    headers.add(name: "Content-Length", value: String(text.utf8.count))
-                    if !text.isEmpty { headers.add(name: "Content-Type", value: "application/json") }
-                    let responseHead = HTTPResponseHead(
-                        version: .http1_1, status: HTTPResponseStatus(statusCode: status), headers: headers)
-                    context.write(wrapOutboundOut(.head(responseHead)), promise: nil)
-                    if !text.isEmpty {
-                        context.write(
-                            wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: text)))),
-                            promise: nil)
-                    }
-                    context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+                    respond(context: context, status: status, text: text, extra: [:])
+                case .respondWithHeaders(let status, let text, let extra):
+                    respond(context: context, status: status, text: text, extra: extra)
                 }
             }
+        }
+
+        private func respond(context: ChannelHandlerContext, status: Int, text: String, extra: [String: String]) {
+            var headers = HTTPHeaders()
+            headers.add(name: "Content-Length", value: String(text.utf8.count))
+            if !text.isEmpty { headers.add(name: "Content-Type", value: "application/json") }
+            for (name, value) in extra.sorted(by: { $0.key < $1.key }) { headers.add(name: name, value: value) }
+            let responseHead = HTTPResponseHead(
+                version: .http1_1, status: HTTPResponseStatus(statusCode: status), headers: headers)
+            context.write(wrapOutboundOut(.head(responseHead)), promise: nil)
+            if !text.isEmpty {
+                context.write(
+                    wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: text)))),
+                    promise: nil)
+            }
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         }
     }
 }

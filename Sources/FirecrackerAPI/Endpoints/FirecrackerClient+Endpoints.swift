@@ -263,16 +263,33 @@ extension FirecrackerClient {
 // MARK: - MMDS
 
 extension FirecrackerClient {
-    /// `PUT /mmds`: replaces the metadata store. Before or after boot. Firecracker refuses
-    /// request bodies over its payload limit (51,200 bytes by default) with HTTP 413.
-    public func putMMDS(_ contents: MMDSContents, timeout: Duration? = nil) async throws(FirecrackerAPIError) {
+    /// `PUT /mmds`: replaces the metadata store with any JSON value (Firecracker 1.12.1 stores
+    /// arrays and scalars as well as objects; guests and EC2-style paths expect an object).
+    /// Before or after boot.
+    ///
+    /// Two limits apply: a request body over the API payload limit (51,200 bytes unless
+    /// Firecracker was started with `--http-api-max-payload-size`) is refused with HTTP 400
+    /// (``FirecrackerAPIError/isPayloadTooLarge``), and a store that would grow beyond
+    /// `--mmds-size-limit` (by default the payload limit) is refused with HTTP 413.
+    public func putMMDS(_ contents: JSONValue, timeout: Duration? = nil) async throws(FirecrackerAPIError) {
         try await perform(FirecrackerEndpoint.putMMDS(contents), timeout: timeout)
     }
 
-    /// `PATCH /mmds`: merges into the metadata store (JSON merge patch: `null` deletes a key).
-    /// The store must have been created with ``putMMDS(_:timeout:)`` first.
-    public func patchMMDS(_ patch: MMDSContents, timeout: Duration? = nil) async throws(FirecrackerAPIError) {
+    /// `PUT /mmds` with an object; the same as passing `.object(contents)`.
+    public func putMMDS(_ contents: MMDSContents, timeout: Duration? = nil) async throws(FirecrackerAPIError) {
+        try await putMMDS(JSONValue.object(contents), timeout: timeout)
+    }
+
+    /// `PATCH /mmds`: merges into the metadata store (JSON merge patch: `null` deletes a key;
+    /// a patch that is not an object replaces the whole store). The store must have been
+    /// created with `putMMDS` first. The limits of `putMMDS` apply.
+    public func patchMMDS(_ patch: JSONValue, timeout: Duration? = nil) async throws(FirecrackerAPIError) {
         try await perform(FirecrackerEndpoint.patchMMDS(patch), timeout: timeout)
+    }
+
+    /// `PATCH /mmds` with an object; the same as passing `.object(patch)`.
+    public func patchMMDS(_ patch: MMDSContents, timeout: Duration? = nil) async throws(FirecrackerAPIError) {
+        try await patchMMDS(JSONValue.object(patch), timeout: timeout)
     }
 
     /// `GET /mmds`: the whole metadata store. Returned as any JSON value because Firecracker

@@ -178,12 +178,27 @@ public enum FirecrackerEndpoint: Sendable {
 
     // MARK: MMDS
 
-    public static func putMMDS(_ contents: MMDSContents) throws(FirecrackerAPIError) -> APIRequest {
+    /// `PUT /mmds` with any JSON value: Firecracker stores whatever it is given (1.12.1 stores
+    /// arrays and scalars too), although the spec and EC2-style paths assume an object.
+    public static func putMMDS(_ contents: JSONValue) throws(FirecrackerAPIError) -> APIRequest {
         try FirecrackerOperation.putMmds.request(contents)
     }
 
-    public static func patchMMDS(_ patch: MMDSContents) throws(FirecrackerAPIError) -> APIRequest {
+    /// `PUT /mmds` with an object, the usual shape (kept so `[String: JSONValue]` values pass
+    /// without wrapping them in `.object`).
+    public static func putMMDS(_ contents: MMDSContents) throws(FirecrackerAPIError) -> APIRequest {
+        try putMMDS(JSONValue.object(contents))
+    }
+
+    /// `PATCH /mmds`: a JSON merge patch (RFC 7396) of any JSON value; a non-object patch
+    /// replaces the whole store.
+    public static func patchMMDS(_ patch: JSONValue) throws(FirecrackerAPIError) -> APIRequest {
         try FirecrackerOperation.patchMmds.request(patch)
+    }
+
+    /// `PATCH /mmds` with an object, the usual shape.
+    public static func patchMMDS(_ patch: MMDSContents) throws(FirecrackerAPIError) -> APIRequest {
+        try patchMMDS(JSONValue.object(patch))
     }
 
     public static func getMMDS() -> APIRequest {

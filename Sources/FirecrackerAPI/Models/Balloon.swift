@@ -1,20 +1,29 @@
 /// The memory balloon (`PUT /balloon` pre-boot only; `GET /balloon` answers it): lets the host
 /// reclaim guest memory by inflating a balloon inside the guest.
-public struct Balloon: Codable, Sendable, Hashable, VersionGated {
+///
+/// Numbers have Firecracker's own types (`amount_mib` u32, `stats_polling_interval_s` u16).
+/// The `Int` initializer remains for callers holding `Int`s; a value those types cannot hold
+/// (a negative size, for example) is refused with `.invalidArgument` before anything is sent.
+public struct Balloon: Codable, Sendable, Hashable, VersionGated, LocallyValidated {
     /// Target balloon size: memory taken away from the guest.
-    public var amountMiB: Int
+    public var amountMiB: UInt32 {
+        didSet { unrepresentable.removeAll { $0.field == "amount_mib" } }
+    }
     /// Let the guest shrink the balloon when it runs out of memory.
     public var deflateOnOom: Bool
     /// Statistics refresh period; 0 (the default) disables statistics, and they cannot be
     /// turned on after boot.
-    public var statsPollingIntervalSeconds: Int?
+    public var statsPollingIntervalSeconds: UInt16? {
+        didSet { unrepresentable.removeAll { $0.field == "stats_polling_interval_s" } }
+    }
     /// Free page hinting (Firecracker 1.14+).
     public var freePageHinting: Bool?
     /// Free page reporting (Firecracker 1.14+, developer preview).
     public var freePageReporting: Bool?
+    var unrepresentable: [UnrepresentableInteger] = []
 
     public init(
-        amountMiB: Int, deflateOnOom: Bool, statsPollingIntervalSeconds: Int? = nil,
+        amountMiB: UInt32, deflateOnOom: Bool, statsPollingIntervalSeconds: UInt16? = nil,
         freePageHinting: Bool? = nil, freePageReporting: Bool? = nil
     ) {
         self.amountMiB = amountMiB
@@ -22,6 +31,26 @@ public struct Balloon: Codable, Sendable, Hashable, VersionGated {
         self.statsPollingIntervalSeconds = statsPollingIntervalSeconds
         self.freePageHinting = freePageHinting
         self.freePageReporting = freePageReporting
+    }
+
+    /// The same, from `Int`s (integer literals pick this one). Values outside `UInt32` /
+    /// `UInt16` are refused by ``validate()``, hence before sending.
+    public init(
+        amountMiB: Int, deflateOnOom: Bool, statsPollingIntervalSeconds: Int? = nil,
+        freePageHinting: Bool? = nil, freePageReporting: Bool? = nil
+    ) {
+        var problems: [UnrepresentableInteger] = []
+        self.init(
+            amountMiB: .wire(amountMiB, field: "amount_mib", into: &problems), deflateOnOom: deflateOnOom,
+            statsPollingIntervalSeconds: statsPollingIntervalSeconds.map {
+                .wire($0, field: "stats_polling_interval_s", into: &problems)
+            },
+            freePageHinting: freePageHinting, freePageReporting: freePageReporting)
+        unrepresentable = problems
+    }
+
+    public func validate() throws(FirecrackerAPIError) {
+        try Check.representable(unrepresentable, in: "Balloon")
     }
 
     public var requiredVersion: (version: FirecrackerVersion, feature: String)? {
@@ -41,11 +70,25 @@ public struct Balloon: Codable, Sendable, Hashable, VersionGated {
 
 /// A new balloon target (`PATCH /balloon`). Post-boot only: the spec says "before or after
 /// boot", but Firecracker refuses it before InstanceStart; set the initial size in ``Balloon``.
-public struct BalloonUpdate: Codable, Sendable, Hashable {
-    public var amountMiB: Int
+public struct BalloonUpdate: Codable, Sendable, Hashable, LocallyValidated {
+    public var amountMiB: UInt32 {
+        didSet { unrepresentable = [] }
+    }
+    var unrepresentable: [UnrepresentableInteger] = []
 
-    public init(amountMiB: Int) {
+    public init(amountMiB: UInt32) {
         self.amountMiB = amountMiB
+    }
+
+    /// From an `Int`; a value outside `UInt32` is refused by ``validate()``.
+    public init(amountMiB: Int) {
+        var problems: [UnrepresentableInteger] = []
+        self.init(amountMiB: .wire(amountMiB, field: "amount_mib", into: &problems))
+        unrepresentable = problems
+    }
+
+    public func validate() throws(FirecrackerAPIError) {
+        try Check.representable(unrepresentable, in: "BalloonUpdate")
     }
 
     enum CodingKeys: String, CodingKey {
@@ -56,11 +99,26 @@ public struct BalloonUpdate: Codable, Sendable, Hashable {
 /// A new statistics period (`PATCH /balloon/statistics`). Post-boot only (whatever the spec
 /// says), and only when statistics were enabled (non-zero period) before boot; they cannot be
 /// switched on or off afterwards.
-public struct BalloonStatsUpdate: Codable, Sendable, Hashable {
-    public var statsPollingIntervalSeconds: Int
+public struct BalloonStatsUpdate: Codable, Sendable, Hashable, LocallyValidated {
+    public var statsPollingIntervalSeconds: UInt16 {
+        didSet { unrepresentable = [] }
+    }
+    var unrepresentable: [UnrepresentableInteger] = []
 
-    public init(statsPollingIntervalSeconds: Int) {
+    public init(statsPollingIntervalSeconds: UInt16) {
         self.statsPollingIntervalSeconds = statsPollingIntervalSeconds
+    }
+
+    /// From an `Int`; a value outside `UInt16` is refused by ``validate()``.
+    public init(statsPollingIntervalSeconds: Int) {
+        var problems: [UnrepresentableInteger] = []
+        self.init(
+            statsPollingIntervalSeconds: .wire(statsPollingIntervalSeconds, field: "stats_polling_interval_s", into: &problems))
+        unrepresentable = problems
+    }
+
+    public func validate() throws(FirecrackerAPIError) {
+        try Check.representable(unrepresentable, in: "BalloonStatsUpdate")
     }
 
     enum CodingKeys: String, CodingKey {
@@ -70,43 +128,44 @@ public struct BalloonStatsUpdate: Codable, Sendable, Hashable {
 
 /// What `GET /balloon/statistics` answers. Apart from the four balloon sizes, every figure is
 /// reported by the guest driver and absent when the guest does not provide it; the counters
-/// from `oomKill` on need a 6.12+ guest kernel and Firecracker 1.14+.
+/// from `oomKill` on need a 6.12+ guest kernel and Firecracker 1.14+. Types follow
+/// Firecracker's (u32 sizes, u64 counters).
 public struct BalloonStats: Codable, Sendable, Hashable {
-    public var targetPages: Int
-    public var actualPages: Int
-    public var targetMiB: Int
-    public var actualMiB: Int
+    public var targetPages: UInt32
+    public var actualPages: UInt32
+    public var targetMiB: UInt32
+    public var actualMiB: UInt32
     /// Bytes.
-    public var swapIn: Int64?
+    public var swapIn: UInt64?
     /// Bytes.
-    public var swapOut: Int64?
-    public var majorFaults: Int64?
-    public var minorFaults: Int64?
+    public var swapOut: UInt64?
+    public var majorFaults: UInt64?
+    public var minorFaults: UInt64?
     /// Bytes.
-    public var freeMemory: Int64?
+    public var freeMemory: UInt64?
     /// Bytes.
-    public var totalMemory: Int64?
+    public var totalMemory: UInt64?
     /// Bytes.
-    public var availableMemory: Int64?
+    public var availableMemory: UInt64?
     /// Bytes.
-    public var diskCaches: Int64?
-    public var hugetlbAllocations: Int64?
-    public var hugetlbFailures: Int64?
-    public var oomKill: Int64?
-    public var allocStall: Int64?
-    public var asyncScan: Int64?
-    public var directScan: Int64?
-    public var asyncReclaim: Int64?
-    public var directReclaim: Int64?
+    public var diskCaches: UInt64?
+    public var hugetlbAllocations: UInt64?
+    public var hugetlbFailures: UInt64?
+    public var oomKill: UInt64?
+    public var allocStall: UInt64?
+    public var asyncScan: UInt64?
+    public var directScan: UInt64?
+    public var asyncReclaim: UInt64?
+    public var directReclaim: UInt64?
 
     public init(
-        targetPages: Int, actualPages: Int, targetMiB: Int, actualMiB: Int,
-        swapIn: Int64? = nil, swapOut: Int64? = nil, majorFaults: Int64? = nil,
-        minorFaults: Int64? = nil, freeMemory: Int64? = nil, totalMemory: Int64? = nil,
-        availableMemory: Int64? = nil, diskCaches: Int64? = nil, hugetlbAllocations: Int64? = nil,
-        hugetlbFailures: Int64? = nil, oomKill: Int64? = nil, allocStall: Int64? = nil,
-        asyncScan: Int64? = nil, directScan: Int64? = nil, asyncReclaim: Int64? = nil,
-        directReclaim: Int64? = nil
+        targetPages: UInt32, actualPages: UInt32, targetMiB: UInt32, actualMiB: UInt32,
+        swapIn: UInt64? = nil, swapOut: UInt64? = nil, majorFaults: UInt64? = nil,
+        minorFaults: UInt64? = nil, freeMemory: UInt64? = nil, totalMemory: UInt64? = nil,
+        availableMemory: UInt64? = nil, diskCaches: UInt64? = nil, hugetlbAllocations: UInt64? = nil,
+        hugetlbFailures: UInt64? = nil, oomKill: UInt64? = nil, allocStall: UInt64? = nil,
+        asyncScan: UInt64? = nil, directScan: UInt64? = nil, asyncReclaim: UInt64? = nil,
+        directReclaim: UInt64? = nil
     ) {
         self.targetPages = targetPages
         self.actualPages = actualPages
@@ -170,12 +229,12 @@ public struct BalloonStartCmd: Codable, Sendable, Hashable {
 }
 
 /// What `GET /balloon/hinting/status` answers (Firecracker 1.14+): the last hinting command
-/// each side issued, as raw virtio-balloon command ids.
+/// each side issued, as raw virtio-balloon command ids (u32).
 public struct BalloonHintingStatus: Codable, Sendable, Hashable {
-    public var hostCmd: Int
-    public var guestCmd: Int?
+    public var hostCmd: UInt32
+    public var guestCmd: UInt32?
 
-    public init(hostCmd: Int, guestCmd: Int? = nil) {
+    public init(hostCmd: UInt32, guestCmd: UInt32? = nil) {
         self.hostCmd = hostCmd
         self.guestCmd = guestCmd
     }

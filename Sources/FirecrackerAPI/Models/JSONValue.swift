@@ -85,5 +85,6 @@ extension JSONValue: ExpressibleByNilLiteral, ExpressibleByBooleanLiteral,
     }
 }
 
-/// The MMDS data store: Firecracker accepts any JSON object as its contents.
+/// MMDS contents in their usual shape, an object (the spec's `MmdsContentsObject`). The MMDS
+/// calls take any ``JSONValue``; overloads accept this type directly.
 public typealias MMDSContents = [String: JSONValue]

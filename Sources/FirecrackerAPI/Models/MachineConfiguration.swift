@@ -24,20 +24,29 @@ public enum HugePages: String, Codable, Sendable, CaseIterable {
 ///
 /// A PUT resets every optional field that is left out to its default; use
 /// ``MachineConfigurationUpdate`` with PATCH to change only some fields.
-public struct MachineConfiguration: Codable, Sendable, Hashable {
-    /// Deprecated by Firecracker: prefer a custom ``CpuConfig``.
+///
+/// `memSizeMiB` has Firecracker's type (usize, so `UInt64` here: a PATCH accepts, and GET then
+/// reports, sizes beyond `Int.max`). The `Int` initializer remains for callers holding `Int`s;
+/// a negative size is refused before sending, like a `vcpuCount` outside 1...32 or a size of 0.
+public struct MachineConfiguration: Codable, Sendable, Hashable, LocallyValidated {
+    /// Deprecated by Firecracker: prefer a custom ``CpuConfig``. Firecracker answers a request
+    /// that sets it with `Deprecation: true` (see ``DeprecationNotice``).
     public var cpuTemplate: CpuTemplate?
     /// Simultaneous multithreading (x86_64 only); with it, `vcpuCount` must be 1 or even.
     public var smt: Bool?
-    public var memSizeMiB: Int
+    /// Guest memory; at least 1.
+    public var memSizeMiB: UInt64 {
+        didSet { unrepresentable = [] }
+    }
     /// Needed for diff snapshots of this VM.
     public var trackDirtyPages: Bool?
     /// 1...32.
     public var vcpuCount: Int
     public var hugePages: HugePages?
+    var unrepresentable: [UnrepresentableInteger] = []
 
     public init(
-        vcpuCount: Int, memSizeMiB: Int, smt: Bool? = nil, trackDirtyPages: Bool? = nil,
+        vcpuCount: Int, memSizeMiB: UInt64, smt: Bool? = nil, trackDirtyPages: Bool? = nil,
         hugePages: HugePages? = nil, cpuTemplate: CpuTemplate? = nil
     ) {
         self.vcpuCount = vcpuCount
@@ -46,6 +55,25 @@ public struct MachineConfiguration: Codable, Sendable, Hashable {
         self.trackDirtyPages = trackDirtyPages
         self.hugePages = hugePages
         self.cpuTemplate = cpuTemplate
+    }
+
+    /// The same with the memory size as an `Int` (integer literals pick this one); a negative
+    /// size is refused by ``validate()``.
+    public init(
+        vcpuCount: Int, memSizeMiB: Int, smt: Bool? = nil, trackDirtyPages: Bool? = nil,
+        hugePages: HugePages? = nil, cpuTemplate: CpuTemplate? = nil
+    ) {
+        var problems: [UnrepresentableInteger] = []
+        self.init(
+            vcpuCount: vcpuCount, memSizeMiB: .wire(memSizeMiB, field: "mem_size_mib", into: &problems), smt: smt,
+            trackDirtyPages: trackDirtyPages, hugePages: hugePages, cpuTemplate: cpuTemplate)
+        unrepresentable = problems
+    }
+
+    public func validate() throws(FirecrackerAPIError) {
+        try Check.representable(unrepresentable, in: "MachineConfiguration")
+        try Check.range(vcpuCount, 1...32, field: "vcpu_count", in: "MachineConfiguration")
+        try Check.atLeast(memSizeMiB, 1, field: "mem_size_mib", in: "MachineConfiguration", hint: "give the guest some memory")
     }
 
     enum CodingKeys: String, CodingKey {
@@ -62,17 +90,21 @@ public struct MachineConfiguration: Codable, Sendable, Hashable {
 ///
 /// The spec reuses `MachineConfiguration` for PATCH, with `mem_size_mib` and `vcpu_count`
 /// required, but Firecracker has accepted partial bodies since 1.11 (it refuses only an empty
-/// one), so this type makes every field optional. The client refuses an empty update locally.
-public struct MachineConfigurationUpdate: Codable, Sendable, Hashable {
+/// one), so this type makes every field optional. The client refuses an empty update locally,
+/// and a `vcpuCount` outside 1...32 or a memory size of 0.
+public struct MachineConfigurationUpdate: Codable, Sendable, Hashable, LocallyValidated {
+    /// Deprecated by Firecracker (see ``MachineConfiguration/cpuTemplate``).
     public var cpuTemplate: CpuTemplate?
     public var smt: Bool?
-    public var memSizeMiB: Int?
+    /// Firecracker's usize; a PATCH takes any size up to `UInt64.max` (the boot then fails if
+    /// the host cannot map it).
+    public var memSizeMiB: UInt64?
     public var trackDirtyPages: Bool?
     public var vcpuCount: Int?
     public var hugePages: HugePages?
 
     public init(
-        vcpuCount: Int? = nil, memSizeMiB: Int? = nil, smt: Bool? = nil,
+        vcpuCount: Int? = nil, memSizeMiB: UInt64? = nil, smt: Bool? = nil,
         trackDirtyPages: Bool? = nil, hugePages: HugePages? = nil, cpuTemplate: CpuTemplate? = nil
     ) {
         self.vcpuCount = vcpuCount
@@ -87,6 +119,11 @@ public struct MachineConfigurationUpdate: Codable, Sendable, Hashable {
     public var isEmpty: Bool {
         cpuTemplate == nil && smt == nil && memSizeMiB == nil && trackDirtyPages == nil
             && vcpuCount == nil && hugePages == nil
+    }
+
+    public func validate() throws(FirecrackerAPIError) {
+        try Check.range(vcpuCount, 1...32, field: "vcpu_count", in: "MachineConfigurationUpdate")
+        try Check.atLeast(memSizeMiB, 1, field: "mem_size_mib", in: "MachineConfigurationUpdate", hint: "give the guest some memory")
     }
 
     enum CodingKeys: String, CodingKey {

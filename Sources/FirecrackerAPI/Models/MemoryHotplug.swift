@@ -3,19 +3,25 @@
 ///
 /// The spec marks every field optional, but Firecracker refuses a body without
 /// `total_size_mib`, so the initializer asks for it (the property stays optional so that the
-/// spec's shapes still decode).
-public struct MemoryHotplugConfig: Codable, Sendable, Hashable {
+/// spec's shapes still decode). Sizes are Firecracker's usize (`UInt64` here); the spec's
+/// minimums (slot 128, block 2) are checked before sending.
+public struct MemoryHotplugConfig: Codable, Sendable, Hashable, LocallyValidated {
     /// The most memory that can ever be plugged; a multiple of `slotSizeMiB`.
-    public var totalSizeMiB: Int?
+    public var totalSizeMiB: UInt64?
     /// Host-side granularity; at least 128 (the default).
-    public var slotSizeMiB: Int?
+    public var slotSizeMiB: UInt64?
     /// Guest-side granularity; at least 2 (the default).
-    public var blockSizeMiB: Int?
+    public var blockSizeMiB: UInt64?
 
-    public init(totalSizeMiB: Int, slotSizeMiB: Int? = nil, blockSizeMiB: Int? = nil) {
+    public init(totalSizeMiB: UInt64, slotSizeMiB: UInt64? = nil, blockSizeMiB: UInt64? = nil) {
         self.totalSizeMiB = totalSizeMiB
         self.slotSizeMiB = slotSizeMiB
         self.blockSizeMiB = blockSizeMiB
+    }
+
+    public func validate() throws(FirecrackerAPIError) {
+        try Check.atLeast(slotSizeMiB, 128, field: "slot_size_mib", in: "MemoryHotplugConfig")
+        try Check.atLeast(blockSizeMiB, 2, field: "block_size_mib", in: "MemoryHotplugConfig")
     }
 
     enum CodingKeys: String, CodingKey {
@@ -30,9 +36,9 @@ public struct MemoryHotplugConfig: Codable, Sendable, Hashable {
 ///
 /// Optional in the spec, but Firecracker requires `requested_size_mib`; hence the initializer.
 public struct MemoryHotplugSizeUpdate: Codable, Sendable, Hashable {
-    public var requestedSizeMiB: Int?
+    public var requestedSizeMiB: UInt64?
 
-    public init(requestedSizeMiB: Int) {
+    public init(requestedSizeMiB: UInt64) {
         self.requestedSizeMiB = requestedSizeMiB
     }
 
@@ -43,17 +49,17 @@ public struct MemoryHotplugSizeUpdate: Codable, Sendable, Hashable {
 
 /// What `GET /hotplug/memory` answers (Firecracker 1.14+).
 public struct MemoryHotplugStatus: Codable, Sendable, Hashable {
-    public var totalSizeMiB: Int?
-    public var slotSizeMiB: Int?
-    public var blockSizeMiB: Int?
+    public var totalSizeMiB: UInt64?
+    public var slotSizeMiB: UInt64?
+    public var blockSizeMiB: UInt64?
     /// How much the guest has plugged so far.
-    public var pluggedSizeMiB: Int?
+    public var pluggedSizeMiB: UInt64?
     /// The target of the last update.
-    public var requestedSizeMiB: Int?
+    public var requestedSizeMiB: UInt64?
 
     public init(
-        totalSizeMiB: Int? = nil, slotSizeMiB: Int? = nil, blockSizeMiB: Int? = nil,
-        pluggedSizeMiB: Int? = nil, requestedSizeMiB: Int? = nil
+        totalSizeMiB: UInt64? = nil, slotSizeMiB: UInt64? = nil, blockSizeMiB: UInt64? = nil,
+        pluggedSizeMiB: UInt64? = nil, requestedSizeMiB: UInt64? = nil
     ) {
         self.totalSizeMiB = totalSizeMiB
         self.slotSizeMiB = slotSizeMiB

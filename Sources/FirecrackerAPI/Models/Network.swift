@@ -1,6 +1,6 @@
 /// A virtio-net device backed by a host TAP device (`PUT /network-interfaces/{iface_id}`,
 /// pre-boot only; the id in the URL is `ifaceId`).
-public struct NetworkInterface: Codable, Sendable, Hashable, VersionGated {
+public struct NetworkInterface: Codable, Sendable, Hashable, VersionGated, LocallyValidated {
     /// The guest's MAC address (`xx:xx:xx:xx:xx:xx`); Firecracker picks none if unset.
     public var guestMac: String?
     /// Name of the TAP device on the host (in the VMM's network namespace).
@@ -26,6 +26,10 @@ public struct NetworkInterface: Codable, Sendable, Hashable, VersionGated {
 
     public var requiredVersion: (version: FirecrackerVersion, feature: String)? {
         Self.newest(mtu == nil ? nil : FieldVersions.networkInterfaceMTU)
+    }
+
+    public func validate() throws(FirecrackerAPIError) {
+        try Check.range(mtu, 68...65535, field: "mtu", in: "NetworkInterface")
     }
 
     enum CodingKeys: String, CodingKey {
@@ -61,17 +65,38 @@ public struct PartialNetworkInterface: Codable, Sendable, Hashable {
 /// A vsock device (`PUT /vsock`, pre-boot only). The host side is a Unix socket at `udsPath`:
 /// connect to it and send `CONNECT <port>\n` to reach a guest port; the guest's connections to
 /// host port P arrive on `<udsPath>_P`, where the host must listen.
-public struct Vsock: Codable, Sendable, Hashable {
+///
+/// The context id has Firecracker's type (u32); a value below 3 (reserved) is refused before
+/// sending, and so is an `Int` that `UInt32` cannot hold.
+public struct Vsock: Codable, Sendable, Hashable, LocallyValidated {
     /// The guest's context id; 0-2 are reserved, so at least 3.
-    public var guestCid: UInt32
+    public var guestCid: UInt32 {
+        didSet { unrepresentable = [] }
+    }
     public var udsPath: String
     /// Deprecated by Firecracker and ignored; kept only so old configurations still encode.
+    /// Firecracker answers a request that sets it with `Deprecation: true`.
     public var vsockId: String?
+    var unrepresentable: [UnrepresentableInteger] = []
 
     public init(guestCid: UInt32, udsPath: String, vsockId: String? = nil) {
         self.guestCid = guestCid
         self.udsPath = udsPath
         self.vsockId = vsockId
+    }
+
+    /// From an `Int` (integer literals pick this one); a value outside `UInt32` is refused by
+    /// ``validate()``.
+    public init(guestCid: Int, udsPath: String, vsockId: String? = nil) {
+        var problems: [UnrepresentableInteger] = []
+        self.init(guestCid: .wire(guestCid, field: "guest_cid", into: &problems), udsPath: udsPath, vsockId: vsockId)
+        unrepresentable = problems
+    }
+
+    public func validate() throws(FirecrackerAPIError) {
+        try Check.representable(unrepresentable, in: "Vsock")
+        try Check.atLeast(
+            guestCid, 3, field: "guest_cid", in: "Vsock", hint: "context ids 0-2 are reserved; use 3 or more")
     }
 
     enum CodingKeys: String, CodingKey {

@@ -74,7 +74,8 @@ public struct MetricsConfiguration: Codable, Sendable, Hashable {
 
 /// The metadata service's protocol version.
 public enum MmdsVersion: String, Codable, Sendable, CaseIterable {
-    /// Plain GETs; deprecated by Firecracker.
+    /// Plain GETs; deprecated by Firecracker, which answers a `PUT /mmds/config` that selects it
+    /// (or leaves the version unset) with `Deprecation: true`.
     case v1 = "V1"
     /// Session tokens (`PUT /latest/api/token` first).
     case v2 = "V2"
@@ -82,7 +83,7 @@ public enum MmdsVersion: String, Codable, Sendable, CaseIterable {
 
 /// The metadata service's setup (`PUT /mmds/config`, pre-boot only).
 public struct MmdsConfig: Codable, Sendable, Hashable, VersionGated {
-    /// V1 when unset.
+    /// V1 (deprecated) when unset.
     public var version: MmdsVersion?
     /// Interfaces on which the guest can reach the MMDS; they must already be configured.
     public var networkInterfaces: [String]

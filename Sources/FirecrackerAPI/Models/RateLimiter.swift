@@ -1,14 +1,15 @@
 /// A token bucket: `size` tokens refill over `refillTime` milliseconds, plus a one-off burst
 /// allowance consumed before refilling begins. Used for bytes (bandwidth) or operations.
+/// Numbers are unsigned, as in the spec (minimum 0) and in Firecracker (u64).
 public struct TokenBucket: Codable, Sendable, Hashable {
     /// Tokens available once, before the regular refill rate applies.
-    public var oneTimeBurst: Int64?
+    public var oneTimeBurst: UInt64?
     /// Milliseconds for an empty bucket to refill completely.
-    public var refillTime: Int64
+    public var refillTime: UInt64
     /// Capacity of the bucket, in tokens.
-    public var size: Int64
+    public var size: UInt64
 
-    public init(size: Int64, refillTime: Int64, oneTimeBurst: Int64? = nil) {
+    public init(size: UInt64, refillTime: UInt64, oneTimeBurst: UInt64? = nil) {
         self.size = size
         self.refillTime = refillTime
         self.oneTimeBurst = oneTimeBurst

@@ -97,11 +97,13 @@ public struct VsockOverride: Codable, Sendable, Hashable {
 /// Exactly one of `memBackend` and the deprecated `memFilePath` must be set; the client checks
 /// this before sending, since a refused load costs the whole VMM.
 public struct SnapshotLoadParams: Codable, Sendable, Hashable, VersionGated {
-    /// Deprecated since Firecracker 1.13 in favour of `trackDirtyPages` (same meaning).
+    /// Deprecated since Firecracker 1.13 in favour of `trackDirtyPages` (same meaning); setting
+    /// it gets an answer with `Deprecation: true`.
     public var enableDiffSnapshots: Bool?
     /// Track dirty pages after the restore, for later diff snapshots. Firecracker 1.13+.
     public var trackDirtyPages: Bool?
-    /// Deprecated: use `memBackend` with ``MemoryBackend/file(_:)``.
+    /// Deprecated: use `memBackend` with ``MemoryBackend/file(_:)``. Setting it gets an answer
+    /// with `Deprecation: true`.
     public var memFilePath: String?
     public var memBackend: MemoryBackend?
     public var snapshotPath: String
