@@ -146,8 +146,11 @@ public actor MicroVM {
         do {
             id = try VMIdentifier(spec.id)
             jail = try Jail(configuration: jailerConfiguration, id: id)
-            decision = try PreflightCache.decide(
-                policy: spec.sandbox ?? configuration.policy, configuration: jailerConfiguration, limits: limits, logger: logger)
+            let policy = spec.sandbox ?? configuration.policy
+            let preflightLogger = logger
+            decision = try await onThreadPool { () throws(JailError) in
+                try PreflightCache.decide(policy: policy, configuration: jailerConfiguration, limits: limits, logger: preflightLogger)
+            }
         } catch {
             throw .sandbox(id: spec.id, error)
         }
@@ -229,7 +232,7 @@ public actor MicroVM {
                     spec: spec, id: id, executor: executor, decision: decision, process: process!, command: command, streams: streams!,
                     client: client, state: .running, logger: logger)
                 step = "putting MMDS data"
-                if case .object(let metadata)? = spec.mmds?.metadata { try await call("PUT /mmds", id: spec.id) { try await client.putMMDS(metadata) } }
+                if let metadata = spec.mmds?.metadata { try await call("PUT /mmds", id: spec.id) { try await client.putMMDS(metadata) } }
             case .configureThroughAPI:
                 try await configure(client: client, spec: spec, executor: executor, step: &step)
                 vm = MicroVM(
@@ -320,7 +323,7 @@ public actor MicroVM {
         if let mmds = configuration.mmdsConfig {
             step = "configuring MMDS"
             try await call("PUT /mmds/config", id: id) { try await client.putMMDSConfig(mmds) }
-            if case .object(let metadata)? = spec.mmds?.metadata {
+            if let metadata = spec.mmds?.metadata {
                 try await call("PUT /mmds", id: id) { try await client.putMMDS(metadata) }
             }
         }
@@ -521,6 +524,14 @@ public actor MicroVM {
         killRequested = true
         process.send(signal: SIGKILL)
         return await waitForExit()
+    }
+
+    /// Ends the VM if it still runs (SIGKILL) and returns what removing its directory and
+    /// cgroups did. Idempotent; the handle keeps its state, exit reason and last console lines.
+    @discardableResult
+    public func destroy() async -> TeardownReport? {
+        _ = await kill()
+        return teardownReport
     }
 
     private func finished(_ reason: ExitReason) async -> ExitReason {

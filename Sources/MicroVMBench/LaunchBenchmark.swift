@@ -28,9 +28,8 @@ struct LaunchBenchmark: AsyncParsableCommand {
         let jailed = try assets.driverConfiguration(policy: .required, chrootBase: base)
         let unjailed = try assets.driverConfiguration(policy: .disabled, chrootBase: base)
         let logger = quietLogger()
-        var cgroupParents: Set<String> = []
         defer {
-            for parent in cgroupParents { rmdir(parent) }
+            removeBenchCgroups()
             try? FileManager.default.removeItem(atPath: directory)
         }
         let bootArgs = Self.bootArgs.joined(separator: " ")
@@ -78,7 +77,6 @@ struct LaunchBenchmark: AsyncParsableCommand {
                     limits: Self.limits, guest: Self.guest,
                     firecrackerArguments: JailerCommand.firecrackerArguments(
                         apiSocket: nil, configFile: "/vm.json", logPath: "/fc.log"))
-                cgroupParents.formUnion(command.cgroupDirectories(on: jail.cgroupHost).map { ($0 as NSString).deletingLastPathComponent })
                 let launch = try await RawLaunch.untilBanner(
                     executable: command.executable.string, arguments: command.arguments, banner: Self.banner)
                 rawJailed.append(launch.elapsed)
@@ -102,7 +100,6 @@ struct LaunchBenchmark: AsyncParsableCommand {
                 if let report = await vm.teardown, !report.isComplete { print("teardown incomplete: \(report.failures)") }
             }
         }
-        cgroupParents.formUnion(["/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpuset", "/sys/fs/cgroup"].map { "\($0)/microvm-bench-\(getpid())" })
 
         print("launch to guest banner, \(runs) runs each (ms)        p50      p95")
         for (name, samples) in [

@@ -12,8 +12,11 @@ enum RawLaunch {
         let termination: Task<Void, Never>
     }
 
-    /// Starts `executable` and returns once `banner` has been read from its stdout.
-    static func untilBanner(executable: String, arguments: [String], banner: String) async throws -> Result {
+    /// Starts `executable`, runs `perform` (e.g. API calls) while its stdout is read, and
+    /// returns once `banner` has been read.
+    static func untilBanner(
+        executable: String, arguments: [String], banner: String, perform: @Sendable () async throws -> Void = {}
+    ) async throws -> Result {
         var fds: [Int32] = [-1, -1]
         guard pipe(&fds) == 0 else { throw CocoaError(.fileWriteUnknown) }
         let readEnd = fds[0]
@@ -29,6 +32,7 @@ enum RawLaunch {
                 pidContinuation.finish()
             }
         }
+        async let performed: Void = perform()
         let found: ContinuousClock.Instant? = await withCheckedContinuation { continuation in
             DispatchQueue.global().async {
                 defer { close(readEnd) }
@@ -51,6 +55,7 @@ enum RawLaunch {
                 }
             }
         }
+        try await performed
         var iterator = pids.makeAsyncIterator()
         let pid = await iterator.next() ?? -1
         guard let found else { throw CocoaError(.fileReadUnknown, userInfo: [NSLocalizedDescriptionKey: "\(executable) ended before its banner"]) }

@@ -128,7 +128,7 @@ struct VMSpecTests {
             fields == [
                 "id", "machine.vcpus", "machine.memory_mib", "boot.kernel", "boot.args[0]", "drives[0].path", "drives[1].id",
                 "drives[2].id", "drives[2].path", "drives", "network_interfaces[0].tap", "network_interfaces[0].mac",
-                "network_interfaces[0].mtu", "vsock.guest_cid", "mmds.metadata", "mmds.network_interfaces[0]",
+                "network_interfaces[0].mtu", "vsock.guest_cid", "mmds.network_interfaces[0]",
                 "balloon.amount_mib", "jail.chroot_base", "jail.parent_cgroup", "limits.cpus", "limits.memory_mib", "limits.pids",
             ], "\(fields)")
         #expect(throws: MicroVMError.self) { try spec.check() }

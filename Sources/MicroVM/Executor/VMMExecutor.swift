@@ -1,6 +1,7 @@
 import FirecrackerAPI
 import Logging
 import MicroVMHost
+import NIOPosix
 import SystemPackage
 
 #if canImport(Glibc)
@@ -43,6 +44,20 @@ extension VMMExecutor {
     }
 }
 
+/// Runs blocking host work (file copies of whole drive images, `jailer --version`) on NIO's
+/// thread pool: never on Swift's cooperative threads, which every VM's supervision shares.
+func onThreadPool<T: Sendable>(_ body: @escaping @Sendable () throws(JailError) -> T) async throws(JailError) -> T {
+    do {
+        return try await NIOThreadPool.singleton.runIfActive {
+            do throws(JailError) { return try body() } catch { throw error }
+        }
+    } catch let error as JailError {
+        throw error
+    } catch {
+        throw .cancelled("host work on the thread pool: \(error)")
+    }
+}
+
 /// Firecracker started directly, as this process's user, with no chroot, cgroups or namespaces
 /// (sandbox policy `disabled`, or `preferred` on a host without a usable jailer).
 ///
@@ -61,8 +76,8 @@ struct DirectExecutor: VMMExecutor {
         try await jail.prepare(logger: logger)
         do throws(JailError) {
             // The jailer would make run/ for the socket; without it the directory is ours to make.
-            let staged = try JailStager(layout: jail.layout, uid: getuid(), gid: getgid(), logger: logger)
-                .stage(staging)
+            let stager = JailStager(layout: jail.layout, uid: getuid(), gid: getgid(), logger: logger)
+            let staged = try await onThreadPool { () throws(JailError) in try stager.stage(staging) }
             let run = hostPath(JailLayout.defaultAPISocket.removingLastComponent()).string
             if mkdir(run, 0o700) != 0 && errno != EEXIST {
                 throw JailError.system(id: jail.id.rawValue, SystemCallError(call: "mkdir", subject: run, errno: errno))

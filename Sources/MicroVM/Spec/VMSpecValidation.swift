@@ -78,15 +78,11 @@ extension VMSpec {
             if mmds.networkInterfaces.isEmpty {
                 problem("mmds.network_interfaces", "is empty", "name the interface(s) whose guest traffic MMDS answers")
             }
-            if let metadata = mmds.metadata, metadata.objectValue == nil {
-                problem("mmds.metadata", "must be an object", "put the values under keys, e.g. {\"latest\": {...}}")
-            }
             for (index, name) in mmds.networkInterfaces.enumerated() where !interfaceIDs.contains(name) {
                 problem("mmds.network_interfaces[\(index)]", "'\(name)' is not the id of one of network_interfaces")
             }
         }
         if let balloon {
-            if balloon.amountMiB < 0 { problem("balloon.amount_mib", "must not be negative") }
             if balloon.amountMiB > machine.memoryMiB {
                 problem("balloon.amount_mib", "\(balloon.amountMiB) MiB is more than the guest's \(machine.memoryMiB) MiB")
             }

@@ -1,0 +1,122 @@
+import ArgumentParser
+import FirecrackerAPI
+import Foundation
+import MicroVM
+import MicroVMHost
+import SystemPackage
+
+/// Snapshot create (full, and diff on an idle guest) and restore to the guest's first reaction,
+/// through the library beside the same API calls made directly on a raw Firecracker.
+struct SnapshotBenchmark: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "snapshot", abstract: "Snapshot create and restore: library vs raw API calls.")
+
+    @OptionGroup var assets: AssetOptions
+    @Option(help: "Rounds per series.") var runs = 10
+    @Option(help: "Guest memory in MiB.") var memory = 64
+
+    static let heartbeat = "microvm-guest: heartbeat"
+
+    func run() async throws {
+        let firecracker = try assets.firecrackerPath
+        let kernel = try assets.kernelPath
+        let directory = NSTemporaryDirectory() + "microvm-bench-snapshot-\(getpid())"
+        let base = directory + "/jails"
+        try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
+        defer {
+            removeBenchCgroups()
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+        let logger = quietLogger()
+        let args = ["console=ttyS0", "microvm.heartbeat_ms=50"]
+        let configPath = directory + "/vm.json"
+        try Data(
+            """
+            {"boot-source":{"kernel_image_path":"\(kernel)","boot_args":"\(args.joined(separator: " "))"},
+             "machine-config":{"vcpu_count":1,"mem_size_mib":\(memory),"track_dirty_pages":true},"drives":[]}
+            """.utf8
+        ).write(to: URL(fileURLWithPath: configPath))
+
+        var raw = (full: Samples(), diff: Samples(), restore: Samples())
+        var library = [SandboxPolicy.disabled: (full: Samples(), diff: Samples(), restore: Samples()), .required: (full: Samples(), diff: Samples(), restore: Samples())]
+
+        for round in 0..<runs {
+            // Raw: a Firecracker with an API socket; pause, create, resume as direct calls.
+            let rawDirectory = directory + "/raw-\(round)"
+            try FileManager.default.createDirectory(atPath: rawDirectory, withIntermediateDirectories: true)
+            let socket = rawDirectory + "/api.sock"
+            let log = rawDirectory + "/fc.log"
+            _ = FileManager.default.createFile(atPath: log, contents: nil)
+            let source = try await RawLaunch.untilBanner(
+                executable: firecracker, arguments: ["--api-sock", socket, "--config-file", configPath, "--log-path", log],
+                banner: "microvm-guest: banner")
+            let client = FirecrackerClient(socketPath: socket)
+            try await client.waitUntilReady()
+            for (type, name) in [(SnapshotType.full, "full"), (.diff, "diff")] {
+                let start = ContinuousClock.now
+                try await client.pause()
+                try await client.createSnapshot(
+                    SnapshotCreateParams(snapshotPath: "\(rawDirectory)/\(name).state", memFilePath: "\(rawDirectory)/\(name).mem", snapshotType: type))
+                try await client.resume()
+                if type == .full { raw.full.append(ContinuousClock.now - start) } else { raw.diff.append(ContinuousClock.now - start) }
+            }
+            await client.close()
+            kill(source.pid, SIGKILL)
+            await source.termination.value
+            // Restore into a fresh process: load with resume, until the next heartbeat.
+            let restoreSocket = rawDirectory + "/restore.sock"
+            let restored = try await RawLaunch.untilBanner(
+                executable: firecracker, arguments: ["--api-sock", restoreSocket, "--log-path", log], banner: Self.heartbeat
+            ) {
+                let client = FirecrackerClient(socketPath: restoreSocket)
+                try await client.waitUntilReady(initialBackoff: .microseconds(500), maximumBackoff: .milliseconds(2))
+                try await client.loadSnapshot(
+                    SnapshotLoadParams(snapshotPath: "\(rawDirectory)/full.state", memBackend: .file("\(rawDirectory)/full.mem"), resumeVm: true))
+                await client.close()
+            }
+            raw.restore.append(restored.elapsed)
+            kill(restored.pid, SIGKILL)
+            await restored.termination.value
+            try? FileManager.default.removeItem(atPath: rawDirectory)
+
+            // Library, unjailed and jailed.
+            for policy in [SandboxPolicy.disabled, .required] {
+                let configuration = try assets.driverConfiguration(policy: policy, chrootBase: base)
+                let tag = "\(policy.rawValue.prefix(3))-\(round)"
+                let vm = try await MicroVM.run(
+                    VMSpec(id: "snap-\(tag)", machine: .init(vcpus: 1, memoryMiB: memory, trackDirtyPages: true), boot: .init(kernel: kernel, args: args)),
+                    configuration: configuration, logger: logger)
+                _ = try await vm.console.waitForLine(containing: "microvm-guest: banner", timeout: .seconds(10))
+                var start = ContinuousClock.now
+                let full = try await vm.snapshot(to: FilePath("\(directory)/full-\(tag)"), type: .full)
+                library[policy]!.full.append(ContinuousClock.now - start)
+                start = ContinuousClock.now
+                _ = try await vm.snapshot(to: FilePath("\(directory)/diff-\(tag)"), type: .diff)
+                library[policy]!.diff.append(ContinuousClock.now - start)
+                await vm.kill()
+                start = ContinuousClock.now
+                let copy = try await MicroVM.restore(full, id: "rest-\(tag)", configuration: configuration, logger: logger)
+                _ = try await copy.console.waitForLine(containing: Self.heartbeat, timeout: .seconds(10))
+                library[policy]!.restore.append(ContinuousClock.now - start)
+                await copy.kill()
+                try? FileManager.default.removeItem(atPath: "\(directory)/full-\(tag)")
+                try? FileManager.default.removeItem(atPath: "\(directory)/diff-\(tag)")
+            }
+        }
+        print("snapshots of a \(memory) MiB guest, \(runs) runs (ms)                   p50      p95")
+        let rows: [(String, Samples)] = [
+            ("raw: pause + create full + resume", raw.full),
+            ("library unjailed: snapshot(.full)", library[.disabled]!.full),
+            ("library jailed: snapshot(.full)", library[.required]!.full),
+            ("raw: pause + create diff (idle) + resume", raw.diff),
+            ("library unjailed: snapshot(.diff)", library[.disabled]!.diff),
+            ("library jailed: snapshot(.diff)", library[.required]!.diff),
+            ("raw: exec + load (resume) -> first heartbeat", raw.restore),
+            ("library unjailed: restore -> first heartbeat", library[.disabled]!.restore),
+            ("library jailed: restore -> first heartbeat", library[.required]!.restore),
+        ]
+        for (name, samples) in rows {
+            print("\(name.padding(toLength: 52, withPad: " ", startingAt: 0)) \(Samples.milliseconds(samples.percentile(50)).leftPad(8)) \(Samples.milliseconds(samples.percentile(95)).leftPad(8))")
+        }
+    }
+}
