@@ -51,15 +51,27 @@ enum PreflightCache {
 
     private static let passed = Mutex<Set<Key>>([])
 
+    /// The decision without running anything, when a preflight for this configuration passed.
+    static func cached(policy: SandboxPolicy, configuration: JailerConfiguration, limits: ResourceLimits) -> SandboxDecision? {
+        let key = Key(configuration: configuration, controllers: limits.requiredControllers(numaNode: configuration.numaNode))
+        guard policy != .disabled, passed.withLock({ $0.contains(key) }) else { return nil }
+        return .jailed(PreflightReport(problems: []))
+    }
+
     static func decide(
         policy: SandboxPolicy, configuration: JailerConfiguration, limits: ResourceLimits, logger: Logger
     ) throws(JailError) -> SandboxDecision {
         let key = Key(configuration: configuration, controllers: limits.requiredControllers(numaNode: configuration.numaNode))
-        if policy != .disabled, passed.withLock({ $0.contains(key) }) {
-            return .jailed(PreflightReport(problems: []))
-        }
+        if let cached = cached(policy: policy, configuration: configuration, limits: limits) { return cached }
         let decision = try policy.evaluate(configuration: configuration, limits: limits, logger: logger)
         if decision.isSandboxed { _ = passed.withLock { $0.insert(key) } }
         return decision
     }
+}
+
+/// What the host's cgroup mounts and CPU topology are, read once per process: they do not
+/// change while a driver runs, and reading them for every VM cost a launch a few hundred µs.
+enum HostFacts {
+    static let cgroupHost: Result<CgroupHost, JailError> = Result { () throws(JailError) in try CgroupHost.detect() }
+    static let topology = HostTopology.detect()
 }

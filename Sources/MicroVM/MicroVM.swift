@@ -145,11 +145,18 @@ public actor MicroVM {
         let jailerConfiguration = configuration.jailerConfiguration(for: spec)
         do {
             id = try VMIdentifier(spec.id)
-            jail = try Jail(configuration: jailerConfiguration, id: id)
+            jail = try Jail(
+                configuration: jailerConfiguration, id: id, cgroupHost: try HostFacts.cgroupHost.get(), topology: HostFacts.topology)
             let policy = spec.sandbox ?? configuration.policy
-            let preflightLogger = logger
-            decision = try await onThreadPool { () throws(JailError) in
-                try PreflightCache.decide(policy: policy, configuration: jailerConfiguration, limits: limits, logger: preflightLogger)
+            if let cached = PreflightCache.cached(policy: policy, configuration: jailerConfiguration, limits: limits) {
+                decision = cached
+            } else if policy == .disabled {
+                decision = try policy.evaluate(configuration: jailerConfiguration, logger: logger)  // no preflight to run
+            } else {
+                let preflightLogger = logger
+                decision = try await onThreadPool { () throws(JailError) in
+                    try PreflightCache.decide(policy: policy, configuration: jailerConfiguration, limits: limits, logger: preflightLogger)
+                }
             }
         } catch {
             throw .sandbox(id: spec.id, error)
