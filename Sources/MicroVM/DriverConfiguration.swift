@@ -13,17 +13,32 @@ public struct DriverConfiguration: Sendable, Hashable {
     public var policy: SandboxPolicy
     /// How long a new Firecracker has to answer its API.
     public var readinessTimeout: Duration
+    /// Where VMs are recorded (one directory each), so a later driver finds them.
+    public var stateStore: StateStore
 
-    public init(jailer: JailerConfiguration, policy: SandboxPolicy = .required, readinessTimeout: Duration = .seconds(5)) {
+    public init(
+        jailer: JailerConfiguration, policy: SandboxPolicy = .required, stateStore: StateStore = StateStore(),
+        readinessTimeout: Duration = .seconds(5)
+    ) {
         self.jailer = jailer
         self.policy = policy
+        self.stateStore = stateStore
         self.readinessTimeout = readinessTimeout
     }
 
-    /// From `MICROVM_FIRECRACKER_BIN`, `MICROVM_JAILER_*` and `MICROVM_SANDBOX_POLICY`; a value
-    /// that cannot be used is an error naming the variable.
+    /// From `MICROVM_FIRECRACKER_BIN`, `MICROVM_JAILER_*`, `MICROVM_SANDBOX_POLICY` and
+    /// `MICROVM_STATE_DIR`; a value that cannot be used is an error naming the variable.
     public init(environment: [String: String]) throws(JailError) {
-        self.init(jailer: try JailerConfiguration(environment: environment), policy: try SandboxPolicy(environment: environment))
+        var store = StateStore()
+        if let root = environment[StateStore.environmentVariable], !root.isEmpty {
+            guard root.hasPrefix("/") else {
+                throw .invalidSetting(
+                    name: StateStore.environmentVariable, value: root, reason: "not an absolute path",
+                    fix: "set it to an absolute directory such as /run/microvm, or unset it")
+            }
+            store = StateStore(root: FilePath(root))
+        }
+        self.init(jailer: try JailerConfiguration(environment: environment), policy: try SandboxPolicy(environment: environment), stateStore: store)
     }
 
     /// The jailer configuration for `spec`: the driver's, with the spec's overrides.

@@ -54,6 +54,9 @@ public actor MicroVM {
     private let process: SupervisedProcess
     let streams: VMMStreams
     let logger: Logger
+    /// Where the VM is recorded.
+    public nonisolated let stateStore: StateStore
+    private var createdAt = Date()
     private let ended = ExitState<ExitReason>()
     private var killRequested = false
     private var teardownReport: TeardownReport?
@@ -61,8 +64,10 @@ public actor MicroVM {
 
     private init(
         spec: VMSpec, id: VMIdentifier, executor: any VMMExecutor, decision: SandboxDecision, process: SupervisedProcess,
-        command: JailerCommand?, streams: VMMStreams, client: FirecrackerClient, state: VMState, logger: Logger
+        command: JailerCommand?, streams: VMMStreams, client: FirecrackerClient, state: VMState, stateStore: StateStore,
+        logger: Logger
     ) {
+        self.stateStore = stateStore
         self.jailerCommand = command
         self.spec = spec
         self.id = id
@@ -175,6 +180,15 @@ public actor MicroVM {
                 id: spec.id, step: "staging files",
                 cause: JailError.jailBusy(id: spec.id, pid: 0, jailDirectory: directoryKey), exit: nil)
         }
+        // The record's directory, created under the state root's lock: a second driver on the
+        // same root cannot create the same id.
+        let store = configuration.stateStore
+        do {
+            try store.create(id: spec.id)
+        } catch {
+            LiveDirectories.release(directoryKey)
+            throw error
+        }
 
         var staging: [StagingRequest]
         switch mode {
@@ -187,6 +201,7 @@ public actor MicroVM {
         do {
             _ = try await executor.prepare(staging: staging, logger: logger)
         } catch {
+            store.remove(id: spec.id)
             LiveDirectories.release(directoryKey)
             throw .createFailed(id: spec.id, step: "staging files", cause: error, exit: nil)
         }
@@ -217,7 +232,9 @@ public actor MicroVM {
                 })
             let log = FirecrackerLog(logger: logger, forwardLevel: forward)
             do {
-                streams = try await VMMStreams.open(console: console, log: log, logFIFO: executor.hostPath(VMFiles.log).string)
+                streams = try await VMMStreams.open(
+                    console: console, log: log, streams: store.streamPaths(for: spec.id), logFIFO: executor.hostPath(VMFiles.log).string,
+                    forLaunch: true)
             } catch {
                 throw MicroVMError.file(id: spec.id, error)
             }
@@ -237,14 +254,14 @@ public actor MicroVM {
             case .bootFromConfigFile:
                 vm = MicroVM(
                     spec: spec, id: id, executor: executor, decision: decision, process: process!, command: command, streams: streams!,
-                    client: client, state: .running, logger: logger)
+                    client: client, state: .running, stateStore: store, logger: logger)
                 step = "putting MMDS data"
                 if let metadata = spec.mmds?.metadata { try await call("PUT /mmds", id: spec.id) { try await client.putMMDS(metadata) } }
             case .configureThroughAPI:
                 try await configure(client: client, spec: spec, executor: executor, step: &step)
                 vm = MicroVM(
                     spec: spec, id: id, executor: executor, decision: decision, process: process!, command: command, streams: streams!,
-                    client: client, state: .created, logger: logger)
+                    client: client, state: .created, stateStore: store, logger: logger)
             case .restore(_, let resume):
                 step = "loading the snapshot"
                 let overrides = spec.networkInterfaces.map { NetworkOverride(ifaceId: $0.id, hostDevName: $0.tap) }
@@ -257,8 +274,10 @@ public actor MicroVM {
                 }
                 vm = MicroVM(
                     spec: spec, id: id, executor: executor, decision: decision, process: process!, command: command, streams: streams!,
-                    client: client, state: resume ? .running : .paused, logger: logger)
+                    client: client, state: resume ? .running : .paused, stateStore: store, logger: logger)
             }
+            step = "recording the VM"
+            try await vm.record(created: Date())
             await vm.superviseExit()
             let state = await vm.state
             logger.info(
@@ -274,11 +293,11 @@ public actor MicroVM {
                 await streams?.vmmExited()
                 exit = ExitReason.classify(exit: status, log: await streams?.log.recentLines ?? [], killedByDriver: false)
                     .adding(standardError: await streams?.standardError.recentLines.map(\.text) ?? [])
-            } else if streams != nil {
-                streams?.closeChildEnds()
             }
+            streams?.closeChildEnds()
             await streams?.close()
             let report = await executor.cleanup(logger: logger)
+            store.remove(id: spec.id)
             LiveDirectories.release(directoryKey)
             if !report.isComplete {
                 logger.error("cleanup after a failed create was incomplete", metadata: ["failures": "\(report.failures.map(\.summary))"])
@@ -401,6 +420,37 @@ public actor MicroVM {
         }
     }
 
+    // MARK: The record
+
+    /// Writes the VM's record, first at create (any failure undoes the create).
+    func record(created: Date) throws(MicroVMError) {
+        createdAt = created
+        try stateStore.write(currentRecord)
+    }
+
+    /// Writes the record after a change of state. A failure is logged, not thrown: the VM did
+    /// change, and a later write (or `gc`) brings the record up to date.
+    private func persist() {
+        do {
+            try stateStore.write(currentRecord)
+        } catch {
+            logger.error("could not update the VM's record", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private var currentRecord: VMRecord {
+        let layout = executor.jail.layout
+        return VMRecord(
+            format: VMRecord.currentFormat, id: id.rawValue, spec: spec, state: state, pid: pid, processStartTime: processStartTime,
+            sandboxed: isSandboxed, directory: directory.string, jailDirectory: layout.jailDirectory.string,
+            chrootBase: layout.chrootBase.string, execFileName: layout.execFileName, parentCgroup: executor.jail.parentCgroup,
+            cgroupDirectories: cgroupDirectories, apiSocket: executor.apiSocketHostPath.string,
+            firecrackerBinary: executor.jail.configuration.firecrackerBinary.string, driverPID: getpid(),
+            driverStartTime: Self.driverStartTime, createdAt: createdAt, updatedAt: Date())
+    }
+
+    static let driverStartTime = ProcFS.startTime(of: getpid())
+
     // MARK: Supervision
 
     /// Watches for the VMM's exit, whenever and however it comes.
@@ -422,6 +472,7 @@ public actor MicroVM {
         await streams.close()
         await client.close()
         let report = await executor.cleanup(logger: logger)
+        stateStore.remove(id: id.rawValue)
         LiveDirectories.release(executor.jail.layout.jailDirectory.string)
         teardownReport = report
         if !report.isComplete {
@@ -466,6 +517,7 @@ public actor MicroVM {
         try VMOperation.start.check(in: state, id: id.rawValue)
         try await Self.call("InstanceStart", id: id.rawValue) { try await client.startInstance() }
         if case .created = state { state = .running }
+        persist()
     }
 
     /// Pauses the vCPUs.
@@ -473,6 +525,7 @@ public actor MicroVM {
         try VMOperation.pause.check(in: state, id: id.rawValue)
         try await Self.call("PATCH /vm Paused", id: id.rawValue) { try await client.pause() }
         if state == .running { state = .paused }
+        persist()
     }
 
     /// Resumes paused vCPUs.
@@ -480,6 +533,7 @@ public actor MicroVM {
         try VMOperation.resume.check(in: state, id: id.rawValue)
         try await Self.call("PATCH /vm Resumed", id: id.rawValue) { try await client.resume() }
         if state == .paused { state = .running }
+        persist()
     }
 
     /// Sends Ctrl-Alt-Del to the guest (which may ignore it).

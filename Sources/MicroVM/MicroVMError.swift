@@ -18,12 +18,21 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
     case snapshotFailed(id: String, step: String, detail: String)
     /// A host file operation failed.
     case file(id: String, SystemCallError)
+    /// The state root already has this id (a live VM, or leftovers for `gc`).
+    case stateConflict(id: String, path: String, detail: String)
+    /// A VM's record cannot be read; other VMs are unaffected.
+    case corruptRecord(id: String, path: String, detail: String)
+    /// No VM with this id under the state root.
+    case notFound(id: String, stateRoot: String)
+    /// Another live driver supervises this VM, or its process is not the recorded one.
+    case notAttachable(id: String, reason: String)
 
     public var id: String? {
         switch self {
         case .invalidSpec(let id, _): id
         case .invalidState(let id, _, _, _), .sandbox(let id, _), .api(let id, _, _), .createFailed(let id, _, _, _),
-            .snapshotFailed(let id, _, _), .file(let id, _):
+            .snapshotFailed(let id, _, _), .file(let id, _), .stateConflict(let id, _, _), .corruptRecord(let id, _, _),
+            .notFound(let id, _), .notAttachable(let id, _):
             id
         }
     }
@@ -46,6 +55,14 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
             return "\(vm)snapshot failed while \(step): \(detail)"
         case .file(_, let error):
             return "\(vm)\(error)"
+        case .stateConflict(_, let path, let detail):
+            return "\(vm)already exists in the state root (\(path)): \(detail)"
+        case .corruptRecord(_, let path, let detail):
+            return "\(vm)the record \(path) cannot be read: \(detail)"
+        case .notFound(_, let root):
+            return "\(vm)no such VM under \(root)"
+        case .notAttachable(_, let reason):
+            return "\(vm)cannot attach: \(reason)"
         }
     }
 
@@ -62,6 +79,10 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
                 ?? "see the cause above"
         case .snapshotFailed: "check the destination's free space and permissions"
         case .file: "check the path and its permissions"
+        case .stateConflict: "choose another id, stop that VM, or run gc to remove a dead VM's leftovers"
+        case .corruptRecord: "inspect the file; gc removes the VM's leftovers once its process is gone"
+        case .notFound: "list the VMs of this state root, or give the state root the VM was created with"
+        case .notAttachable: "stop it from the driver that supervises it, or wait until that driver has exited"
         }
     }
 }

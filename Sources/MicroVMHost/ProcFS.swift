@@ -12,4 +12,14 @@ public enum ProcFS {
         return fields.count > 19 ? UInt64(fields[19]) : nil
     }
 
+    /// The one-letter state from `/proc/PID/stat` (R, S, D, Z, ...), or nil when there is no such process.
+    public static func state(of pid: Int32) -> Character? {
+        JailedVMM.processState(pid)
+    }
+
+    /// Whether two paths name the same file (device and inode); nil when either cannot be read.
+    public static func sameFile(_ first: String, _ second: String) -> Bool? {
+        guard let a = try? JailFileSystem.statPath(first), let b = try? JailFileSystem.statPath(second) else { return nil }
+        return a.st_dev == b.st_dev && a.st_ino == b.st_ino
+    }
 }

@@ -129,7 +129,7 @@ extension EndToEnd {
             jailer: JailerConfiguration(
                 jailerBinary: FilePath(jailer ?? assets.jailer), firecrackerBinary: FilePath(firecracker ?? assets.firecracker),
                 uid: uid, gid: gid, chrootBase: FilePath(base), parentCgroup: parent),
-            policy: policy)
+            policy: policy, stateStore: StateStore(root: FilePath(base + "/../state")))
     }
 
     /// Runs `body` with a driver for `policy` whose jails and cgroups belong to this test alone,
@@ -149,6 +149,8 @@ extension EndToEnd {
             defer {
                 let jails = (try? FileManager.default.subpathsOfDirectory(atPath: base))?.filter { $0.split(separator: "/").count >= 2 } ?? []
                 #expect(jails.isEmpty, "VM directories left behind: \(jails)")
+                let records = ((try? FileManager.default.contentsOfDirectory(atPath: directory + "/state")) ?? []).filter { !$0.hasPrefix(".") }
+                #expect(records.isEmpty, "VM records left behind: \(records)")
                 for hierarchy in cgroupHierarchies {
                     let parentDirectory = hierarchy + "/" + parent
                     let children = ((try? FileManager.default.contentsOfDirectory(atPath: parentDirectory)) ?? []).filter { name in

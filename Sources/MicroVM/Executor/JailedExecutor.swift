@@ -53,11 +53,11 @@ struct JailedExecutor: VMMExecutor {
                 limits: limits, guest: guest,
                 firecrackerArguments: ["--api-sock", JailLayout.defaultAPISocket.string] + arguments)
         } catch {
-            streams.closeChildEnds()
             throw .sandbox(id: id, error)
         }
         logger.debug("launching jailer", metadata: ["command": "\(command)"])
         let launcher: ProcessLauncher.Spawned
+        defer { streams.closeChildEnds() }
         do {
             launcher = try await ProcessLauncher.spawn(
                 executable: command.executable, arguments: command.arguments, workingDirectory: nil,

@@ -93,6 +93,7 @@ struct DirectExecutor: VMMExecutor {
         arguments: [String], guest: GuestResources, streams: VMMStreams, logger: Logger
     ) async throws(MicroVMError) -> (SupervisedProcess, JailerCommand?) {
         let binary = jail.configuration.firecrackerBinary
+        defer { streams.closeChildEnds() }
         do {
             let spawned = try await ProcessLauncher.spawn(
                 executable: binary,

@@ -20,8 +20,8 @@ enum ProcessLauncher {
         let termination: Task<VMMExit, Never>
     }
 
-    /// Spawns `executable`; `standardInput/Output/Error` are handed to the child and closed here
-    /// after the spawn, whatever happens.
+    /// Spawns `executable` with `standardInput/Output/Error` as its standard streams. They stay
+    /// open here: the caller closes its copies after the spawn, whether it succeeded or not.
     static func spawn(
         executable: FilePath, arguments: [String], workingDirectory: FilePath?,
         standardInput: Int32, standardOutput: Int32, standardError: Int32
@@ -39,9 +39,9 @@ enum ProcessLauncher {
             do {
                 let result = try await Subprocess.run(
                     configuration,
-                    input: .fileDescriptor(input, closeAfterSpawningProcess: true),
-                    output: .fileDescriptor(output, closeAfterSpawningProcess: true),
-                    error: .fileDescriptor(error, closeAfterSpawningProcess: true)
+                    input: .fileDescriptor(input, closeAfterSpawningProcess: false),
+                    output: .fileDescriptor(output, closeAfterSpawningProcess: false),
+                    error: .fileDescriptor(error, closeAfterSpawningProcess: false)
                 ) { execution in
                     let identifier = execution.processIdentifier
                     let pidfd = identifier.processDescriptor >= 0 ? dup(identifier.processDescriptor) : -1

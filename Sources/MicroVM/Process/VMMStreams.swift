@@ -3,14 +3,16 @@ import Logging
 import MicroVMHost
 import NIOCore
 import NIOPosix
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
 #endif
 
 /// The VMM's standard streams and Firecracker's log FIFO, owned by the driver and read with
-/// SwiftNIO. The driver owns them (not swift-subprocess) because a jailed VMM is the jailer's
-/// grandchild and writes its console long after the process that was spawned has exited.
+/// SwiftNIO. They are FIFOs in the VM's state directory, not pipes of swift-subprocess: a
+/// jailed VMM is the jailer's grandchild and writes its console long after the process that was
+/// spawned has exited, and the console must outlive the driver itself so a new driver can attach.
 ///
 /// - stdout is the guest's serial console (``Console``), stdin its serial input;
 /// - stderr holds Firecracker's (or the jailer's) complaints about its command line;
@@ -28,6 +30,7 @@ final class VMMStreams: Sendable {
     let childOutput: Int32
     let childError: Int32
 
+    private let childEndsClosed = Atomic(false)
     private let input: any Channel
     private let readers: [any Channel]
     private let logFIFO: String?
@@ -47,35 +50,44 @@ final class VMMStreams: Sendable {
         self.logFIFO = logFIFO
     }
 
-    /// Opens the three pipes and, if given, the log FIFO (a host path that exists already).
-    static func open(console: Console, log: FirecrackerLog, logFIFO: String?) async throws(SystemCallError) -> VMMStreams {
+    /// Opens the VMM's streams on the FIFOs of its state directory and Firecracker's log FIFO.
+    ///
+    /// For a launch (`forLaunch`), the child's ends are opened too: read-write, so Firecracker
+    /// itself holds a reader of its stdout (it never dies of SIGPIPE when no driver reads: its
+    /// console writes wait for the next driver to attach, and nothing the guest wrote is lost)
+    /// and a writer of its stdin (it never sees end of file). To attach to a running VM, only the
+    /// driver's ends are opened.
+    static func open(
+        console: Console, log: FirecrackerLog, streams paths: (input: String, output: String, error: String), logFIFO: String?,
+        forLaunch: Bool
+    ) async throws(SystemCallError) -> VMMStreams {
         var fds: [Int32] = []  // closed on failure
-        func pipe() throws(SystemCallError) -> (read: Int32, write: Int32) {
-            var ends: [Int32] = [-1, -1]
-            try SystemCallError.check("pipe2", "console pipe") { cmv_pipe_cloexec(&ends) }
-            fds += ends
-            return (ends[0], ends[1])
+        func openFD(_ path: String, _ flags: Int32) throws(SystemCallError) -> Int32 {
+            let fd = try SystemCallError.check("open", path) { Glibc.open(path, flags | O_CLOEXEC) }
+            fds.append(fd)
+            return fd
         }
         var channels: [any Channel] = []
         do throws(SystemCallError) {
-            let stdin = try pipe()
-            let stdout = try pipe()
-            let stderr = try pipe()
-            var logFD: Int32 = -1
-            if let logFIFO {
-                logFD = try SystemCallError.check("open", logFIFO) { Glibc.open(logFIFO, O_RDWR | O_NONBLOCK | O_CLOEXEC) }
-                fds.append(logFD)
+            var child: (input: Int32, output: Int32, error: Int32) = (-1, -1, -1)
+            if forLaunch {
+                child = (try openFD(paths.input, O_RDWR), try openFD(paths.output, O_RDWR), try openFD(paths.error, O_RDWR))
             }
+            let inputWriter = try openFD(paths.input, O_WRONLY | O_NONBLOCK)
+            let outputReader = try openFD(paths.output, O_RDONLY | O_NONBLOCK)
+            let errorReader = try openFD(paths.error, O_RDONLY | O_NONBLOCK)
+            var logFD: Int32 = -1
+            if let logFIFO { logFD = try openFD(logFIFO, O_RDWR | O_NONBLOCK) }
             let standardError = Console(limits: .init(lines: 200, bytes: 64 * 1024))
             let group = MultiThreadedEventLoopGroup.singleton
             do {
-                let inputChannel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(output: stdin.write).get()
-                fds.removeAll { $0 == stdin.write }
+                let inputChannel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(output: inputWriter).get()
+                fds.removeAll { $0 == inputWriter }
                 channels.append(inputChannel)
-                channels.append(try await reader(fd: stdout.read, group: group) { await console.append($0) } end: { await console.finish() })
-                fds.removeAll { $0 == stdout.read }
-                channels.append(try await reader(fd: stderr.read, group: group) { await standardError.append($0) } end: { await standardError.finish() })
-                fds.removeAll { $0 == stderr.read }
+                channels.append(try await reader(fd: outputReader, group: group) { await console.append($0) } end: { await console.finish() })
+                fds.removeAll { $0 == outputReader }
+                channels.append(try await reader(fd: errorReader, group: group) { await standardError.append($0) } end: { await standardError.finish() })
+                fds.removeAll { $0 == errorReader }
                 if logFD >= 0 {
                     channels.append(try await reader(fd: logFD, group: group) { await log.append($0) } end: { await log.finish() })
                     fds.removeAll { $0 == logFD }
@@ -85,8 +97,8 @@ final class VMMStreams: Sendable {
             }
             if logFD < 0 { await log.finish() }
             return VMMStreams(
-                console: console, standardError: standardError, log: log, childInput: stdin.read, childOutput: stdout.write,
-                childError: stderr.write, input: channels[0], readers: Array(channels.dropFirst()), logFIFO: logFIFO)
+                console: console, standardError: standardError, log: log, childInput: child.input, childOutput: child.output,
+                childError: child.error, input: channels[0], readers: Array(channels.dropFirst()), logFIFO: logFIFO)
         } catch {
             for fd in fds { Glibc.close(fd) }
             for channel in channels { channel.close(promise: nil) }
@@ -94,9 +106,11 @@ final class VMMStreams: Sendable {
         }
     }
 
-    /// Closes the child's ends in this process (after a spawn that did not take them).
+    /// Closes this process's copies of the child's ends, once, after the spawn (whatever its
+    /// outcome): the console's end of file then means the VMM is gone.
     func closeChildEnds() {
-        for fd in [childInput, childOutput, childError] { Glibc.close(fd) }
+        guard !childEndsClosed.exchange(true, ordering: .relaxed) else { return }
+        for fd in [childInput, childOutput, childError] where fd >= 0 { Glibc.close(fd) }
     }
 
     /// Writes bytes to the guest's serial input.

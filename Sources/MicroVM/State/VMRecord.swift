@@ -1,0 +1,94 @@
+public import Foundation
+import MicroVMHost
+
+/// What the driver keeps on disk about one VM (`<state root>/<id>/state.json`): enough to find
+/// it again after the driver itself is gone, judge whether its process is still the one that
+/// was started, and remove what it left.
+public struct VMRecord: Codable, Sendable, Hashable {
+    public static let currentFormat = 1
+
+    public var format: Int
+    public var id: String
+    public var spec: VMSpec
+    /// The last state the driver knew.
+    public var state: VMState
+    /// Firecracker's pid and start time (`/proc/PID/stat` field 22): together they name it.
+    public var pid: Int32?
+    public var processStartTime: UInt64?
+    public var sandboxed: Bool
+    /// The VM's directory (the jail's `root/`) and the jail directory teardown removes.
+    public var directory: String
+    public var jailDirectory: String
+    public var chrootBase: String
+    public var execFileName: String
+    public var parentCgroup: String
+    public var cgroupDirectories: [String]
+    public var apiSocket: String
+    public var firecrackerBinary: String
+    /// The driver process that supervises the VM (pid and start time); another driver may take
+    /// it over only once that process is gone.
+    public var driverPID: Int32
+    public var driverStartTime: UInt64?
+    public var createdAt: Date
+    public var updatedAt: Date
+
+    enum CodingKeys: String, CodingKey {
+        case format, id, spec, state, pid
+        case processStartTime = "process_start_time"
+        case sandboxed, directory
+        case jailDirectory = "jail_directory"
+        case chrootBase = "chroot_base"
+        case execFileName = "exec_file_name"
+        case parentCgroup = "parent_cgroup"
+        case cgroupDirectories = "cgroup_directories"
+        case apiSocket = "api_socket"
+        case firecrackerBinary = "firecracker_binary"
+        case driverPID = "driver_pid"
+        case driverStartTime = "driver_start_time"
+        case createdAt = "created_at"
+        case updatedAt = "updated_at"
+    }
+
+    /// The jail layout the record describes.
+    var layout: JailLayout? {
+        guard let id = try? VMIdentifier(id) else { return nil }
+        return JailLayout(chrootBase: .init(chrootBase), execFileName: execFileName, id: id)
+    }
+
+    /// Whether the driver that wrote it is still running.
+    var driverIsAlive: Bool {
+        driverPID == getpid() || (ProcFS.startTime(of: driverPID).map { $0 == driverStartTime } ?? false)
+    }
+}
+
+/// What a VM's process is now, compared with its record.
+public enum RecordedProcess: Sendable, Hashable {
+    /// The recorded pid is the recorded Firecracker (start time and jail or directory match).
+    case alive(pid: Int32)
+    /// No such process, or a zombie: the VM has ended.
+    case gone
+    /// The pid now names another process: it is never signalled.
+    case reused(pid: Int32)
+    /// The record has no pid (the driver died before the launch).
+    case neverStarted
+
+    public var isAlive: Bool {
+        if case .alive = self { return true }
+        return false
+    }
+}
+
+extension VMRecord {
+    /// Checks the recorded pid against `/proc`: its start time, and its root (jailed) or working
+    /// directory (unjailed) must be the VM's.
+    public var process: RecordedProcess {
+        guard let pid else { return .neverStarted }
+        guard let startTime = ProcFS.startTime(of: pid) else { return .gone }
+        let state = ProcFS.state(of: pid)
+        if state == "Z" || state == "X" { return .gone }
+        guard startTime == processStartTime else { return .reused(pid: pid) }
+        let link = sandboxed ? "root" : "cwd"
+        guard let target = ProcFS.sameFile("/proc/\(pid)/\(link)", directory) else { return .gone }
+        return target ? .alive(pid: pid) : .reused(pid: pid)
+    }
+}
