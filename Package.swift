@@ -123,6 +123,18 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // A driver process the end-to-end tests kill to prove that VMs outlive their driver.
+        .executableTarget(
+            name: "MicroVMTestDriver",
+            dependencies: [
+                "MicroVM",
+                "MicroVMHost",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/MicroVMTestDriver",
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "EndToEndTests",
             dependencies: [

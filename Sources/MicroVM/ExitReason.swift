@@ -73,7 +73,17 @@ public struct ExitReason: Sendable, Hashable, Codable, CustomStringConvertible {
             if killedByDriver { return ExitReason(kind: .killedByDriver, exit: exit) }
             return ExitReason(kind: signal == 31 ? .seccompViolation : .killed, exit: exit, evidence: Array(errors))
         case .unknown:
-            return ExitReason(kind: killedByDriver ? .killedByDriver : .unknown, exit: exit, evidence: Array(errors))
+            // Not our child (a VM attached after its driver died): the log is all there is.
+            if killedByDriver { return ExitReason(kind: .killedByDriver, exit: exit) }
+            let internalError = lines(containing: "KVM_EXIT_INTERNAL_ERROR")
+            if !internalError.isEmpty { return ExitReason(kind: .kvmError, exit: exit, evidence: internalError + errors) }
+            let shutdown = lines(containing: "KVM_EXIT_SHUTDOWN")
+            if !shutdown.isEmpty { return ExitReason(kind: .tripleFault, exit: exit, evidence: shutdown) }
+            let success = lines(containing: "Firecracker exiting successfully")
+            if !success.isEmpty { return ExitReason(kind: .guestShutdown, exit: exit, evidence: success) }
+            let failure = lines(containing: "Firecracker exiting with error")
+            if !failure.isEmpty { return ExitReason(kind: .vmmError, exit: exit, evidence: Array(errors)) }
+            return ExitReason(kind: .unknown, exit: exit, evidence: Array(errors))
         case .exited(let code):
             let internalError = lines(containing: "KVM_EXIT_INTERNAL_ERROR") + lines(containing: "KVM_EXIT_FAIL_ENTRY")
             if !internalError.isEmpty { return ExitReason(kind: .kvmError, exit: exit, evidence: internalError + errors) }

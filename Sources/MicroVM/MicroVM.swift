@@ -44,9 +44,7 @@ public actor MicroVM {
     /// The VM's jail layout (the same directories for an unjailed VM).
     public nonisolated var layout: JailLayout { executor.jail.layout }
     /// The cgroup directories the jailer made for this VM (removed when it ends).
-    public nonisolated var cgroupDirectories: [String] {
-        jailerCommand?.cgroupDirectories(on: executor.jail.cgroupHost) ?? []
-    }
+    public nonisolated let cgroupDirectories: [String]
 
     public private(set) var state: VMState
 
@@ -56,19 +54,21 @@ public actor MicroVM {
     let logger: Logger
     /// Where the VM is recorded.
     public nonisolated let stateStore: StateStore
-    private var createdAt = Date()
+    private let createdAt: Date
     private let ended = ExitState<ExitReason>()
     private var killRequested = false
     private var teardownReport: TeardownReport?
     private var teardownActions: [@Sendable () async -> Void] = []
 
-    private init(
+    init(
         spec: VMSpec, id: VMIdentifier, executor: any VMMExecutor, decision: SandboxDecision, process: SupervisedProcess,
         command: JailerCommand?, streams: VMMStreams, client: FirecrackerClient, state: VMState, stateStore: StateStore,
-        logger: Logger
+        logger: Logger, cgroups: [String]? = nil, createdAt: Date = Date()
     ) {
+        self.createdAt = createdAt
         self.stateStore = stateStore
         self.jailerCommand = command
+        self.cgroupDirectories = cgroups ?? command?.cgroupDirectories(on: executor.jail.cgroupHost) ?? []
         self.spec = spec
         self.id = id
         self.executor = executor
@@ -277,7 +277,7 @@ public actor MicroVM {
                     client: client, state: resume ? .running : .paused, stateStore: store, logger: logger)
             }
             step = "recording the VM"
-            try await vm.record(created: Date())
+            try await vm.record()
             await vm.superviseExit()
             let state = await vm.state
             logger.info(
@@ -423,8 +423,7 @@ public actor MicroVM {
     // MARK: The record
 
     /// Writes the VM's record, first at create (any failure undoes the create).
-    func record(created: Date) throws(MicroVMError) {
-        createdAt = created
+    func record() throws(MicroVMError) {
         try stateStore.write(currentRecord)
     }
 
@@ -454,7 +453,7 @@ public actor MicroVM {
     // MARK: Supervision
 
     /// Watches for the VMM's exit, whenever and however it comes.
-    private func superviseExit() {
+    func superviseExit() {
         let process = self.process
         Task { [weak self] in
             let status = await process.exited()

@@ -70,6 +70,9 @@ struct ExitReasonTests {
             (.signaled(signal: 9), [], true, .killedByDriver),
             (.signaled(signal: 9), [], false, .killed),
             (.signaled(signal: 31), [], false, .seccompViolation),
+            (.unknown, Self.log("2026-01-01T00:00:00.000 [vm:main:INFO] Firecracker exiting successfully. exit_code=0"), false, .guestShutdown),
+            (.unknown, crash, false, .kvmError),
+            (.unknown, [], false, .unknown),
         ]
         for (exit, log, byDriver, kind) in cases {
             let reason = ExitReason.classify(exit: exit, log: log, killedByDriver: byDriver)

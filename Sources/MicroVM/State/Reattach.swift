@@ -1,0 +1,180 @@
+import Foundation
+import CMicroVMSys
+import FirecrackerAPI
+public import Logging
+public import MicroVMHost
+import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A VM found under a state root, judged against what `/proc` says now.
+public struct VMListing: Sendable {
+    public var id: String
+    /// The record; nil when it could not be read (`problem` says why).
+    public var record: VMRecord?
+    public var problem: MicroVMError?
+    /// Whether the recorded Firecracker is still the process it was (pid and start time).
+    public var process: RecordedProcess
+    /// Whether a live driver supervises it (the one that wrote the record).
+    public var supervised: Bool
+
+    /// The state to show: the record's while its process lives, else how it must have ended.
+    public var state: VMState? {
+        guard let record else { return nil }
+        if process.isAlive { return record.state }
+        if let reason = record.state.exitReason { return .ended(reason) }
+        let evidence: [String]
+        switch process {
+        case .reused(let pid): evidence = ["pid \(pid) now belongs to another process"]
+        case .neverStarted: evidence = ["the driver died before Firecracker started"]
+        default: evidence = ["Firecracker ended while no driver supervised it"]
+        }
+        return .failed(ExitReason(kind: .unknown, exit: .unknown, evidence: evidence))
+    }
+}
+
+/// What `gc` did for one VM.
+public struct CollectedVM: Sendable {
+    public var id: String
+    public var teardown: TeardownReport?
+    /// Why it was left alone, when it was.
+    public var skipped: String?
+}
+
+extension MicroVM {
+    /// Every VM recorded under the driver's state root.
+    public static func list(configuration: DriverConfiguration) -> [VMListing] {
+        configuration.stateStore.list().map { id, result in
+            switch result {
+            case .success(let record):
+                return VMListing(id: id, record: record, problem: nil, process: record.process, supervised: record.driverIsAlive)
+            case .failure(let error):
+                return VMListing(id: id, record: nil, problem: error, process: .neverStarted, supervised: false)
+            }
+        }
+    }
+
+    /// Takes over a VM whose driver is gone (crashed, killed, upgraded): its process must still
+    /// be the recorded one (pid, start time, jail root or working directory), never a process
+    /// that reused the pid. The VM then works exactly like one this driver created: console
+    /// (what the guest wrote while nobody read it is still in its FIFO), API, pause, snapshot,
+    /// stop. Its state is what Firecracker says now (a snapshot interrupted by the crash leaves
+    /// it paused).
+    public static func attach(
+        id: String, configuration: DriverConfiguration, logger: Logger = Logger(label: "microvm")
+    ) async throws(MicroVMError) -> MicroVM {
+        var logger = logger
+        logger[metadataKey: "vm"] = "\(id)"
+        let store = configuration.stateStore
+        let record = try store.read(id: id)
+        if record.driverIsAlive, record.driverPID != getpid() {
+            throw .notAttachable(id: id, reason: "driver pid \(record.driverPID) still supervises it")
+        }
+        guard case .alive(let pid) = record.process else {
+            throw .notAttachable(id: id, reason: "its Firecracker is gone (\(record.process)); gc removes what it left")
+        }
+        let vmID: VMIdentifier
+        let jail: Jail
+        do {
+            vmID = try VMIdentifier(id)
+            var jailer = configuration.jailer
+            jailer.chrootBase = FilePath(record.chrootBase)
+            jailer.firecrackerBinary = FilePath(record.firecrackerBinary)
+            jailer.parentCgroup = record.parentCgroup
+            jail = try Jail(configuration: jailer, id: vmID, cgroupHost: try HostFacts.cgroupHost.get(), topology: HostFacts.topology)
+        } catch {
+            throw .sandbox(id: id, error)
+        }
+        guard jail.layout.rootDirectory.string == record.directory else {
+            throw .corruptRecord(id: id, path: store.directory(for: id).string, detail: "its directory \(record.directory) is not where its jail settings put it")
+        }
+        let directoryKey = jail.layout.jailDirectory.string
+        guard LiveDirectories.claim(directoryKey) else {
+            throw .notAttachable(id: id, reason: "this process already supervises it")
+        }
+        // The pidfd is taken before the identity is checked again: from then on the pid cannot
+        // be recycled under it.
+        let pidfd = cmv_pidfd_open(pid)
+        guard pidfd >= 0, record.process == .alive(pid: pid) else {
+            if pidfd >= 0 { close(pidfd) }
+            LiveDirectories.release(directoryKey)
+            throw .notAttachable(id: id, reason: "its Firecracker (pid \(pid)) ended just now")
+        }
+        let process = SupervisedProcess(pid: pid, pidfd: pidfd, reaper: .pidfd)
+        let executor: any VMMExecutor =
+            record.sandboxed ? JailedExecutor(jail: jail, limits: record.spec.limits?.resourceLimits ?? .recommended) : DirectExecutor(jail: jail)
+        let streams: VMMStreams
+        do {
+            let console = Console(
+                limits: Console.Limits(lines: record.spec.console?.ringLines ?? 10_000, bytes: record.spec.console?.ringBytes ?? 1 << 20),
+                file: record.spec.console?.file.map {
+                    RotatingFile.Configuration(path: FilePath($0), maximumBytes: record.spec.console?.maxFileBytes ?? 8 << 20, keep: record.spec.console?.keepFiles ?? 2)
+                })
+            let log = FirecrackerLog(logger: logger, forwardLevel: record.spec.logging?.level?.swiftLogLevel ?? .info)
+            streams = try await VMMStreams.open(
+                console: console, log: log, streams: store.streamPaths(for: id), logFIFO: executor.hostPath(VMFiles.log).string,
+                forLaunch: false)
+        } catch {
+            LiveDirectories.release(directoryKey)
+            throw .file(id: id, error)
+        }
+        let client = FirecrackerClient(socketPath: record.apiSocket, logger: logger)
+        var state = record.state
+        if let info = try? await client.describeInstance() {
+            switch info.state {
+            case .notStarted: state = .created
+            case .running: state = .running
+            case .paused: state = .paused
+            }
+        }
+        let vm = MicroVM(
+            spec: record.spec, id: vmID, executor: executor, decision: record.sandboxed ? .jailed(PreflightReport(problems: [])) : .unjailed(reasons: []),
+            process: process, command: nil, streams: streams, client: client, state: state, stateStore: store, logger: logger,
+            cgroups: record.cgroupDirectories, createdAt: record.createdAt)
+        do {
+            try await vm.record()
+        } catch {
+            logger.error("could not record the takeover", metadata: ["error": "\(error)"])
+        }
+        await vm.superviseExit()
+        logger.info("attached to VM", metadata: ["pid": "\(pid)", "state": "\(state.name)", "previous_driver": "\(record.driverPID)"])
+        return vm
+    }
+
+    /// Removes what dead VMs left (jail or VM directory, cgroups in every hierarchy, record and
+    /// FIFOs): VMs whose Firecracker is gone (or whose pid now names another process, which is
+    /// never signalled) and whose driver is gone too. Live VMs, VMs a live driver supervises and
+    /// unreadable records are left alone.
+    public static func garbageCollect(
+        configuration: DriverConfiguration, logger: Logger = Logger(label: "microvm")
+    ) async -> [CollectedVM] {
+        var collected: [CollectedVM] = []
+        for listing in list(configuration: configuration) {
+            guard let record = listing.record else {
+                collected.append(CollectedVM(id: listing.id, skipped: "its record cannot be read: \(listing.problem.map { "\($0)" } ?? "")"))
+                continue
+            }
+            if listing.process.isAlive {
+                collected.append(CollectedVM(id: listing.id, skipped: "its Firecracker is running"))
+                continue
+            }
+            if listing.supervised {
+                collected.append(CollectedVM(id: listing.id, skipped: "driver pid \(record.driverPID) still supervises it"))
+                continue
+            }
+            guard let layout = record.layout, let cgroupHost = try? HostFacts.cgroupHost.get() else {
+                collected.append(CollectedVM(id: listing.id, skipped: "its record names no valid jail"))
+                continue
+            }
+            var vmLogger = logger
+            vmLogger[metadataKey: "vm"] = "\(listing.id)"
+            let report = await JailTeardown.run(layout: layout, parentCgroup: record.parentCgroup, cgroupHost: cgroupHost, logger: vmLogger)
+            if report.isComplete { configuration.stateStore.remove(id: listing.id) }
+            vmLogger.info("collected a dead VM", metadata: ["complete": "\(report.isComplete)"])
+            collected.append(CollectedVM(id: listing.id, teardown: report))
+        }
+        return collected
+    }
+}

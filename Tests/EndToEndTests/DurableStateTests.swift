@@ -1,0 +1,214 @@
+import Dispatch
+import FirecrackerAPI
+import Foundation
+import MicroVM
+import MicroVMHost
+import Subprocess
+import SystemPackage
+import Testing
+
+/// A driver process the tests can SIGKILL (Tests/MicroVMTestDriver), as a crash would.
+struct KillableDriver {
+    let pid: Int32
+    let lines: AsyncStream<String>
+    let finished: Task<Void, Never>
+
+    static var binary: String {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("MicroVMTestDriver").path
+    }
+
+    static func start(_ arguments: [String]) async throws -> KillableDriver {
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else { throw PrerequisiteMissing("pipe failed") }
+        let readEnd = fds[0]
+        let writeEnd = FileDescriptor(rawValue: fds[1])
+        let (pids, pidContinuation) = AsyncStream<Int32>.makeStream()
+        let finished = Task {
+            _ = try? await Subprocess.run(
+                .path(FilePath(binary)), arguments: Arguments(arguments), input: .none,
+                output: .fileDescriptor(writeEnd, closeAfterSpawningProcess: true), error: .discarded
+            ) { execution in
+                pidContinuation.yield(execution.processIdentifier.value)
+                pidContinuation.finish()
+            }
+        }
+        let (lines, continuation) = AsyncStream<String>.makeStream()
+        DispatchQueue.global().async {
+            let handle = FileHandle(fileDescriptor: readEnd, closeOnDealloc: true)
+            var pending = Data()
+            while true {
+                let chunk = handle.availableData
+                if chunk.isEmpty { break }
+                pending += chunk
+                while let newline = pending.firstIndex(of: 10) {
+                    continuation.yield(String(decoding: pending[pending.startIndex..<newline], as: UTF8.self))
+                    pending = pending[(newline + 1)...]
+                }
+            }
+            continuation.finish()
+        }
+        var iterator = pids.makeAsyncIterator()
+        guard let pid = await iterator.next() else { throw PrerequisiteMissing("the test driver did not start: \(binary)") }
+        return KillableDriver(pid: pid, lines: lines, finished: finished)
+    }
+
+    /// The first line starting with READY or FAILED.
+    func ready() async -> String {
+        for await line in lines where line.hasPrefix("READY") || line.hasPrefix("FAILED") { return line }
+        return "ENDED"
+    }
+
+    func crash() async {
+        kill(pid, SIGKILL)
+        await finished.value
+    }
+}
+
+/// VMs outlive the driver that created them: a new driver lists them, attaches, and they work.
+@Suite("Durable state end to end", .serialized, .enabled(if: EndToEnd.enabled))
+struct DurableStateTests {
+    static func driverArguments(_ configuration: DriverConfiguration, _ assets: TestAssets, id: String, then: String, extra: [String] = []) -> [String] {
+        [
+            "--jailer", assets.jailer, "--firecracker", assets.firecracker, "--kernel", assets.kernel,
+            "--chroot-base", configuration.jailer.chrootBase.string, "--parent-cgroup", configuration.jailer.parentCgroup ?? "microvm",
+            "--state-dir", configuration.stateStore.root.string, "--policy", configuration.policy.rawValue, "--id", id, "--then", then,
+        ] + extra
+    }
+
+    @Test(
+        "SIGKILL the driver after create, after start, while paused, during a snapshot: a new driver lists the VM, attaches, the console works, it stops cleanly",
+        arguments: [SandboxPolicy.required, .disabled])
+    func survivesItsDriver(policy: SandboxPolicy) async throws {
+        try await EndToEnd.withDriver(policy, name: "crash-\(policy.rawValue)") { configuration, assets, directory in
+            for then in ["created", "running", "paused", "snapshotting"] {
+                let id = "crash-\(then.prefix(4))-\(policy.rawValue.prefix(3))-\(getpid())"
+                let driver = try await KillableDriver.start(
+                    Self.driverArguments(configuration, assets, id: id, then: then, extra: ["--snapshot-dir", directory + "/snap-\(id)"]))
+                let ready = await driver.ready()
+                #expect(ready.hasPrefix("READY"), "\(then): \(ready)")
+                await driver.crash()
+
+                let listing = try #require(MicroVM.list(configuration: configuration).first { $0.id == id }, "\(then): not listed")
+                #expect(listing.process.isAlive, "\(then): \(listing.process)")
+                #expect(!listing.supervised)
+                let vm = try await MicroVM.attach(id: id, configuration: configuration, logger: EndToEnd.logger)
+                try await EndToEnd.using(vm) { vm in
+                    let expected = ["created": "created", "running": "running", "paused": "paused", "snapshotting": "paused"][then]!
+                    let state = await vm.state
+                    // A snapshot may have finished before the kill; then the VM was resumed.
+                    #expect(state.name == expected || (then == "snapshotting" && state == .running), "\(then): \(state)")
+                    if state == .created { try await vm.start() }
+                    if state == .paused { try await vm.resume() }
+                    vm.write("hello again \(then)\n")
+                    _ = try await vm.console.waitForLine(containing: "microvm-guest: echo hello again \(then)", timeout: .seconds(10))
+                    let reason = await vm.stop(grace: .seconds(5))
+                    #expect(reason.kind == .guestShutdown, "\(then): \(reason)")
+                }
+                #expect(!FileManager.default.fileExists(atPath: configuration.stateStore.directory(for: id).string))
+            }
+        }
+    }
+
+    @Test("A VM whose Firecracker died with its driver is listed as ended, and gc removes everything it left")
+    func garbageCollection() async throws {
+        try await EndToEnd.withDriver(.required, name: "gc") { configuration, assets, _ in
+            let id = "gc-\(getpid())"
+            let driver = try await KillableDriver.start(Self.driverArguments(configuration, assets, id: id, then: "running"))
+            let ready = await driver.ready()
+            let pid = try #require(Int32(ready.split(separator: " ").last ?? ""), "\(ready)")
+            await driver.crash()
+            kill(pid, SIGKILL)
+            try await Task.sleep(for: .milliseconds(200))
+            let listing = try #require(MicroVM.list(configuration: configuration).first { $0.id == id })
+            #expect(!listing.process.isAlive)
+            #expect(listing.state?.name == "failed")
+            await #expect {
+                _ = try await MicroVM.attach(id: id, configuration: configuration, logger: EndToEnd.logger)
+            } throws: { error in
+                guard case .notAttachable = error as? MicroVMError else { return false }
+                return true
+            }
+            let collected = await MicroVM.garbageCollect(configuration: configuration, logger: EndToEnd.logger)
+            let report = try #require(collected.first { $0.id == id }?.teardown)
+            #expect(report.isComplete && report.removedJailDirectory, "\(report)")
+            #expect(MicroVM.list(configuration: configuration).isEmpty)
+        }
+    }
+
+    @Test("A recorded pid now used by another process is reported as reused and never signalled; gc leaves that process alone")
+    func reusedPID() async throws {
+        try await EndToEnd.withDriver(.disabled, name: "reuse") { configuration, assets, _ in
+            let id = "reuse-\(getpid())"
+            let driver = try await KillableDriver.start(Self.driverArguments(configuration, assets, id: id, then: "running"))
+            let ready = await driver.ready()
+            let vmPID = try #require(Int32(ready.split(separator: " ").last ?? ""), "\(ready)")
+            await driver.crash()
+            // A foreign process takes the record's place: rewrite the record with its pid.
+            let (pids, pidContinuation) = AsyncStream<Int32>.makeStream()
+            let sleeper = Task {
+                _ = try? await Subprocess.run(.path("/bin/sleep"), arguments: ["30"], input: .none, output: .discarded, error: .discarded) { execution in
+                    pidContinuation.yield(execution.processIdentifier.value)
+                    pidContinuation.finish()
+                }
+            }
+            var pidIterator = pids.makeAsyncIterator()
+            let foreign = try #require(await pidIterator.next())
+            defer { kill(foreign, SIGKILL) }
+            let recordPath = configuration.stateStore.directory(for: id).appending("state.json").string
+            var json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: recordPath))) as! [String: Any]
+            json["pid"] = Int(foreign)
+            try JSONSerialization.data(withJSONObject: json).write(to: URL(fileURLWithPath: recordPath))
+            kill(vmPID, SIGKILL)
+
+            let listing = try #require(MicroVM.list(configuration: configuration).first { $0.id == id })
+            #expect(listing.process == .reused(pid: foreign))
+            await #expect(throws: MicroVMError.self) { _ = try await MicroVM.attach(id: id, configuration: configuration) }
+            _ = await MicroVM.garbageCollect(configuration: configuration, logger: EndToEnd.logger)
+            #expect(ProcFS.state(of: foreign).map { $0 != "Z" } == true, "gc signalled a process that is not the VM's")
+            #expect(MicroVM.list(configuration: configuration).isEmpty)
+            kill(foreign, SIGKILL)
+            await sleeper.value
+        }
+    }
+
+    @Test("Two drivers creating the same id at once: exactly one wins, the other gets a clear error")
+    func sameIDTwice() async throws {
+        try await EndToEnd.withDriver(.disabled, name: "twice") { configuration, assets, _ in
+            let id = "twice-\(getpid())"
+            let arguments = Self.driverArguments(configuration, assets, id: id, then: "running")
+            async let first = KillableDriver.start(arguments)
+            async let second = KillableDriver.start(arguments)
+            let drivers = try await [first, second]
+            var outcomes: [String] = []
+            for driver in drivers { outcomes.append(await driver.ready()) }
+            #expect(outcomes.filter { $0.hasPrefix("READY") }.count == 1, "\(outcomes)")
+            #expect(outcomes.contains { $0.hasPrefix("FAILED") && ($0.contains("already exists") || $0.contains("jail")) }, "\(outcomes)")
+            for driver in drivers { await driver.crash() }
+            let vm = try await MicroVM.attach(id: id, configuration: configuration, logger: EndToEnd.logger)
+            await vm.kill()
+        }
+    }
+
+    @Test("A corrupt record is reported with its path; other VMs are unaffected")
+    func corruptRecord() async throws {
+        try await EndToEnd.withDriver(.disabled, name: "corrupt") { configuration, assets, _ in
+            let good = try await MicroVM.run(EndToEnd.spec(assets, id: "good-\(getpid())"), configuration: configuration, logger: EndToEnd.logger)
+            let store = configuration.stateStore
+            let bad = store.directory(for: "bad-\(getpid())")
+            try FileManager.default.createDirectory(atPath: bad.string, withIntermediateDirectories: true)
+            try Data("{\"format\": 1, \"id\": ".utf8).write(to: URL(fileURLWithPath: bad.appending("state.json").string))
+            defer { try? FileManager.default.removeItem(atPath: bad.string) }
+            let listings = MicroVM.list(configuration: configuration)
+            #expect(listings.first { $0.id == good.id.rawValue }?.process.isAlive == true)
+            let broken = try #require(listings.first { $0.id == "bad-\(getpid())" })
+            guard case .corruptRecord(_, let path, _)? = broken.problem else {
+                Issue.record("expected a corrupt record, got \(String(describing: broken.problem))")
+                return
+            }
+            #expect(path == bad.appending("state.json").string)
+            let collected = await MicroVM.garbageCollect(configuration: configuration, logger: EndToEnd.logger)
+            #expect(collected.first { $0.id == "bad-\(getpid())" }?.skipped != nil, "gc never removes what it cannot read")
+            #expect(await good.stop().kind == .guestShutdown)
+        }
+    }
+}

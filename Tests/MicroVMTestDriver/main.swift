@@ -1,0 +1,60 @@
+// A driver process the end-to-end tests can kill: it creates a VM, brings it to the state the
+// test asks for, says so on stdout, and waits to be killed (SIGKILL, as a crash would).
+import Foundation
+import Logging
+import MicroVM
+import MicroVMHost
+import SystemPackage
+
+/// Writes a line to stdout at once (unbuffered: the test reads it while this process runs).
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
+@main
+struct TestDriver {
+    static func main() async {
+        var options: [String: String] = [:]
+        var arguments = CommandLine.arguments.dropFirst()
+        while let key = arguments.popFirst(), key.hasPrefix("--"), let value = arguments.popFirst() {
+            options[String(key.dropFirst(2))] = value
+        }
+        func option(_ name: String) -> String {
+            guard let value = options[name] else {
+                FileHandle.standardError.write(Data("missing --\(name)\n".utf8))
+                exit(2)
+            }
+            return value
+        }
+        var logger = Logger(label: "microvm.test-driver")
+        logger.logLevel = .error
+        let configuration = DriverConfiguration(
+            jailer: JailerConfiguration(
+                jailerBinary: FilePath(option("jailer")), firecrackerBinary: FilePath(option("firecracker")), uid: 123, gid: 100,
+                chrootBase: FilePath(option("chroot-base")), parentCgroup: option("parent-cgroup")),
+            policy: SandboxPolicy(rawValue: option("policy")) ?? .required, stateStore: StateStore(root: FilePath(option("state-dir"))))
+        let spec = VMSpec(
+            id: option("id"), machine: .init(vcpus: 1, memoryMiB: Int(options["memory"] ?? "64") ?? 64),
+            boot: .init(kernel: option("kernel"), args: ["console=ttyS0", "microvm.heartbeat_ms=100"]))
+        do {
+            let vm = try await MicroVM.create(spec, configuration: configuration, logger: logger)
+            let then = option("then")
+            if then != "created" {
+                try await vm.start()
+                _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat 1", timeout: .seconds(10))
+            }
+            if then == "paused" { try await vm.pause() }
+            if then == "snapshotting" {
+                say("READY \(vm.pid)")
+                _ = try await vm.snapshot(to: FilePath(option("snapshot-dir")), type: .full)
+                say("SNAPSHOT DONE")
+            } else {
+                say("READY \(vm.pid)")
+            }
+            while true { try await Task.sleep(for: .seconds(3600)) }
+        } catch {
+            say("FAILED \(error)")
+            exit(1)
+        }
+    }
+}
