@@ -28,14 +28,7 @@ public final class InMemoryProvider: MicroVMProvider {
     public func restore(
         _ snapshot: Snapshot, id: String, resume: Bool = true, networkOverrides: [String: String] = [:]
     ) async throws(MicroVMError) -> InMemoryMicroVM {
-        var spec = snapshot.spec
-        spec.id = id
-        for index in spec.networkInterfaces.indices {
-            if let tap = networkOverrides[spec.networkInterfaces[index].id] { spec.networkInterfaces[index].tap = tap }
-        }
-        if let unknown = networkOverrides.keys.first(where: { name in !spec.networkInterfaces.contains { $0.id == name } }) {
-            throw .invalidSpec(id: id, problems: [SpecProblem(field: "network_overrides.\(unknown)", message: "the snapshot has no interface '\(unknown)'")])
-        }
+        let spec = try snapshot.spec(restoredAs: id, networkOverrides: networkOverrides)
         return try await make(spec, state: resume ? .running : .paused)
     }
 

@@ -113,14 +113,7 @@ public actor MicroVM {
         _ snapshot: Snapshot, id: String, resume: Bool = true, networkOverrides: [String: String] = [:],
         configuration: DriverConfiguration, logger: Logger = Logger(label: "microvm")
     ) async throws(MicroVMError) -> MicroVM {
-        var spec = snapshot.spec
-        spec.id = id
-        for index in spec.networkInterfaces.indices {
-            if let tap = networkOverrides[spec.networkInterfaces[index].id] { spec.networkInterfaces[index].tap = tap }
-        }
-        if let unknown = networkOverrides.keys.first(where: { name in !spec.networkInterfaces.contains { $0.id == name } }) {
-            throw .invalidSpec(id: id, problems: [SpecProblem(field: "network_overrides.\(unknown)", message: "the snapshot has no interface '\(unknown)'")])
-        }
+        let spec = try snapshot.spec(restoredAs: id, networkOverrides: networkOverrides)
         return try await launch(spec, configuration: configuration, mode: .restore(snapshot, resume: resume), logger: logger)
     }
 

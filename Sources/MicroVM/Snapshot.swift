@@ -50,7 +50,7 @@ public struct Snapshot: Codable, Sendable, Hashable {
         let file = directory.appending(descriptionFile)
         do {
             let data = try Data(contentsOf: URL(fileURLWithPath: file.string))
-            var snapshot = try JSONDecoder.snapshots.decode(Snapshot.self, from: data)
+            var snapshot = try JSONDecoder.records.decode(Snapshot.self, from: data)
             snapshot.directory = directory.string
             return snapshot
         } catch {
@@ -61,10 +61,24 @@ public struct Snapshot: Codable, Sendable, Hashable {
     func writeDescription() throws(MicroVMError) {
         let file = FilePath(directory).appending(Self.descriptionFile)
         do {
-            try JSONEncoder.snapshots.encode(self).write(to: URL(fileURLWithPath: file.string), options: .atomic)
+            try JSONEncoder.records.encode(self).write(to: URL(fileURLWithPath: file.string), options: .atomic)
         } catch {
             throw .snapshotFailed(id: spec.id, step: "writing \(file)", detail: "\(error)")
         }
+    }
+
+    /// The spec of a VM restored from this snapshot as `id`, its interfaces moved to the TAP
+    /// devices `networkOverrides` names (interface id to TAP).
+    func spec(restoredAs id: String, networkOverrides: [String: String]) throws(MicroVMError) -> VMSpec {
+        var restored = spec
+        restored.id = id
+        for index in restored.networkInterfaces.indices {
+            if let tap = networkOverrides[restored.networkInterfaces[index].id] { restored.networkInterfaces[index].tap = tap }
+        }
+        if let unknown = networkOverrides.keys.sorted().first(where: { name in !restored.networkInterfaces.contains { $0.id == name } }) {
+            throw .invalidSpec(id: id, problems: [SpecProblem(field: "network_overrides.\(unknown)", message: "the snapshot has no interface '\(unknown)'")])
+        }
+        return restored
     }
 
     /// The files a restore needs that are not there.
@@ -154,22 +168,5 @@ enum SnapshotFiles {
         } catch {
             throw .snapshotFailed(id: id, step: step, detail: "\(error)")
         }
-    }
-}
-
-extension JSONEncoder {
-    static var snapshots: JSONEncoder {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        encoder.dateEncodingStrategy = .iso8601
-        return encoder
-    }
-}
-
-extension JSONDecoder {
-    static var snapshots: JSONDecoder {
-        let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .iso8601
-        return decoder
     }
 }

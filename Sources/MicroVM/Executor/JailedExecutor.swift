@@ -28,14 +28,8 @@ struct JailedExecutor: VMMExecutor {
     }
 
     func prepare(staging: [StagingRequest], logger: Logger) async throws(JailError) -> [StagedFile] {
-        try await jail.prepare(logger: logger)
-        do throws(JailError) {
-            let jail = self.jail
-            return try await onThreadPool { () throws(JailError) in try jail.stage(staging, logger: logger) }
-        } catch {
-            _ = await jail.teardown(logger: logger)
-            throw error
-        }
+        let jail = self.jail
+        return try await prepareDirectory(logger: logger) { () throws(JailError) in try jail.stage(staging, logger: logger) }
     }
 
     func launch(

@@ -37,6 +37,20 @@ extension VMMExecutor {
         jail.layout.rootDirectory.pushing(path.removingRoot())
     }
 
+    /// Removes a stale directory of the id (refusing a live one), then stages with `stage` on the
+    /// thread pool; on failure what was staged is removed again.
+    func prepareDirectory(
+        logger: Logger, stage: @escaping @Sendable () throws(JailError) -> [StagedFile]
+    ) async throws(JailError) -> [StagedFile] {
+        try await jail.prepare(logger: logger)
+        do throws(JailError) {
+            return try await onThreadPool(stage)
+        } catch {
+            _ = await jail.teardown(logger: logger)
+            throw error
+        }
+    }
+
     /// Removes the VM's directory and cgroups. The process must be gone already (the VM handle
     /// kills and reaps it first); pids found in the jail are stopped anyway.
     func cleanup(logger: Logger) async -> TeardownReport {
@@ -73,19 +87,15 @@ struct DirectExecutor: VMMExecutor {
     }
 
     func prepare(staging: [StagingRequest], logger: Logger) async throws(JailError) -> [StagedFile] {
-        try await jail.prepare(logger: logger)
-        do throws(JailError) {
-            // The jailer would make run/ for the socket; without it the directory is ours to make.
-            let stager = JailStager(layout: jail.layout, uid: getuid(), gid: getgid(), logger: logger)
-            let staged = try await onThreadPool { () throws(JailError) in try stager.stage(staging) }
-            let run = hostPath(JailLayout.defaultAPISocket.removingLastComponent()).string
+        // The jailer would make run/ for the socket; without it the directory is ours to make.
+        let run = hostPath(JailLayout.defaultAPISocket.removingLastComponent()).string
+        let id = jail.id.rawValue
+        return try await prepareDirectory(logger: logger) { () throws(JailError) in
+            let staged = try JailStager(layout: jail.layout, uid: getuid(), gid: getgid(), logger: logger).stage(staging)
             if mkdir(run, 0o700) != 0 && errno != EEXIST {
-                throw JailError.system(id: jail.id.rawValue, SystemCallError(call: "mkdir", subject: run, errno: errno))
+                throw .system(id: id, SystemCallError(call: "mkdir", subject: run, errno: errno))
             }
             return staged
-        } catch {
-            _ = await jail.teardown(logger: logger)
-            throw error
         }
     }
 

@@ -155,6 +155,7 @@ public struct StateStore: Sendable, Hashable {
     }
 }
 
+/// The driver's own files (records, `snapshot.json`): stable key order for diffs, ISO 8601 dates.
 extension JSONEncoder {
     static var records: JSONEncoder {
         let encoder = JSONEncoder()

@@ -360,50 +360,11 @@ public struct JailStager: Sendable {
         }
     }
 
+    /// Reflink first; else a copy that keeps the source's holes and leaves zero blocks as holes.
     static func copyContents(from input: Int32, to output: Int32, subject: String) throws(SystemCallError) -> StagingMethod {
         if cmv_ficlone(output, input) == 0 { return .reflink }
         let size = try JailFileSystem.fstatDescriptor(input, subject).st_size
-        let chunk = 1 << 20
-        var buffer = [UInt8](repeating: 0, count: chunk)
-        var offset: off_t = 0
-        while offset < size {
-            var dataStart = cmv_seek_data(input, offset)
-            if dataStart < 0 {
-                if errno == ENXIO { break }  // only a hole remains
-                dataStart = offset  // no SEEK_DATA support: treat the rest as data
-            }
-            var dataEnd = cmv_seek_hole(input, dataStart)
-            if dataEnd < 0 { dataEnd = size }
-            var position = dataStart
-            while position < dataEnd {
-                let want = Int(min(off_t(chunk), dataEnd - position))
-                let count = try SystemCallError.check("pread", subject) {
-                    buffer.withUnsafeMutableBytes { pread(input, $0.baseAddress, want, position) }
-                }
-                if count == 0 { break }
-                // Blocks of zeros stay holes in the copy (the file is extended to full size below).
-                let block = 64 * 1024
-                var start = 0
-                while start < count {
-                    let end = min(start + block, count)
-                    let isZero = buffer[start..<end].allSatisfy { $0 == 0 }
-                    if !isZero {
-                        var written = start
-                        while written < end {
-                            let n = try SystemCallError.check("pwrite", subject) {
-                                buffer.withUnsafeBytes {
-                                    pwrite(output, $0.baseAddress! + written, end - written, position + off_t(written))
-                                }
-                            }
-                            written += n
-                        }
-                    }
-                    start = end
-                }
-                position += off_t(count)
-            }
-            offset = max(dataEnd, position)
-        }
+        _ = try SparseFile.copyExtents(from: input, to: output, source: subject, destination: subject, skippingZeroBlocks: true)
         try SystemCallError.check("ftruncate", subject) { ftruncate(output, size) }
         return .sparseCopy
     }
