@@ -5,6 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The network tests build namespaces, veths, TAPs and nft tables (inside namespaces they make):
+# they need nftables and iproute2, which a fresh Debian machine may lack.
+if ! command -v nft >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "test.sh: installing nftables and iproute2 (Debian packages)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null
+        apt-get install -y -qq --no-install-recommends nftables iproute2 >/dev/null
+    fi
+fi
+
 bash scripts/provision-test-assets.sh >/dev/null
 swift build --build-tests
 # Serially: end-to-end tests measure timing (pause, heartbeats) on a 2-core machine.

@@ -167,3 +167,75 @@ int cmv_epoll_wait(int epfd, unsigned long long *tokens, int capacity, int timeo
     for (int i = 0; i < count; i++) tokens[i] = events[i].data.u64;
     return count;
 }
+
+/* --- Network namespaces (MicroVMHost/Network) --- */
+
+#include <sched.h>
+
+int cmv_netns_enter(const char *path) {
+    int previous = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (previous < 0) return -1;
+    int target = open(path, O_RDONLY | O_CLOEXEC);
+    if (target < 0) goto fail;
+    if (setns(target, CLONE_NEWNET) < 0) {
+        int saved = errno;
+        close(target);
+        errno = saved;
+        goto fail;
+    }
+    close(target);
+    return previous;
+fail:;
+    int saved = errno;
+    close(previous);
+    errno = saved;
+    return -1;
+}
+
+int cmv_netns_restore(int previous_fd) {
+    int rc = setns(previous_fd, CLONE_NEWNET);
+    int saved = errno;
+    close(previous_fd);
+    errno = saved;
+    return rc < 0 ? -1 : 0;
+}
+
+int cmv_netns_socket(const char *path, int domain, int type, int protocol) {
+    int previous = cmv_netns_enter(path);
+    if (previous < 0) return -1;
+    int fd = socket(domain, type | SOCK_CLOEXEC, protocol);
+    int saved = errno;
+    if (cmv_netns_restore(previous) < 0) {
+        saved = errno;
+        if (fd >= 0) close(fd);
+        errno = saved;
+        return -1;
+    }
+    errno = saved;
+    return fd;
+}
+
+int cmv_netns_tap_attach(const char *path, const char *name) {
+    struct ifreq ifr;
+    if (copy_ifname(&ifr, name) < 0) return -1;
+    int previous = cmv_netns_enter(path);
+    if (previous < 0) return -1;
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
+    int saved = errno;
+    if (fd >= 0) {
+        ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+        int size = 12;
+        if (ioctl(fd, TUNSETIFF, &ifr) < 0 || ioctl(fd, TUNSETVNETHDRSZ, &size) < 0) {
+            saved = errno;
+            close(fd);
+            fd = -1;
+        }
+    }
+    if (cmv_netns_restore(previous) < 0) {
+        saved = errno;
+        if (fd >= 0) close(fd);
+        fd = -1;
+    }
+    errno = saved;
+    return fd;
+}

@@ -67,4 +67,24 @@ int cmv_epoll_remove(int epfd, int fd);
  * lay out). Returns the number of tokens written. */
 int cmv_epoll_wait(int epfd, unsigned long long *tokens, int capacity, int timeout_ms);
 
+
+/* --- Network namespaces (MicroVMHost/Network) --- */
+
+/* Moves the calling THREAD into the network namespace bound at `path` (setns(CLONE_NEWNET)).
+ * Returns a descriptor of the namespace the thread was in, for cmv_netns_restore. Processes the
+ * thread spawns while it is inside start in that namespace. */
+int cmv_netns_enter(const char *path);
+
+/* Moves the calling thread back into the namespace `previous_fd` (from cmv_netns_enter) and
+ * closes it. Returns 0. */
+int cmv_netns_restore(int previous_fd);
+
+/* socket(2) created inside the network namespace at `path` (the thread returns to its own
+ * namespace; the socket stays in the other one). SOCK_CLOEXEC is added. Returns the fd. */
+int cmv_netns_socket(const char *path, int domain, int type, int protocol);
+
+/* Attaches to the existing TAP `name` inside the namespace at `path` the way Firecracker does
+ * (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, 12-byte virtio-net header), non-blocking. Returns the fd. */
+int cmv_netns_tap_attach(const char *path, const char *name);
+
 #endif

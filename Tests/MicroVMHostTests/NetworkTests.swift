@@ -1,0 +1,337 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+import Logging
+import SystemPackage
+import Testing
+
+@testable import MicroVMHost
+
+private var canRunNetwork: Bool {
+    HostPrerequisite.isRoot && NetworkTools.locate("nft") != nil && NetworkTools.locate("ip") != nil
+        && access("/dev/net/tun", R_OK | W_OK) == 0
+}
+
+private func requireNetwork() throws {
+    try HostPrerequisite.require(HostPrerequisite.isRoot, "root")
+    try HostPrerequisite.require(NetworkTools.locate("nft") != nil, "nft (apt-get install -y nftables)")
+    try HostPrerequisite.require(NetworkTools.locate("ip") != nil, "ip (iproute2)")
+    try HostPrerequisite.require(access("/dev/net/tun", R_OK | W_OK) == 0, "/dev/net/tun")
+}
+
+/// rx packets of tap0 and tx packets of veth0 in a VM namespace.
+private func linkCounters(_ namespace: String) throws -> (tapReceived: Int, vethSent: Int) {
+    let json = try JSONValue.parse(try sh(["ip", "-j", "-s", "link", "show"], in: namespace))
+    var tap = -1
+    var veth = -1
+    for link in json.array ?? [] {
+        if link["ifname"]?.string == "tap0" { tap = link["stats64"]?["rx"]?["packets"]?.int ?? -1 }
+        if link["ifname"]?.string == "veth0" { veth = link["stats64"]?["tx"]?["packets"]?.int ?? -1 }
+    }
+    return (tap, veth)
+}
+
+/// [user, group] of a TAP from `ip -j -d link show`, as text (iproute2 6.1 prints a group that
+/// has a name by its name).
+private func tapOwner(_ name: String, in namespace: String) throws -> [String] {
+    let json = try JSONValue.parse(try sh(["ip", "-j", "-d", "link", "show", "dev", name], in: namespace))
+    let data = json.array?.first?["linkinfo"]?["info_data"]
+    return [data?["user"], data?["group"]].map { $0?.int.map(String.init) ?? $0?.string ?? "?" }
+}
+
+/// How iproute2 shows an owner: the group's name if it has one.
+private func owner(_ uid: UInt32, _ gid: UInt32) -> [String] {
+    guard let group = getgrgid(gid) else { return ["\(uid)", "\(gid)"] }
+    return ["\(uid)", String(cString: group.pointee.gr_name)]
+}
+
+private func vm(_ name: String) throws -> VMIdentifier { try VMIdentifier(name) }
+
+/// The `packets N` of the rule carrying `comment` in an `nft list` text.
+private func counter(_ listing: String, comment: String) -> Int {
+    for line in listing.split(separator: "\n") where line.contains("comment \"\(comment)\"") {
+        let words = line.split(separator: " ")
+        if let at = words.firstIndex(of: "packets"), at + 1 < words.count, let value = Int(words[at + 1]) { return value }
+    }
+    return -1
+}
+
+@Suite("NetworkUnit")
+struct NetworkUnitTests {
+    @Test func addressesAndPolicy() throws {
+        #expect(IPv4Address("10.0.0.1")?.value == 0x0A00_0001)
+        #expect(IPv4Address("256.0.0.1") == nil)
+        #expect(try IPNetwork("10.1.2.3/8").description == "10.0.0.0/8")
+        #expect(MACAddress(derivedFrom: IPv4Address(172, 16, 0, 2)).description == "06:00:ac:10:00:02")
+        #expect(throws: NetworkError.self) { try EgressPolicy(allow: [EgressRule(destination: IPNetwork("2001:db8::/32"))]).validate() }
+        #expect(throws: NetworkError.self) {
+            try EgressPolicy(allow: [EgressRule(destination: IPNetwork("1.2.3.4"), transport: .icmp, ports: 1...2)]).validate()
+        }
+        let json = try JSONValue.parse(#"{"a":[1,2,{"b":"x\"y"}],"c":null,"d":true}"#)
+        #expect(json["a"]?.array?.count == 3)
+        #expect(json["a"]?.array?[2]["b"]?.string == "x\"y")
+    }
+
+    /// 200 VMs: unique indices, subnets, names, uids; a second store instance on the same
+    /// directory (a driver restart) sees the same leases; released indices are reused.
+    @Test func twoHundredLeasesWithoutCollision() throws {
+        let scratch = ScratchDirectory("leases")
+        defer { scratch.remove() }
+        let configuration = VMNetworkConfiguration(stateDirectory: FilePath(scratch.path))
+        let store = NetworkLeaseStore(directory: configuration.stateDirectory, capacity: configuration.capacity, uidBase: 200_000)
+        var leases: [NetworkLease] = []
+        for n in 0..<200 { leases.append(try store.acquire(for: vm("vm-\(n)"), mode: .namespace, owner: nil).lease) }
+        #expect(Set(leases.map(\.index)).count == 200)
+        #expect(Set(leases.map { configuration.subnet($0.index).peer }).count == 200)
+        #expect(Set(leases.map { configuration.interfaceName($0.index) }).count == 200)
+        #expect(leases.allSatisfy { configuration.interfaceName($0.index).utf8.count <= 15 })
+        #expect(Set(leases.map(\.uid)).count == 200)
+        // The same VM asks again: same lease.
+        #expect(try store.acquire(for: vm("vm-7"), mode: .namespace, owner: nil).lease == leases[7])
+        // A new instance (driver restart) reads the same leases.
+        let restarted = NetworkLeaseStore(directory: configuration.stateDirectory, capacity: configuration.capacity, uidBase: 200_000)
+        #expect(try restarted.all().leases == leases.sorted { $0.index < $1.index })
+        #expect(try restarted.lease(for: vm("vm-150")) == leases[150])
+        try restarted.release(vm("vm-3"))
+        let again = try restarted.acquire(for: vm("new-vm"), mode: .tap, owner: (uid: 123, gid: 100)).lease
+        #expect(again.index == leases[3].index)
+        #expect(again.uid == 123 && again.gid == 100)
+        #expect(try store.lease(for: vm("vm-3")) == nil)
+        // A small pool is exhausted with an error, not a collision.
+        let tiny = NetworkLeaseStore(directory: FilePath(scratch.path + "/tiny"), capacity: 2, uidBase: 1)
+        _ = try tiny.acquire(for: vm("a"), mode: .namespace, owner: nil)
+        _ = try tiny.acquire(for: vm("b"), mode: .namespace, owner: nil)
+        #expect(throws: NetworkError.poolExhausted(capacity: 2)) { try tiny.acquire(for: vm("c"), mode: .namespace, owner: nil) }
+    }
+}
+
+@Suite("NetworkIsolation", .serialized)
+struct NetworkIsolationTests {
+    static let echoPort: UInt16 = 7
+    static let closedPort: UInt16 = 9
+
+    static let policy = EgressPolicy(allow: [
+        EgressRule(destination: IPNetwork(NetworkTopology.internetAddress, prefixLength: 32), transport: .udp, ports: echoPort...echoPort),
+        EgressRule(destination: IPNetwork(NetworkTopology.internetAddress, prefixLength: 32), transport: .tcp, ports: echoPort...echoPort),
+    ])
+
+    /// Allowed destinations answer; every other destination, spoofed sources, the host's and the
+    /// namespace's own addresses and IPv6 get nothing, counted at both ends.
+    @Test(.enabled(if: HostPrerequisite.runnable(canRunNetwork)))
+    func egressFirewallFilters() throws {
+        try requireNetwork()
+        let topology = try NetworkTopology("iso")
+        defer { topology.remove() }
+        let internet = try EchoServer(namespace: topology.internetPath, ports: [Self.echoPort, Self.closedPort])
+        defer { internet.shutdown() }
+        let host = try EchoServer(namespace: topology.hostPath, ports: [Self.echoPort])
+        defer { host.shutdown() }
+        let network = try topology.network()
+        #expect(network.preflight().problems.isEmpty, "\(network.preflight().problems)")
+
+        let attachment = try network.setUp(for: vm("iso-a"), policy: Self.policy)
+        defer { _ = try? network.tearDown(vm("iso-a")) }
+        #expect(attachment.tapName == "tap0")
+        #expect(attachment.guestAddress == IPv4Address(172, 16, 0, 2))
+        #expect(attachment.bootArgument == "ip=172.16.0.2::172.16.0.1:255.255.255.252::eth0:off")
+        #expect(FileSystem.exists(attachment.namespacePath!.string))
+
+        let guest = try FakeGuest(attachment)
+        try guest.resolveGateway()
+
+        // Allowed: UDP and TCP to 192.0.2.2:7.
+        var answered = 0
+        for n in 0..<10 where guest.udpExchange(to: NetworkTopology.internetAddress, port: Self.echoPort, payload: Array("ping \(n)".utf8)) == Array("ping \(n)".utf8) {
+            answered += 1
+        }
+        #expect(answered == 10)
+        #expect(internet.count("udp/7") == 10)
+        #expect(guest.tcpConnect(to: NetworkTopology.internetAddress, port: Self.echoPort))
+
+        // Not allowed: another port, another destination, TCP to another port.
+        for _ in 0..<5 {
+            #expect(guest.udpExchange(to: NetworkTopology.internetAddress, port: Self.closedPort, payload: [1], within: 150) == nil)
+            #expect(guest.udpExchange(to: NetworkTopology.otherAddress, port: Self.echoPort, payload: [2], within: 150) == nil)
+        }
+        #expect(!guest.tcpConnect(to: NetworkTopology.internetAddress, port: Self.closedPort, within: 200))
+        #expect(!guest.ping(NetworkTopology.internetAddress))
+
+        // Spoofed source address and spoofed MAC.
+        for _ in 0..<5 {
+            #expect(guest.udpExchange(to: NetworkTopology.internetAddress, port: Self.echoPort, payload: [3], from: IPv4Address(172, 16, 0, 99), within: 150) == nil)
+            let forged = guest.udp(to: NetworkTopology.internetAddress, sourcePort: 5555, port: Self.echoPort, payload: [4])
+            guest.send(Array(forged[0..<6]) + [0x06, 0, 0, 0, 0, 0x63] + Array(forged[12...]))
+        }
+
+        // The host (its end of the link and its uplink address) and the namespace's own addresses.
+        for target in [attachment.hostAddress, NetworkTopology.uplinkAddress] {
+            #expect(guest.udpExchange(to: target, port: Self.echoPort, payload: [5], within: 150) == nil)
+            #expect(!guest.ping(target, within: 150))
+        }
+        for target in [attachment.gatewayAddress, attachment.outsideAddress] {
+            #expect(!guest.ping(target, within: 150))
+        }
+        // IPv6: the namespace has IPv6 disabled (no address at all), so the kernel discards it
+        // before any hook; the nft IPv6 rule is the second line. Counted at both ends: the
+        // frames reach tap0 (rx), nothing leaves by veth0 (tx) and nothing comes back.
+        let namespace = attachment.namespacePath!.string
+        let before = try linkCounters(namespace)
+        #expect(!guest.pingIPv6())
+        #expect(!guest.pingIPv6())
+        let after = try linkCounters(namespace)
+        #expect(after.tapReceived - before.tapReceived == 2)
+        #expect(after.vethSent == before.vethSent)
+        #expect(try sh(["ip", "-6", "addr", "show"], in: namespace).trimmingNetworkWhitespace().isEmpty)
+        // The TAP is owned by the VM's own uid:gid.
+        #expect(try tapOwner(attachment.tapName, in: attachment.namespacePath!.string) == owner(attachment.uid, attachment.gid))
+
+        // The other end saw only the allowed traffic.
+        usleep(100_000)
+        #expect(internet.count("udp/7") == 10)
+        #expect(internet.count("udp/9") == 0)
+        #expect(internet.count("tcp/9") == 0)
+        #expect(host.count("udp/7") == 0)
+
+        // And the firewall counted the drops.
+        let inner = try network.namespaceRuleset(of: attachment)
+        #expect(counter(inner, comment: "spoofed source") == 5, "\(inner)")
+        #expect(counter(inner, comment: "spoofed MAC") == 5, "\(inner)")
+        #expect(counter(inner, comment: "namespace addresses") >= 2, "\(inner)")
+        let outer = try network.hostRuleset()
+        #expect(counter(outer, comment: "not allowed") >= 11, "\(outer)")
+        #expect(counter(outer, comment: "VM to host") >= 0)
+        print("NETWORK-RULESET host:\n\(outer)\nNETWORK-RULESET vm namespace:\n\(inner)")
+    }
+
+    /// Two clones with the same guest address and MAC run side by side; each gets its own answers
+    /// and the host tells them apart by their outside addresses.
+    @Test(.enabled(if: HostPrerequisite.runnable(canRunNetwork)))
+    func clonesWithOneGuestAddress() throws {
+        try requireNetwork()
+        let topology = try NetworkTopology("clone")
+        defer { topology.remove() }
+        let internet = try EchoServer(namespace: topology.internetPath, ports: [Self.echoPort])
+        defer { internet.shutdown() }
+        let network = try topology.network()
+        let a = try network.setUp(for: vm("clone-a"), policy: Self.policy)
+        let b = try network.setUp(for: vm("clone-b"), policy: Self.policy)
+        defer {
+            _ = try? network.tearDown(vm("clone-a"))
+            _ = try? network.tearDown(vm("clone-b"))
+        }
+        #expect(a.guestAddress == b.guestAddress && a.guestMAC == b.guestMAC && a.tapName == b.tapName)
+        #expect(a.outsideAddress != b.outsideAddress && a.hostInterface != b.hostInterface && a.uid != b.uid)
+        let guestA = try FakeGuest(a)
+        let guestB = try FakeGuest(b)
+        try guestA.resolveGateway()
+        try guestB.resolveGateway()
+        for n in 0..<5 {
+            let payloadA = Array("A\(n)".utf8)
+            let payloadB = Array("B\(n)".utf8)
+            let sourcePort: UInt16 = 41000  // the same 5-tuple in both clones
+            guestA.send(guestA.udp(to: NetworkTopology.internetAddress, sourcePort: sourcePort, port: Self.echoPort, payload: payloadA))
+            guestB.send(guestB.udp(to: NetworkTopology.internetAddress, sourcePort: sourcePort, port: Self.echoPort, payload: payloadB))
+            let isUDP: ([UInt8]) -> Bool = { f in f.count > 42 && f[23] == 17 }
+            #expect(guestA.receive(within: 500, isUDP).map { Array($0[42...]) } == payloadA)
+            #expect(guestB.receive(within: 500, isUDP).map { Array($0[42...]) } == payloadB)
+        }
+        #expect(internet.count("udp/7") == 10)
+        let outer = try network.hostRuleset()
+        #expect(outer.contains("ip saddr != \(a.outsideAddress)") && outer.contains("ip saddr != \(b.outsideAddress)"))
+    }
+
+    /// Teardown and gc leave nothing: namespace, links, TAP, nft chains and map elements, lease.
+    @Test(.enabled(if: HostPrerequisite.runnable(canRunNetwork)))
+    func teardownAndGarbageCollectionLeaveNothing() throws {
+        try requireNetwork()
+        let topology = try NetworkTopology("gc")
+        defer { topology.remove() }
+        let network = try topology.network()
+
+        func leftovers(_ attachment: NetworkAttachment) throws -> [String] {
+            var found: [String] = []
+            if let path = attachment.namespacePath, FileSystem.exists(path.string) { found.append("netns \(path)") }
+            if try network.interfaceExists(attachment.hostInterface, in: topology.hostPath) { found.append("link \(attachment.hostInterface)") }
+            let rules = try network.hostRuleset()
+            if rules.contains("\"\(attachment.hostInterface)\"") { found.append("map element") }
+            if rules.contains("chain \(topology.prefix)\(attachment.index)_") { found.append("chain") }
+            if try network.leases.lease(for: attachment.vm) != nil { found.append("lease") }
+            return found
+        }
+
+        // destroy
+        let first = try network.setUp(for: vm("gc-a"), policy: Self.policy)
+        #expect(try leftovers(first).count == 5)
+        try network.tearDown(vm("gc-a"))
+        #expect(try leftovers(first) == [])
+        try network.tearDown(vm("gc-a"))  // idempotent
+
+        // A VM whose VMM was killed, and a driver restart: a new instance on the same state.
+        let killed = try network.setUp(for: vm("gc-killed"), policy: Self.policy)
+        let kept = try network.setUp(for: vm("gc-kept"), policy: Self.policy)
+        let guest = try FakeGuest(killed)  // holds the TAP open like a VMM would
+        _ = guest
+        let restarted = try topology.network()
+        #expect(try restarted.attachment(for: vm("gc-killed")) == killed)
+        let report = try restarted.garbageCollect(keeping: [vm("gc-kept")])
+        #expect(try report.releasedVMs == [vm("gc-killed")])
+        #expect(report.failures.isEmpty, "\(report.failures)")
+        #expect(try leftovers(killed) == [])
+        #expect(try leftovers(kept).count == 5)
+
+        // Orphans: plumbing whose lease vanished (a crash between steps).
+        try network.leases.release(vm("gc-kept"))
+        let orphanReport = try restarted.garbageCollect(keeping: [])
+        #expect(orphanReport.orphanNamespaces.count == 1 && orphanReport.orphanInterfaces.count == 1 && orphanReport.orphanChains.count == 2)
+        #expect(try leftovers(kept) == [])
+    }
+
+    /// A foreign forward chain with policy drop (what Docker or ufw install), forwarding off and a
+    /// missing uplink are reported; the foreign table is left alone.
+    @Test(.enabled(if: HostPrerequisite.runnable(canRunNetwork)))
+    func preflightDetectsWhatBreaksIt() throws {
+        try requireNetwork()
+        let topology = try NetworkTopology("pre")
+        defer { topology.remove() }
+        #expect(try topology.network().preflight().problems == [])
+        try sh(["nft", "add table ip filter; add chain ip filter FORWARD { type filter hook forward priority 0; policy drop; }"], in: topology.hostPath)
+        try NetworkNamespace.writeSysctl("net.ipv4.ip_forward", "0", in: topology.hostPath)
+        let report = try topology.network(uplink: "nosuch0").preflight()
+        #expect(report.problems.contains(.foreignForwardDrop(family: "ip", table: "filter", chain: "FORWARD")))
+        #expect(report.problems.contains(.forwardingDisabled(namespace: topology.hostPath)))
+        #expect(report.problems.contains(.uplinkMissing(name: "nosuch0", namespace: topology.hostPath)))
+        #expect(throws: NetworkError.self) { try report.requireReady() }
+        // Setting up a VM does not touch the foreign table.
+        let network = try topology.network()
+        _ = try network.setUp(for: vm("pre-a"), policy: .denyAll)
+        try network.tearDown(vm("pre-a"))
+        #expect(try sh(["nft", "list", "table", "ip", "filter"], in: topology.hostPath).contains("policy drop"))
+    }
+
+    /// TAP mode (no namespace): per-VM addresses on a host TAP owned by the VM's uid.
+    @Test(.enabled(if: HostPrerequisite.runnable(canRunNetwork)))
+    func tapModeWithoutNamespace() throws {
+        try requireNetwork()
+        let topology = try NetworkTopology("tap")
+        defer { topology.remove() }
+        let internet = try EchoServer(namespace: topology.internetPath, ports: [Self.echoPort])
+        defer { internet.shutdown() }
+        let network = try topology.network()
+        let attachment = try network.setUp(for: vm("tap-a"), policy: Self.policy, mode: .tap, owner: .fixed(uid: 123, gid: 100))
+        #expect(attachment.namespacePath == nil && attachment.tapName == attachment.hostInterface)
+        #expect(attachment.uid == 123)
+        #expect(try tapOwner(attachment.tapName, in: topology.hostPath) == owner(123, 100))
+        let guest = try FakeGuest(NetworkAttachment(
+            vm: attachment.vm, index: attachment.index, mode: .tap, namespacePath: FilePath(topology.hostPath),
+            tapName: attachment.tapName, hostInterface: attachment.hostInterface, guestAddress: attachment.guestAddress,
+            gatewayAddress: attachment.gatewayAddress, prefixLength: 30, guestMAC: attachment.guestMAC,
+            hostAddress: attachment.hostAddress, outsideAddress: attachment.outsideAddress, uid: 123, gid: 100,
+            guestInterface: "eth0", nameservers: []))
+        try guest.resolveGateway()
+        #expect(guest.udpExchange(to: NetworkTopology.internetAddress, port: Self.echoPort, payload: [9]) == [9])
+        #expect(guest.udpExchange(to: NetworkTopology.otherAddress, port: Self.echoPort, payload: [9], within: 200) == nil)
+        #expect(guest.udpExchange(to: NetworkTopology.internetAddress, port: Self.echoPort, payload: [9], from: IPv4Address(10, 200, 0, 99), within: 200) == nil)
+        try network.tearDown(vm("tap-a"))
+        #expect(try !network.interfaceExists(attachment.tapName, in: topology.hostPath))
+    }
+}
