@@ -15,6 +15,13 @@ public struct DriverConfiguration: Sendable, Hashable {
     public var readinessTimeout: Duration
     /// Where VMs are recorded (one directory each), so a later driver finds them.
     public var stateStore: StateStore
+    /// The host side of VM networks (for specs with `network`); nil: the defaults, with the
+    /// leases under `<state root>/network`.
+    public var network: VMNetworkConfiguration?
+
+    var networkConfiguration: VMNetworkConfiguration {
+        network ?? VMNetworkConfiguration(stateDirectory: stateStore.root.appending("network"))
+    }
 
     public init(
         jailer: JailerConfiguration, policy: SandboxPolicy = .required, stateStore: StateStore = StateStore(),

@@ -54,6 +54,10 @@ public actor MicroVM {
     let logger: Logger
     /// Where the VM is recorded.
     public nonisolated let stateStore: StateStore
+    /// The host side of the VM's network (when its spec has one).
+    nonisolated let networkConfiguration: VMNetworkConfiguration?
+    /// The VM's network when its spec has one: namespace, TAP, the guest's address and MAC.
+    public nonisolated let network: NetworkAttachment?
     private let createdAt: Date
     private let ended = ExitState<ExitReason>()
     private var killRequested = false
@@ -63,9 +67,12 @@ public actor MicroVM {
     init(
         spec: VMSpec, id: VMIdentifier, executor: any VMMExecutor, decision: SandboxDecision, process: SupervisedProcess,
         command: JailerCommand?, streams: VMMStreams, client: FirecrackerClient, state: VMState, stateStore: StateStore,
-        logger: Logger, cgroups: [String]? = nil, createdAt: Date = Date()
+        logger: Logger, networkConfiguration: VMNetworkConfiguration? = nil, network: NetworkAttachment? = nil,
+        cgroups: [String]? = nil, createdAt: Date = Date()
     ) {
         self.createdAt = createdAt
+        self.networkConfiguration = spec.network == nil ? nil : networkConfiguration
+        self.network = network
         self.stateStore = stateStore
         self.jailerCommand = command
         self.cgroupDirectories = cgroups ?? command?.cgroupDirectories(on: executor.jail.cgroupHost) ?? []
@@ -159,7 +166,6 @@ public actor MicroVM {
         } catch {
             throw .sandbox(id: spec.id, error)
         }
-        let executor: any VMMExecutor = decision.isSandboxed ? JailedExecutor(jail: jail, limits: limits) : DirectExecutor(jail: jail)
         if !decision.isSandboxed {
             logger.warning("starting Firecracker UNJAILED", metadata: ["policy": "\((spec.sandbox ?? configuration.policy).rawValue)"])
         }
@@ -183,17 +189,48 @@ public actor MicroVM {
             throw error
         }
 
+        // 3. The VM's network, before anything runs: the firewall is in place before the link
+        //    is up, and a jailed VMM joins the namespace and runs as the TAP's owner.
+        var launchSpec = spec
+        var attachment: NetworkAttachment?
+        var executor: any VMMExecutor = decision.isSandboxed ? JailedExecutor(jail: jail, limits: limits) : DirectExecutor(jail: jail)
+        if let network = spec.network {
+            do {
+                let made = try await VMNetworking.setUp(
+                    network, for: id, sandboxed: decision.isSandboxed, jailer: jailerConfiguration,
+                    configuration: configuration.networkConfiguration, logger: logger)
+                attachment = made
+                launchSpec.networkInterfaces.append(NetworkInterfaceSpec(id: network.interface, tap: made.tapName, mac: made.guestMAC.description))
+                launchSpec.boot.args.append(made.bootArgument)
+                if decision.isSandboxed {
+                    var networked = jailerConfiguration
+                    networked.networkNamespace = made.namespacePath
+                    networked.uid = made.uid
+                    networked.gid = made.gid
+                    let networkedJail = try Jail(
+                        configuration: networked, id: id, cgroupHost: try HostFacts.cgroupHost.get(), topology: HostFacts.topology)
+                    executor = JailedExecutor(jail: networkedJail, limits: limits)
+                }
+            } catch {
+                await VMNetworking.tearDown(id, configuration: configuration.networkConfiguration, logger: logger)
+                store.remove(id: spec.id)
+                LiveDirectories.release(directoryKey)
+                throw .createFailed(id: spec.id, step: "setting up the network", cause: error, exit: nil)
+            }
+        }
+
         var staging: [StagingRequest]
         switch mode {
         case .restore(let snapshot, _):
-            staging = VMFiles.staging(for: spec, driveSources: snapshot.driveCopies, boot: false)
+            staging = VMFiles.staging(for: launchSpec, driveSources: snapshot.driveCopies, boot: false)
             staging += [.readOnly(snapshot.statePath, at: VMFiles.restoreState), .readOnly(snapshot.memoryPath, at: VMFiles.restoreMemory)]
         case .configureThroughAPI, .bootFromConfigFile:
-            staging = VMFiles.staging(for: spec)
+            staging = VMFiles.staging(for: launchSpec)
         }
         do {
             _ = try await executor.prepare(staging: staging, logger: logger)
         } catch {
+            if spec.network != nil { await VMNetworking.tearDown(id, configuration: configuration.networkConfiguration, logger: logger) }
             store.remove(id: spec.id)
             LiveDirectories.release(directoryKey)
             throw .createFailed(id: spec.id, step: "staging files", cause: error, exit: nil)
@@ -212,7 +249,7 @@ public actor MicroVM {
             if !executor.isSandboxed { arguments += ["--id", id.rawValue] }
             if spec.logging?.metrics == true { arguments += ["--metrics-path", executor.vmmPath(VMFiles.metrics)] }
             if case .bootFromConfigFile = mode {
-                try writeConfigFile(VMFiles.configuration(for: spec, path: executor.vmmPath), to: executor.hostPath(VMFiles.configFile), id: spec.id)
+                try writeConfigFile(VMFiles.configuration(for: launchSpec, path: executor.vmmPath), to: executor.hostPath(VMFiles.configFile), id: spec.id)
                 arguments += ["--config-file", executor.vmmPath(VMFiles.configFile)]
             }
 
@@ -247,17 +284,19 @@ public actor MicroVM {
             case .bootFromConfigFile:
                 vm = MicroVM(
                     spec: spec, id: id, executor: executor, decision: decision, process: process!, command: command, streams: streams!,
-                    client: client, state: .running, stateStore: store, logger: logger)
+                    client: client, state: .running, stateStore: store, logger: logger,
+                    networkConfiguration: configuration.networkConfiguration, network: attachment)
                 step = "putting MMDS data"
                 if let metadata = spec.mmds?.metadata { try await call("PUT /mmds", id: spec.id) { try await client.putMMDS(metadata) } }
             case .configureThroughAPI:
-                try await configure(client: client, spec: spec, executor: executor, step: &step)
+                try await configure(client: client, spec: launchSpec, executor: executor, step: &step)
                 vm = MicroVM(
                     spec: spec, id: id, executor: executor, decision: decision, process: process!, command: command, streams: streams!,
-                    client: client, state: .created, stateStore: store, logger: logger)
+                    client: client, state: .created, stateStore: store, logger: logger,
+                    networkConfiguration: configuration.networkConfiguration, network: attachment)
             case .restore(_, let resume):
                 step = "loading the snapshot"
-                let overrides = spec.networkInterfaces.map { NetworkOverride(ifaceId: $0.id, hostDevName: $0.tap) }
+                let overrides = launchSpec.networkInterfaces.map { NetworkOverride(ifaceId: $0.id, hostDevName: $0.tap) }
                 try await call("PUT /snapshot/load", id: spec.id) {
                     try await client.loadSnapshot(
                         SnapshotLoadParams(
@@ -267,7 +306,8 @@ public actor MicroVM {
                 }
                 vm = MicroVM(
                     spec: spec, id: id, executor: executor, decision: decision, process: process!, command: command, streams: streams!,
-                    client: client, state: resume ? .running : .paused, stateStore: store, logger: logger)
+                    client: client, state: resume ? .running : .paused, stateStore: store, logger: logger,
+                    networkConfiguration: configuration.networkConfiguration, network: attachment)
             }
             step = "recording the VM"
             try await vm.record()
@@ -290,6 +330,7 @@ public actor MicroVM {
             streams?.closeChildEnds()
             await streams?.close()
             let report = await executor.cleanup(logger: logger)
+            if spec.network != nil { await VMNetworking.tearDown(id, configuration: configuration.networkConfiguration, logger: logger) }
             store.remove(id: spec.id)
             LiveDirectories.release(directoryKey)
             if !report.isComplete {
@@ -464,6 +505,9 @@ public actor MicroVM {
         await streams.close()
         await client.close()
         let report = await executor.cleanup(logger: logger)
+        if spec.network != nil, let networkConfiguration {
+            await VMNetworking.tearDown(id, configuration: networkConfiguration, logger: logger)
+        }
         stateStore.remove(id: id.rawValue)
         LiveDirectories.release(executor.jail.layout.jailDirectory.string)
         teardownReport = report

@@ -18,6 +18,8 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
     case snapshotFailed(id: String, step: String, detail: String)
     /// A host file operation failed.
     case file(id: String, SystemCallError)
+    /// The VM's network could not be made (namespace, TAP, firewall, lease).
+    case network(id: String, NetworkError)
     /// The state root already has this id (a live VM, or leftovers for `gc`).
     case stateConflict(id: String, path: String, detail: String)
     /// A VM's record cannot be read; other VMs are unaffected.
@@ -31,7 +33,7 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
         switch self {
         case .invalidSpec(let id, _): id
         case .invalidState(let id, _, _, _), .sandbox(let id, _), .api(let id, _, _), .createFailed(let id, _, _, _),
-            .snapshotFailed(let id, _, _), .file(let id, _), .stateConflict(let id, _, _), .corruptRecord(let id, _, _),
+            .snapshotFailed(let id, _, _), .file(let id, _), .network(let id, _), .stateConflict(let id, _, _), .corruptRecord(let id, _, _),
             .notFound(let id, _), .notAttachable(let id, _):
             id
         }
@@ -55,6 +57,8 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
             return "\(vm)snapshot failed while \(step): \(detail)"
         case .file(_, let error):
             return "\(vm)\(error)"
+        case .network(_, let error):
+            return "\(vm)network: \(error.summary)"
         case .stateConflict(_, let path, let detail):
             return "\(vm)already exists in the state root (\(path)): \(detail)"
         case .corruptRecord(_, let path, let detail):
@@ -79,6 +83,7 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
                 ?? "see the cause above"
         case .snapshotFailed: "check the destination's free space and permissions"
         case .file: "check the path and its permissions"
+        case .network(_, let error): error.hint
         case .stateConflict: "choose another id, stop that VM, or run gc to remove a dead VM's leftovers"
         case .corruptRecord: "inspect the file; gc removes the VM's leftovers once its process is gone"
         case .notFound: "list the VMs of this state root, or give the state root the VM was created with"

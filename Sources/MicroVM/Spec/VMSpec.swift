@@ -15,6 +15,9 @@ public struct VMSpec: Codable, Sendable, Hashable {
     public var boot: Boot
     public var drives: [DriveSpec]
     public var networkInterfaces: [NetworkInterfaceSpec]
+    /// An isolated network the driver makes for the VM (namespace, TAP, addresses, egress
+    /// firewall); its interface is added to `network_interfaces`.
+    public var network: NetworkSpec?
     public var vsock: VsockSpec?
     public var mmds: MMDSSpec?
     public var balloon: Balloon?
@@ -28,7 +31,7 @@ public struct VMSpec: Codable, Sendable, Hashable {
 
     public init(
         id: String, machine: Machine, boot: Boot, drives: [DriveSpec] = [],
-        networkInterfaces: [NetworkInterfaceSpec] = [], vsock: VsockSpec? = nil, mmds: MMDSSpec? = nil,
+        networkInterfaces: [NetworkInterfaceSpec] = [], network: NetworkSpec? = nil, vsock: VsockSpec? = nil, mmds: MMDSSpec? = nil,
         balloon: Balloon? = nil, entropy: EntropyDevice? = nil, logging: LoggingSpec? = nil,
         console: ConsoleSpec? = nil, jail: JailSpec? = nil, limits: LimitsSpec? = nil, sandbox: SandboxPolicy? = nil
     ) {
@@ -37,6 +40,7 @@ public struct VMSpec: Codable, Sendable, Hashable {
         self.boot = boot
         self.drives = drives
         self.networkInterfaces = networkInterfaces
+        self.network = network
         self.vsock = vsock
         self.mmds = mmds
         self.balloon = balloon
@@ -51,7 +55,7 @@ public struct VMSpec: Codable, Sendable, Hashable {
     enum CodingKeys: String, CodingKey, CaseIterable {
         case id, machine, boot, drives
         case networkInterfaces = "network_interfaces"
-        case vsock, mmds, balloon, entropy, logging, console, jail, limits, sandbox
+        case network, vsock, mmds, balloon, entropy, logging, console, jail, limits, sandbox
     }
 
     public init(from decoder: any Decoder) throws {
@@ -61,6 +65,7 @@ public struct VMSpec: Codable, Sendable, Hashable {
         boot = try container.decode(Boot.self, forKey: .boot)
         drives = try container.decodeIfPresent([DriveSpec].self, forKey: .drives) ?? []
         networkInterfaces = try container.decodeIfPresent([NetworkInterfaceSpec].self, forKey: .networkInterfaces) ?? []
+        network = try container.decodeIfPresent(NetworkSpec.self, forKey: .network)
         vsock = try container.decodeIfPresent(VsockSpec.self, forKey: .vsock)
         mmds = try container.decodeIfPresent(MMDSSpec.self, forKey: .mmds)
         balloon = try container.decodeIfPresent(Balloon.self, forKey: .balloon)
@@ -358,5 +363,121 @@ public struct MMDSSpec: Codable, Sendable, Hashable {
 
     var configuration: MmdsConfig {
         MmdsConfig(networkInterfaces: networkInterfaces, version: version, ipv4Address: ipv4Address, imdsCompat: imdsCompat)
+    }
+}
+
+/// An isolated network for the VM, made and removed by the driver (``DriverConfiguration/network``):
+/// in `namespace` mode (jailed VMs) a network namespace of its own holding a TAP with the same
+/// fixed addresses for every VM (snapshot clones need no change), joined to the host by a veth;
+/// in `tap` mode a TAP in the host namespace. Either way an nftables firewall lets the guest
+/// reach only what `allow` lists (and the host only what `allow_host` lists), drops spoofed
+/// sources and IPv6, and the guest learns its address from the `ip=` boot argument.
+public struct NetworkSpec: Codable, Sendable, Hashable {
+    public enum Mode: String, Codable, Sendable, Hashable {
+        case namespace, tap
+    }
+
+    /// nil: `namespace` for a jailed VM, `tap` for an unjailed one.
+    public var mode: Mode?
+    /// The interface id (Firecracker's `iface_id`, letters, digits and `_`); default `eth0`.
+    public var interfaceId: String?
+    /// Destinations the guest may reach; nothing else leaves the VM.
+    public var allow: [EgressRuleSpec]
+    /// Destinations on the host itself the guest may reach.
+    public var allowHost: [EgressRuleSpec]
+
+    public init(mode: Mode? = nil, interfaceId: String? = nil, allow: [EgressRuleSpec] = [], allowHost: [EgressRuleSpec] = []) {
+        self.mode = mode
+        self.interfaceId = interfaceId
+        self.allow = allow
+        self.allowHost = allowHost
+    }
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case mode
+        case interfaceId = "interface_id"
+        case allow
+        case allowHost = "allow_host"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        mode = try container.decodeIfPresent(Mode.self, forKey: .mode)
+        interfaceId = try container.decodeIfPresent(String.self, forKey: .interfaceId)
+        allow = try container.decodeIfPresent([EgressRuleSpec].self, forKey: .allow) ?? []
+        allowHost = try container.decodeIfPresent([EgressRuleSpec].self, forKey: .allowHost) ?? []
+    }
+
+    var interface: String { interfaceId ?? "eth0" }
+}
+
+/// One allowed destination: `destination` is an IPv4 address or CIDR (`0.0.0.0/0` for any),
+/// `protocol` `tcp`, `udp`, `icmp` or `any` (default), `ports` `443` or `8000-8080`.
+public struct EgressRuleSpec: Codable, Sendable, Hashable {
+    public var destination: String
+    public var `protocol`: String?
+    public var ports: String?
+
+    public init(destination: String, protocol: String? = nil, ports: String? = nil) {
+        self.destination = destination
+        self.protocol = `protocol`
+        self.ports = ports
+    }
+
+    /// The host module's rule, or why it cannot be one.
+    func rule() -> Result<EgressRule, SpecProblemText> {
+        let network: IPNetwork
+        do {
+            network = try IPNetwork(destination)
+        } catch {
+            return .failure(SpecProblemText(field: "destination", message: "'\(destination)' is not an IPv4 address or CIDR"))
+        }
+        guard let transport = EgressRule.Transport(rawValue: (`protocol` ?? "any").lowercased()) else {
+            return .failure(SpecProblemText(field: "protocol", message: "'\(`protocol` ?? "")' is not tcp, udp, icmp or any"))
+        }
+        var range: ClosedRange<UInt16>?
+        if let ports {
+            let bounds = ports.split(separator: "-", omittingEmptySubsequences: false).map { UInt16($0) }
+            guard (1...2).contains(bounds.count), let low = bounds.first ?? nil, let high = bounds.last ?? nil, low <= high, low > 0 else {
+                return .failure(SpecProblemText(field: "ports", message: "'\(ports)' is not a port or a range such as 8000-8080"))
+            }
+            guard transport == .tcp || transport == .udp else {
+                return .failure(SpecProblemText(field: "ports", message: "ports need protocol tcp or udp"))
+            }
+            range = low...high
+        }
+        return .success(EgressRule(destination: network, transport: transport, ports: range))
+    }
+}
+
+/// A problem with one field of a nested value, before its path is known.
+struct SpecProblemText: Error {
+    var field: String
+    var message: String
+}
+
+extension NetworkSpec {
+    /// The firewall policy, and the problems that keep it from being usable (empty when none).
+    func policy() -> (policy: EgressPolicy, problems: [SpecProblem]) {
+        var problems: [SpecProblem] = []
+        func rules(_ list: [EgressRuleSpec], _ key: String) -> [EgressRule] {
+            list.enumerated().compactMap { index, rule in
+                switch rule.rule() {
+                case .success(let rule): return rule
+                case .failure(let problem):
+                    problems.append(SpecProblem(field: "network.\(key)[\(index)].\(problem.field)", message: problem.message))
+                    return nil
+                }
+            }
+        }
+        let policy = EgressPolicy(allow: rules(allow, "allow"), allowHost: rules(allowHost, "allow_host"))
+        if problems.isEmpty {
+            do {
+                try policy.validate()
+            } catch {
+                problems.append(SpecProblem(field: "network", message: error.summary, hint: error.hint))
+            }
+        }
+        return (policy, problems)
     }
 }

@@ -71,6 +71,14 @@ extension VMSpec {
             if let mtu = interface.mtu, !(68...65535).contains(mtu) { problem("\(field).mtu", "\(mtu) is outside 68...65535") }
         }
 
+        if let network {
+            problems += network.policy().problems
+            if !Self.isPathID(network.interface) {
+                problem("network.interface_id", "'\(network.interface)' is not a valid interface id", "use letters, digits and '_' only")
+            } else if interfaceIDs.contains(network.interface) {
+                problem("network.interface_id", "'\(network.interface)' is also in network_interfaces", "choose another id")
+            }
+        }
         if let vsock, vsock.guestCid < 3 {
             problem("vsock.guest_cid", "\(vsock.guestCid) is reserved", "use 3 or more")
         }
@@ -78,7 +86,7 @@ extension VMSpec {
             if mmds.networkInterfaces.isEmpty {
                 problem("mmds.network_interfaces", "is empty", "name the interface(s) whose guest traffic MMDS answers")
             }
-            for (index, name) in mmds.networkInterfaces.enumerated() where !interfaceIDs.contains(name) {
+            for (index, name) in mmds.networkInterfaces.enumerated() where !interfaceIDs.contains(name) && name != network?.interface {
                 problem("mmds.network_interfaces[\(index)]", "'\(name)' is not the id of one of network_interfaces")
             }
         }

@@ -132,6 +132,8 @@ extension MicroVM {
         let vm = MicroVM(
             spec: record.spec, id: vmID, executor: executor, decision: record.sandboxed ? .jailed(PreflightReport(problems: [])) : .unjailed(reasons: []),
             process: process, command: nil, streams: streams, client: client, state: state, stateStore: store, logger: logger,
+            networkConfiguration: configuration.networkConfiguration,
+            network: record.spec.network == nil ? nil : try? VMNetwork(configuration: configuration.networkConfiguration, logger: logger).attachment(for: vmID),
             cgroups: record.cgroupDirectories, createdAt: record.createdAt)
         do {
             try await vm.record()
@@ -172,6 +174,9 @@ extension MicroVM {
             vmLogger[metadataKey: "vm"] = "\(listing.id)"
             let report = await JailTeardown.run(layout: layout, parentCgroup: record.parentCgroup, cgroupHost: cgroupHost, logger: vmLogger)
             if report.isComplete { configuration.stateStore.remove(id: listing.id) }
+            if record.spec.network != nil, let id = try? VMIdentifier(listing.id) {
+                await VMNetworking.tearDown(id, configuration: configuration.networkConfiguration, logger: vmLogger)
+            }
             vmLogger.info("collected a dead VM", metadata: ["complete": "\(report.isComplete)"])
             collected.append(CollectedVM(id: listing.id, teardown: report))
         }
