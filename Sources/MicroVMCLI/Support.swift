@@ -93,7 +93,9 @@ enum Failure {
     static func exit(for error: any Error, json: Bool) -> Never {
         Terminal.restore()
         if let code = error as? ExitCode { Foundation.exit(code.rawValue) }
-        if MicroVMCommand.exitCode(for: error) == .validationFailure {
+        let known = error is CLIError || error is MicroVMError || error is JailError || error is FirecrackerAPIError || error is Console.WaitError
+        if !known, !json || MicroVMCommand.exitCode(for: error) != .failure {
+            // ArgumentParser's own (usage, help, CleanExit) and anything unexpected (exit 1).
             MicroVMCommand.exitForArgumentParser(error)
         }
         let (status, message, hint, id) = classify(error)
