@@ -3,7 +3,7 @@ import Foundation
 import MicroVM
 
 /// `microvm doctor`: the jailer troubleshooting guide, automated.
-struct DoctorCommand: AsyncParsableCommand, ReportsJSON {
+struct DoctorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "doctor",
         abstract: "Check this host for what Firecracker and the jailer need; each finding says what was seen, why it matters and the fix.",
@@ -21,8 +21,6 @@ struct DoctorCommand: AsyncParsableCommand, ReportsJSON {
 
     @OptionGroup var global: GlobalOptions
 
-    @Flag(help: "JSON: {checks: [{check, status, seen, why, fix}], ok, warn, fail}.")
-    var json = false
 
     @Option(help: ArgumentHelp("The firecracker binary (default: $MICROVM_FIRECRACKER_BIN, else /usr/bin/firecracker).", valueName: "path"))
     var firecracker: String?
@@ -60,7 +58,7 @@ struct DoctorCommand: AsyncParsableCommand, ReportsJSON {
         let report = Report(
             checks: findings, ok: findings.count { $0.status == .ok }, warn: findings.count { $0.status == .warn },
             fail: findings.count { $0.status == .fail })
-        if json {
+        if global.json {
             Output.line(JSON.string(report))
         } else {
             for finding in findings {

@@ -3,7 +3,7 @@ import MicroVM
 import MicroVMHost
 
 /// `microvm gc`: remove what dead VMs left.
-struct GCCommand: AsyncParsableCommand, ReportsJSON {
+struct GCCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gc",
         abstract: "Remove what dead VMs left: jail or VM directory, cgroups, record and FIFOs.",
@@ -12,8 +12,6 @@ struct GCCommand: AsyncParsableCommand, ReportsJSON {
 
     @OptionGroup var global: GlobalOptions
 
-    @Flag(help: "A JSON array: {id, removed, complete, failures, skipped}.")
-    var json = false
 
     struct Entry: Encodable {
         var id: String
@@ -31,7 +29,7 @@ struct GCCommand: AsyncParsableCommand, ReportsJSON {
                 id: item.id, removed: item.teardown?.isComplete ?? false, complete: item.teardown?.isComplete ?? (item.skipped != nil),
                 failures: item.teardown?.failures.map(\.summary) ?? [], skipped: item.skipped)
         }
-        if json {
+        if global.json {
             Output.line(JSON.string(entries))
         } else {
             for entry in entries {

@@ -3,7 +3,7 @@ import Foundation
 import MicroVM
 
 /// `microvm inspect ID`: the VM's record and its state judged now.
-struct InspectCommand: AsyncParsableCommand, ReportsJSON {
+struct InspectCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "inspect",
         abstract: "Show a VM's record and its state judged against /proc now.",
@@ -15,8 +15,6 @@ struct InspectCommand: AsyncParsableCommand, ReportsJSON {
     @Argument(help: "The VM's id.")
     var id: String
 
-    @Flag(help: "JSON: the summary (as `ls --json`) and the full record.")
-    var json = false
 
     struct Body: Encodable {
         var vm: VMSummary
@@ -26,7 +24,7 @@ struct InspectCommand: AsyncParsableCommand, ReportsJSON {
     func run() async throws {
         let listing = try VMs.listing(id, configuration: try global.driverConfiguration())
         let summary = VMSummary(listing)
-        if json {
+        if global.json {
             Output.line(JSON.string(Body(vm: summary, record: listing.record)))
             return
         }

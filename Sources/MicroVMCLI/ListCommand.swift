@@ -3,7 +3,7 @@ import Foundation
 import MicroVM
 
 /// `microvm ls` (alias `ps`): every VM recorded under the state root.
-struct ListCommand: AsyncParsableCommand, ReportsJSON {
+struct ListCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ls",
         abstract: "List the VMs under the state root, each judged against /proc now.",
@@ -13,8 +13,6 @@ struct ListCommand: AsyncParsableCommand, ReportsJSON {
 
     @OptionGroup var global: GlobalOptions
 
-    @Flag(help: "A JSON array (keys: id, state, detail, pid, process, attached, sandboxed, directory, created_at, exit_reason, problem).")
-    var json = false
 
     @Flag(name: [.short, .long], help: "Only the ids.")
     var quiet = false
@@ -22,7 +20,7 @@ struct ListCommand: AsyncParsableCommand, ReportsJSON {
     func run() async throws {
         let configuration = try global.driverConfiguration()
         let summaries = MicroVM.list(configuration: configuration).map(VMSummary.init)
-        if json {
+        if global.json {
             Output.line(JSON.string(summaries))
             return
         }

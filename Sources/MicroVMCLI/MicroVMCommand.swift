@@ -37,7 +37,7 @@ struct MicroVMCommand: AsyncParsableCommand {
         } catch {
             exitForArgumentParser(error)
         }
-        // `--json` also turns errors into JSON (every command that has it says so in its help).
+        // `--json` (a global option) also turns errors into JSON.
         let json = CommandLine.arguments.dropFirst().contains("--json")
         do {
             if var asyncCommand = command as? any AsyncParsableCommand {
@@ -76,6 +76,10 @@ struct GlobalOptions: ParsableArguments {
         help: ArgumentHelp("Where VMs are recorded (default: $MICROVM_STATE_DIR, else /run/microvm).", valueName: "dir"))
     var stateDir: String?
 
+    @Flag(
+        help: "JSON output (ls, inspect, gc, stats, doctor, version: documented in README); errors as a JSON object on standard error.")
+    var json = false
+
     private static let bootstrap: Void = LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
 
     func makeLogger(label: String) -> Logger {
@@ -99,8 +103,6 @@ struct GlobalOptions: ParsableArguments {
     }
 }
 
-/// A command whose `--json` also turns its errors into JSON.
-protocol ReportsJSON {}
 
 enum CLIVersion {
     static let current = "0.1.0"

@@ -3,7 +3,7 @@ import Foundation
 import MicroVM
 
 /// `microvm stats ID`: the VM's cgroup counters.
-struct StatsCommand: AsyncParsableCommand, ReportsJSON {
+struct StatsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "stats",
         abstract: "Show a jailed VM's CPU, memory and pids figures from its cgroups (read-only; never attaches).",
@@ -15,8 +15,6 @@ struct StatsCommand: AsyncParsableCommand, ReportsJSON {
     @Argument(help: "The VM's id.")
     var id: String
 
-    @Flag(help: "JSON: {id, cpu_usage_ns, memory_bytes, memory_limit_bytes, pids, pids_limit, cgroups}.")
-    var json = false
 
     struct Figures: Encodable {
         var id: String
@@ -64,7 +62,7 @@ struct StatsCommand: AsyncParsableCommand, ReportsJSON {
             figures.pids = number("pids.current") ?? figures.pids
             figures.pidsLimit = number("pids.max") ?? figures.pidsLimit
         }
-        if json {
+        if global.json {
             Output.line(JSON.string(figures))
             return
         }

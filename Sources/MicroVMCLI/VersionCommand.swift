@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 
 /// `microvm version`.
-struct VersionCommand: AsyncParsableCommand, ReportsJSON {
+struct VersionCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "version",
         abstract: "Print microvm's version and those of the Firecracker and jailer binaries it would use."
@@ -10,8 +10,6 @@ struct VersionCommand: AsyncParsableCommand, ReportsJSON {
 
     @OptionGroup var global: GlobalOptions
 
-    @Flag(help: "JSON: {microvm, firecracker: {path, version}, jailer: {path, version}}.")
-    var json = false
 
     struct Binary: Encodable {
         var path: String
@@ -32,7 +30,7 @@ struct VersionCommand: AsyncParsableCommand, ReportsJSON {
             microvm: CLIVersion.current,
             firecracker: Binary(path: firecracker, version: BinaryVersion.read(firecracker)),
             jailer: Binary(path: jailer, version: BinaryVersion.read(jailer)))
-        if json {
+        if global.json {
             Output.line(JSON.string(body))
             return
         }
