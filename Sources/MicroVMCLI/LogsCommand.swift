@@ -59,8 +59,7 @@ struct LogsCommand: AsyncParsableCommand {
         let printer = Task {
             for await line in lines where line.index >= start { Output.line(line.text) }
         }
-        signal(SIGINT, SIG_IGN)
-        signal(SIGTERM, SIG_IGN)
+        for number in [SIGINT, SIGTERM, SIGHUP] { signal(number, SIG_IGN) }
         let (interrupts, continuation) = AsyncStream<Void>.makeStream()
         let sources = [SIGINT, SIGTERM, SIGHUP].map { number in
             let source = DispatchSource.makeSignalSource(signal: number)

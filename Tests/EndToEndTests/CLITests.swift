@@ -39,7 +39,7 @@ struct CLITests {
         }
     }
 
-    @Test("run -d, ls/inspect --json, console with piped input and the detach keys, logs --tail, pause/resume, snapshot/restore, stop")
+    @Test("run -d, ls/inspect --json, console with piped input and the detach keys, logs --tail and -f, stats, pause/resume, snapshot/restore, stop")
     func detachedLifecycle() async throws {
         try await EndToEnd.withDriver(.required, name: "cli-life") { configuration, assets, directory in
             try await CLI.cleaningUp(configuration) {
@@ -81,6 +81,17 @@ struct CLITests {
                 let logs = try await CLI.run(["logs", id, "--tail", "2"] + flags)
                 #expect(logs.status == 0 && logs.lines.count == 2, "\(logs)")
                 #expect(logs.lines.allSatisfy { $0.hasPrefix("microvm-guest: heartbeat") }, "\(logs)")
+
+                let follow = try await InteractiveCLI.start(["logs", id, "-f", "--tail", "0"] + flags)
+                #expect(await follow.waitForLine(containing: "microvm-guest: heartbeat") != nil, "logs -f follows: \(follow.lines)")
+                follow.signal(SIGINT)
+                #expect(await follow.exitStatus() == 0, "Ctrl-C ends logs -f and leaves the VM running")
+                #expect(MicroVM.list(configuration: configuration).first?.state == .running)
+
+                let stats = try await CLI.run(["stats", id, "--json"] + flags)
+                let figures = try #require(try stats.json() as? [String: Any], "\(stats)")
+                #expect((figures["memory_bytes"] as? Int ?? 0) > 0, "\(stats)")
+                #expect((figures["memory_limit_bytes"] as? Int ?? 0) >= 64 << 20, "\(stats)")
 
                 let paused = try await CLI.run(["pause", id] + flags)
                 #expect(paused.status == 0, "\(paused)")
