@@ -131,15 +131,21 @@ struct CLITests {
         }
     }
 
-    @Test("create then start; rm refuses a running VM (exit 6) and rm -f stops it")
+    @Test("create from a spec file with flags overriding it, then start; rm refuses a running VM (exit 6) and rm -f stops it; a missing jailer under policy required exits 3")
     func createStartRemove() async throws {
-        try await EndToEnd.withDriver(.required, name: "cli-create") { configuration, assets, _ in
+        try await EndToEnd.withDriver(.required, name: "cli-create") { configuration, assets, directory in
             try await CLI.cleaningUp(configuration) {
                 let flags = CLI.driverFlags(configuration)
                 let id = "cli-create-\(getpid())"
-                let created = try await CLI.run(["create", "--id", id] + CLI.vmFlags(configuration, assets))
+                // A spec file, with flags overriding it (here: the id, the kernel and args, the memory).
+                let specFile = directory + "/vm.yaml"
+                try "id: from-file\nmachine: {vcpus: 1, memory_mib: 96}\nboot: {kernel: /nonexistent, args: [console=ttyS0]}\n"
+                    .write(toFile: specFile, atomically: true, encoding: .utf8)
+                let created = try await CLI.run(["create", "-f", specFile, "--id", id] + CLI.vmFlags(configuration, assets))
                 #expect(created.status == 0 && created.lines == [id], "\(created)")
                 #expect(MicroVM.list(configuration: configuration).first?.state == .created)
+                let record = try #require(MicroVM.list(configuration: configuration).first?.record)
+                #expect(record.spec.machine.memoryMiB == 64 && record.spec.machine.vcpus == 1 && record.spec.boot.kernel == assets.kernel, "\(record.spec)")
                 let started = try await CLI.run(["start", id] + flags)
                 #expect(started.status == 0, "\(started)")
                 #expect(MicroVM.list(configuration: configuration).first?.state == .running)
@@ -147,6 +153,9 @@ struct CLITests {
                 #expect(refused.status == 6 && refused.stderr.contains("rm -f"), "\(refused)")
                 let forced = try await CLI.run(["rm", "-f", id] + flags)
                 #expect(forced.status == 0, "\(forced)")
+                #expect(MicroVM.list(configuration: configuration).isEmpty)
+                let noJailer = try await CLI.run(["run", "-d", "--id", id] + CLI.vmFlags(configuration, assets) + ["--jailer", directory + "/no-jailer"])
+                #expect(noJailer.status == 3 && noJailer.stderr.contains("no-jailer") && noJailer.stderr.contains("hint:"), "\(noJailer)")
                 #expect(MicroVM.list(configuration: configuration).isEmpty)
             }
         }
