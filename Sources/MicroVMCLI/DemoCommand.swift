@@ -1,4 +1,4 @@
-public import ArgumentParser
+import ArgumentParser
 import Dispatch
 import FirecrackerAPI
 import Foundation
@@ -93,4 +93,3 @@ struct DemoCommand: AsyncParsableCommand {
     }
 }
 
-extension SandboxPolicy: ExpressibleByArgument {}

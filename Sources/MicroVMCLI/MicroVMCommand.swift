@@ -1,13 +1,69 @@
 import ArgumentParser
+import Foundation
 import Logging
+import MicroVM
 
 @main
 struct MicroVMCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "microvm",
         abstract: "Launch, sandbox, supervise and tear down Firecracker microVMs.",
-        subcommands: [DemoCommand.self]
+        discussion: """
+            Every invocation is a short-lived driver: a VM outlives the command that created it \
+            (its console and API live in its state directory), and any later command attaches \
+            to it by id. VMs are jailed by default (--sandbox required).
+
+            Exit codes: 0 success; 1 internal error; 2 usage error or invalid spec; 3 host \
+            problem (sandbox unavailable, missing binary, /dev/kvm, cgroups, files; doctor \
+            found a failure); 4 VM failure (create failed, Firecracker refused, the guest ended \
+            uncleanly); 5 no such VM; 6 the VM's state forbids it (id in use, not running, \
+            another process is attached).
+            """,
+        version: CLIVersion.current,
+        subcommands: [
+            RunCommand.self, CreateCommand.self, StartCommand.self, ListCommand.self, InspectCommand.self,
+            ConsoleCommand.self, LogsCommand.self, PauseCommand.self, ResumeCommand.self, SnapshotCommand.self,
+            RestoreCommand.self, StopCommand.self, KillCommand.self, RemoveCommand.self, GCCommand.self,
+            StatsCommand.self, DoctorCommand.self, VersionCommand.self, DemoCommand.self,
+        ]
     )
+
+    /// Parses, runs, and maps every failure to the documented exit codes (ArgumentParser's own
+    /// usage errors exit 64; this command line documents 2).
+    nonisolated static func main() async {
+        let command: any ParsableCommand
+        do {
+            command = try parseAsRoot()
+        } catch {
+            exitForArgumentParser(error)
+        }
+        // `--json` (a global option) also turns errors into JSON.
+        let json = CommandLine.arguments.dropFirst().contains("--json")
+        do {
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                var plain = command
+                try plain.run()
+            }
+        } catch {
+            Failure.exit(for: error, json: json)
+        }
+        Terminal.restore()
+        Foundation.exit(0)
+    }
+
+    /// Usage errors exit 2 with ArgumentParser's message (which names the usage and --help);
+    /// help and version requests exit 0.
+    static func exitForArgumentParser(_ error: any Error) -> Never {
+        Terminal.restore()
+        let code = exitCode(for: error)
+        if code == .validationFailure {
+            Output.error(fullMessage(for: error))
+            Foundation.exit(ExitStatus.usage.rawValue)
+        }
+        self.exit(withError: error)
+    }
 }
 
 /// Options every subcommand shares.
@@ -15,10 +71,39 @@ struct GlobalOptions: ParsableArguments {
     @Flag(name: .long, help: "Log what the driver does (to standard error).")
     var verbose = false
 
+    @Option(
+        name: .customLong("state-dir"),
+        help: ArgumentHelp("Where VMs are recorded (default: $MICROVM_STATE_DIR, else /run/microvm).", valueName: "dir"))
+    var stateDir: String?
+
+    @Flag(
+        help: "JSON output (ls, inspect, gc, stats, doctor, version: documented in README); errors as a JSON object on standard error.")
+    var json = false
+
+    private static let bootstrap: Void = LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+
     func makeLogger(label: String) -> Logger {
-        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+        Self.bootstrap
         var logger = Logger(label: label)
-        logger.logLevel = verbose ? .debug : .warning
+        logger.logLevel = verbose ? .debug : .error
         return logger
     }
+
+    /// The driver's configuration: `MICROVM_*` variables, with `--state-dir` and the binaries
+    /// given on the command line taking precedence.
+    func driverConfiguration(firecracker: String? = nil, jailer: String? = nil) throws -> DriverConfiguration {
+        var environment = ProcessInfo.processInfo.environment
+        if let stateDir { environment[StateStore.environmentVariable] = Paths.absolute(stateDir) }
+        if let firecracker {
+            environment["MICROVM_FIRECRACKER_BIN"] = Paths.absolute(firecracker)
+            environment["MICROVM_JAILER_FIRECRACKER_BIN"] = Paths.absolute(firecracker)
+        }
+        if let jailer { environment["MICROVM_JAILER_BIN"] = Paths.absolute(jailer) }
+        return try DriverConfiguration(environment: environment)
+    }
+}
+
+
+enum CLIVersion {
+    static let current = "0.1.0"
 }

@@ -1,0 +1,22 @@
+import ArgumentParser
+import MicroVM
+
+/// `microvm create`: a configured VM whose guest has not started.
+struct CreateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "create",
+        abstract: "Create a VM (Firecracker configured, guest not started) and print its id.",
+        discussion: "Takes the same VM flags as `run`. `microvm start ID` boots it."
+    )
+
+    @OptionGroup var global: GlobalOptions
+    @OptionGroup var vm: VMOptions
+
+    func run() async throws {
+        let logger = global.makeLogger(label: "microvm.create")
+        let spec = try vm.spec()
+        let configuration = try global.driverConfiguration(firecracker: vm.firecracker, jailer: vm.jailer)
+        let machine = try await MicroVM.create(spec, configuration: configuration, logger: logger)
+        Output.line(machine.id.rawValue)
+    }
+}

@@ -1,0 +1,55 @@
+import ArgumentParser
+import Foundation
+import MicroVM
+
+/// `microvm ls` (alias `ps`): every VM recorded under the state root.
+struct ListCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ls",
+        abstract: "List the VMs under the state root, each judged against /proc now.",
+        discussion: "A VM whose Firecracker is gone shows as failed (or its recorded exit); `microvm gc` removes what it left.",
+        aliases: ["ps"]
+    )
+
+    @OptionGroup var global: GlobalOptions
+
+
+    @Flag(name: [.short, .long], help: "Only the ids.")
+    var quiet = false
+
+    func run() async throws {
+        let configuration = try global.driverConfiguration()
+        let summaries = MicroVM.list(configuration: configuration).map(VMSummary.init)
+        if global.json {
+            Output.line(JSON.string(summaries))
+            return
+        }
+        if quiet {
+            for summary in summaries { Output.line(summary.id) }
+            return
+        }
+        let formatter = ISO8601DateFormatter()
+        var rows = [["ID", "STATE", "PID", "SANDBOX", "ATTACHED", "CREATED"]]
+        for summary in summaries {
+            rows.append([
+                summary.id, summary.state ?? "unreadable", summary.pid.map(String.init) ?? "-",
+                summary.sandboxed.map { $0 ? "jailed" : "unjailed" } ?? "-", summary.attached ? "yes" : "no",
+                summary.createdAt.map { formatter.string(from: $0) } ?? "-",
+            ])
+        }
+        Table.print(rows)
+    }
+}
+
+enum Table {
+    static func print(_ rows: [[String]]) {
+        guard let first = rows.first else { return }
+        let widths = first.indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
+        for row in rows {
+            let cells = row.enumerated().map { index, cell in
+                index == row.count - 1 ? cell : cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
+            }
+            Output.line(cells.joined(separator: "   "))
+        }
+    }
+}

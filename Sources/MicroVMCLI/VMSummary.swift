@@ -1,0 +1,48 @@
+import Foundation
+import MicroVM
+
+/// One VM as `ls --json` and `inspect --json` show it (stable keys, documented in README).
+struct VMSummary: Encodable {
+    var id: String
+    /// created, running, paused, stopped, failed; nil when the record cannot be read.
+    var state: String?
+    /// The state with its exit reason, in words.
+    var detail: String?
+    var pid: Int32?
+    /// alive, gone, reused, never-started: the recorded Firecracker compared with /proc now.
+    var process: String
+    /// Whether a live microvm process (or other driver) is attached to it.
+    var attached: Bool
+    var sandboxed: Bool?
+    var directory: String?
+    var createdAt: Date?
+    var exitReason: ExitReason?
+    /// Why the record cannot be read.
+    var problem: String?
+
+    enum CodingKeys: String, CodingKey {
+        case id, state, detail, pid, process, attached, sandboxed, directory
+        case createdAt = "created_at"
+        case exitReason = "exit_reason"
+        case problem
+    }
+
+    init(_ listing: VMListing) {
+        id = listing.id
+        state = listing.state?.name
+        detail = listing.state?.description
+        pid = listing.record?.pid
+        switch listing.process {
+        case .alive: process = "alive"
+        case .gone: process = "gone"
+        case .reused: process = "reused"
+        case .neverStarted: process = "never-started"
+        }
+        attached = listing.supervised
+        sandboxed = listing.record?.sandboxed
+        directory = listing.record?.directory
+        createdAt = listing.record?.createdAt
+        exitReason = listing.state?.exitReason
+        problem = listing.problem.map { "\($0)" }
+    }
+}

@@ -1,0 +1,232 @@
+import Foundation
+import MicroVM
+import MicroVMHost
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The `microvm` command line end to end: the built binary, the real Firecracker and jailer,
+/// the test guest, as a user would run them from a shell. Every VM's jail, cgroups and record
+/// go where `EndToEnd.withDriver` checks that nothing is left.
+@Suite("microvm command line end to end", .serialized, .enabled(if: EndToEnd.enabled))
+struct CLITests {
+    @Test("run in the foreground: the guest's console on stdout as the guest wrote it, stdin echoed, Ctrl-C stops it cleanly (exit 0)")
+    func foregroundRun() async throws {
+        try await EndToEnd.withDriver(.required, name: "cli-fg") { configuration, assets, _ in
+            try await CLI.cleaningUp(configuration) {
+                let id = "cli-fg-\(getpid())"
+                let process = try await InteractiveCLI.start(["run", "--id", id] + CLI.vmFlags(configuration, assets))
+                let banner = await process.waitForLine(containing: "microvm-guest: banner")
+                #expect(banner != nil, "no banner: \(process.lines)")
+                #expect(await process.waitForLine(containing: "microvm-guest: heartbeat 3") != nil)
+                let listed = try await CLI.run(["ls", "--json"] + CLI.driverFlags(configuration))
+                let entry = try #require((try listed.json() as? [[String: Any]])?.first { $0["id"] as? String == id }, "\(listed)")
+                #expect(entry["state"] as? String == "running")
+                #expect(entry["attached"] as? Bool == true, "the foreground run is attached")
+                #expect(entry["sandboxed"] as? Bool == true, "jailed by default")
+                process.write("hello from the shell\n")
+                #expect(await process.waitForLine(containing: "microvm-guest: echo hello from the shell") != nil, "\(process.lines)")
+                process.signal(SIGINT)
+                let status = await process.exitStatus()
+                #expect(status == 0, "\(process.lines.suffix(5))")
+                #expect(process.lines.contains { $0.contains("microvm-guest: goodbye") }, "Ctrl-C is Ctrl-Alt-Del first")
+                #expect(!process.lines.contains { EndToEnd.looksLikeFirecrackerLog($0) }, "Firecracker's log never reaches stdout")
+                #expect(process.lines.allSatisfy { $0.hasPrefix("microvm-guest:") || $0.isEmpty }, "stdout is the guest's console alone: \(process.lines.filter { !$0.hasPrefix("microvm-guest:") })")
+                #expect(MicroVM.list(configuration: configuration).isEmpty)
+            }
+        }
+    }
+
+    @Test("run -d, ls/inspect --json, console with piped input and the detach keys, logs --tail and -f, stats, pause/resume, snapshot/restore, stop")
+    func detachedLifecycle() async throws {
+        try await EndToEnd.withDriver(.required, name: "cli-life") { configuration, assets, directory in
+            try await CLI.cleaningUp(configuration) {
+                let flags = CLI.driverFlags(configuration)
+                let id = "cli-life-\(getpid())"
+                let started = try await CLI.run(["run", "-d", "--id", id] + CLI.vmFlags(configuration, assets))
+                #expect(started.status == 0 && started.lines == [id], "\(started)")
+
+                let listed = try await CLI.run(["ls", "--json"] + flags)
+                let entries = try #require(try listed.json() as? [[String: Any]], "\(listed)")
+                #expect(entries.count == 1)
+                #expect(entries.first?["id"] as? String == id)
+                #expect(entries.first?["state"] as? String == "running")
+                #expect(entries.first?["process"] as? String == "alive")
+                #expect(entries.first?["attached"] as? Bool == false, "run -d leaves no process attached")
+
+                let inspected = try await CLI.run(["inspect", id, "--json"] + flags)
+                let body = try #require(try inspected.json() as? [String: Any], "\(inspected)")
+                let vm = try #require(body["vm"] as? [String: Any])
+                let record = try #require(body["record"] as? [String: Any])
+                #expect(vm["state"] as? String == "running")
+                #expect(record["sandboxed"] as? Bool == true)
+                #expect((record["spec"] as? [String: Any]).flatMap { $0["boot"] as? [String: Any] }?["kernel"] as? String == assets.kernel)
+                #expect((record["cgroup_directories"] as? [String])?.isEmpty == false)
+
+                // console: what the guest wrote meanwhile, then input echoed, then ctrl-p ctrl-q.
+                let console = try await InteractiveCLI.start(["console", id] + flags)
+                #expect(await console.waitForLine(containing: "microvm-guest: heartbeat") != nil, "\(console.lines)")
+                console.write("typed into console\n")
+                #expect(await console.waitForLine(containing: "microvm-guest: echo typed into console") != nil, "\(console.lines.suffix(5))")
+                console.write("\u{10}\u{11}")
+                #expect(await console.exitStatus() == 0)
+                let afterDetach = try await CLI.run(["inspect", id, "--json"] + flags)
+                let detachedVM = try #require((try afterDetach.json() as? [String: Any])?["vm"] as? [String: Any])
+                #expect(detachedVM["state"] as? String == "running", "detaching leaves the VM running")
+                #expect(detachedVM["attached"] as? Bool == false)
+
+                try await Task.sleep(for: .milliseconds(500))
+                let logs = try await CLI.run(["logs", id, "--tail", "2"] + flags)
+                #expect(logs.status == 0 && logs.lines.count == 2, "\(logs)")
+                #expect(logs.lines.allSatisfy { $0.hasPrefix("microvm-guest: heartbeat") }, "\(logs)")
+
+                let follow = try await InteractiveCLI.start(["logs", id, "-f", "--tail", "0"] + flags)
+                #expect(await follow.waitForLine(containing: "microvm-guest: heartbeat") != nil, "logs -f follows: \(follow.lines)")
+                follow.signal(SIGINT)
+                #expect(await follow.exitStatus() == 0, "Ctrl-C ends logs -f and leaves the VM running")
+                #expect(MicroVM.list(configuration: configuration).first?.state == .running)
+
+                let stats = try await CLI.run(["stats", id, "--json"] + flags)
+                let figures = try #require(try stats.json() as? [String: Any], "\(stats)")
+                #expect((figures["memory_bytes"] as? Int ?? 0) > 0, "\(stats)")
+                #expect((figures["memory_limit_bytes"] as? Int ?? 0) >= 64 << 20, "\(stats)")
+
+                let paused = try await CLI.run(["pause", id] + flags)
+                #expect(paused.status == 0, "\(paused)")
+                #expect(MicroVM.list(configuration: configuration).first?.state == .paused)
+                let pausedAgain = try await CLI.run(["pause", id, "--json"] + flags)
+                #expect(pausedAgain.status == 6, "pausing a paused VM is a state conflict: \(pausedAgain)")
+                let error = try JSONSerialization.jsonObject(with: Data(pausedAgain.stderr.utf8)) as? [String: Any]
+                #expect((error?["error"] as? [String: Any])?["kind"] as? String == "conflict", "\(pausedAgain.stderr)")
+                let resumed = try await CLI.run(["resume", id] + flags)
+                #expect(resumed.status == 0, "\(resumed)")
+                #expect(MicroVM.list(configuration: configuration).first?.state == .running)
+
+                let snapshotDirectory = directory + "/snap"
+                let snapshot = try await CLI.run(["snapshot", id, snapshotDirectory] + flags)
+                #expect(snapshot.status == 0, "\(snapshot)")
+                #expect(FileManager.default.fileExists(atPath: snapshotDirectory + "/snapshot.json"))
+                let copy = "cli-copy-\(getpid())"
+                let restored = try await CLI.run(
+                    ["restore", snapshotDirectory, "--id", copy, "--paused", "--firecracker", assets.firecracker, "--jailer", assets.jailer] + flags,
+                    environment: ["MICROVM_JAILER_CHROOT_BASE": configuration.jailer.chrootBase.string, "MICROVM_JAILER_CGROUP_PARENT": configuration.jailer.parentCgroup ?? ""])
+                #expect(restored.status == 0 && restored.lines == [copy], "\(restored)")
+                #expect(MicroVM.list(configuration: configuration).first { $0.id == copy }?.state == .paused)
+                #expect(try await CLI.run(["resume", copy] + flags).status == 0)
+                let restoredConsole = try await InteractiveCLI.start(["console", copy] + flags)
+                restoredConsole.write("hello copy\n")
+                #expect(await restoredConsole.waitForLine(containing: "microvm-guest: echo hello copy") != nil, "the restored guest carries on: \(restoredConsole.lines.suffix(5))")
+                restoredConsole.write("\u{10}\u{11}")
+                #expect(await restoredConsole.exitStatus() == 0)
+
+                for vm in [id, copy] {
+                    let stopped = try await CLI.run(["stop", vm, "--timeout", "5"] + flags)
+                    #expect(stopped.status == 0 && stopped.stdout.contains("the guest shut down"), "\(stopped)")
+                }
+                let empty = try await CLI.run(["ls", "-q"] + flags)
+                #expect(empty.status == 0 && empty.lines.isEmpty, "\(empty)")
+            }
+        }
+    }
+
+    @Test("create from a spec file with flags overriding it, then start; rm refuses a running VM (exit 6) and rm -f stops it; a missing jailer under policy required exits 3")
+    func createStartRemove() async throws {
+        try await EndToEnd.withDriver(.required, name: "cli-create") { configuration, assets, directory in
+            try await CLI.cleaningUp(configuration) {
+                let flags = CLI.driverFlags(configuration)
+                let id = "cli-create-\(getpid())"
+                // A spec file, with flags overriding it (here: the id, the kernel and args, the memory).
+                let specFile = directory + "/vm.yaml"
+                try "id: from-file\nmachine: {vcpus: 1, memory_mib: 96}\nboot: {kernel: /nonexistent, args: [console=ttyS0]}\n"
+                    .write(toFile: specFile, atomically: true, encoding: .utf8)
+                let created = try await CLI.run(["create", "-f", specFile, "--id", id] + CLI.vmFlags(configuration, assets))
+                #expect(created.status == 0 && created.lines == [id], "\(created)")
+                #expect(MicroVM.list(configuration: configuration).first?.state == .created)
+                let record = try #require(MicroVM.list(configuration: configuration).first?.record)
+                #expect(record.spec.machine.memoryMiB == 64 && record.spec.machine.vcpus == 1 && record.spec.boot.kernel == assets.kernel, "\(record.spec)")
+                let started = try await CLI.run(["start", id] + flags)
+                #expect(started.status == 0, "\(started)")
+                #expect(MicroVM.list(configuration: configuration).first?.state == .running)
+                let refused = try await CLI.run(["rm", id] + flags)
+                #expect(refused.status == 6 && refused.stderr.contains("rm -f"), "\(refused)")
+                let forced = try await CLI.run(["rm", "-f", id] + flags)
+                #expect(forced.status == 0, "\(forced)")
+                #expect(MicroVM.list(configuration: configuration).isEmpty)
+                let noJailer = try await CLI.run(["run", "-d", "--id", id] + CLI.vmFlags(configuration, assets) + ["--jailer", directory + "/no-jailer"])
+                #expect(noJailer.status == 3 && noJailer.stderr.contains("no-jailer") && noJailer.stderr.contains("hint:"), "\(noJailer)")
+                #expect(MicroVM.list(configuration: configuration).isEmpty)
+            }
+        }
+    }
+
+    @Test("A VM that died while nobody was attached: ls shows it failed, stop says so, doctor warns, rm and gc remove every leftover")
+    func diedUnattended() async throws {
+        try await EndToEnd.withDriver(.required, name: "cli-gc") { configuration, assets, _ in
+            try await CLI.cleaningUp(configuration) {
+                let flags = CLI.driverFlags(configuration)
+                var pids: [String: Int32] = [:]
+                for name in ["gc", "rm"] {
+                    let id = "cli-\(name)-\(getpid())"
+                    let started = try await CLI.run(["run", "-d", "--id", id] + CLI.vmFlags(configuration, assets))
+                    #expect(started.status == 0, "\(started)")
+                    pids[id] = try #require(MicroVM.list(configuration: configuration).first { $0.id == id }?.record?.pid)
+                }
+                for pid in pids.values { kill(pid, SIGKILL) }
+                try await Task.sleep(for: .milliseconds(300))
+                let listed = try await CLI.run(["ls", "--json"] + flags)
+                let entries = try #require(try listed.json() as? [[String: Any]])
+                #expect(entries.count == 2)
+                #expect(entries.allSatisfy { $0["state"] as? String == "failed" && $0["process"] as? String == "gone" }, "\(listed)")
+
+                let rmID = "cli-rm-\(getpid())", gcID = "cli-gc-\(getpid())"
+                let stopped = try await CLI.run(["stop", gcID] + flags)
+                #expect(stopped.status == 0 && stopped.stdout.contains("already ended"), "\(stopped)")
+                let console = try await CLI.run(["console", gcID] + flags)
+                #expect(console.status == 6 && console.stderr.contains("microvm rm"), "\(console)")
+
+                let doctor = try await CLI.run(
+                    ["doctor", "--json", "--chroot-base", configuration.jailer.chrootBase.string, "--firecracker", assets.firecracker, "--jailer", assets.jailer] + flags)
+                let checks = try #require((try doctor.json() as? [String: Any])?["checks"] as? [[String: Any]], "\(doctor)")
+                let leftovers = try #require(checks.first { $0["check"] as? String == "leftovers" })
+                #expect(leftovers["status"] as? String == "warn")
+                #expect((leftovers["fix"] as? String) == "microvm gc --state-dir \(configuration.stateStore.root.string)")
+
+                let removed = try await CLI.run(["rm", rmID] + flags)
+                #expect(removed.status == 0 && removed.lines == [rmID], "\(removed)")
+                let collected = try await CLI.run(["gc", "--json"] + flags)
+                let results = try #require(try collected.json() as? [[String: Any]], "\(collected)")
+                #expect(results.count == 1)
+                #expect(results.first?["id"] as? String == gcID && results.first?["removed"] as? Bool == true, "\(collected)")
+                #expect(MicroVM.list(configuration: configuration).isEmpty)
+            }
+        }
+    }
+
+    @Test("Usage errors print a helpful message and exit 2; unknown VMs exit 5; --json errors are JSON objects")
+    func usageErrors() async throws {
+        try await EndToEnd.withScratchDirectory { directory in
+            let state = ["--state-dir", directory + "/state"]
+            let badValue = try await CLI.run(["run", "--vcpus", "two"] + state)
+            #expect(badValue.status == 2, "\(badValue)")
+            #expect(badValue.stderr.contains("--vcpus") && badValue.stderr.contains("microvm run --help"), "\(badValue)")
+            let missing = try await CLI.run(["stop"] + state)
+            #expect(missing.status == 2 && missing.stderr.contains("Usage: microvm stop"), "\(missing)")
+            let unknown = try await CLI.run(["frobnicate"])
+            #expect(unknown.status == 2, "\(unknown)")
+            let badDrive = try await CLI.run(["create", "--kernel", "/bin/true", "--drive", "path=/x"] + state)
+            #expect(badDrive.status == 2 && badDrive.stderr.contains("id=NAME"), "\(badDrive)")
+            let badSpec = try await CLI.run(["create", "--kernel", directory + "/no-such-kernel", "--sandbox", "disabled"] + state)
+            #expect(badSpec.status == 2 && badSpec.stderr.contains("boot.kernel"), "an invalid spec names its field: \(badSpec)")
+            let notFound = try await CLI.run(["inspect", "nope"] + state)
+            #expect(notFound.status == 5 && notFound.stderr.contains("no such VM"), "\(notFound)")
+            let notFoundJSON = try await CLI.run(["inspect", "nope", "--json"] + state)
+            let body = try JSONSerialization.jsonObject(with: Data(notFoundJSON.stderr.utf8)) as? [String: Any]
+            let error = try #require(body?["error"] as? [String: Any], "\(notFoundJSON)")
+            #expect(error["code"] as? Int == 5 && error["kind"] as? String == "not-found" && error["hint"] != nil)
+            let help = try await CLI.run(["--help"])
+            #expect(help.status == 0 && help.stdout.contains("Exit codes"))
+        }
+    }
+}
