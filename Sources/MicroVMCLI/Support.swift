@@ -85,7 +85,7 @@ enum Failure {
         case .createFailed(_, _, let cause, let exit):
             if exit == nil, cause is JailError || cause is SystemCallError { return .host }
             return .vmFailure
-        case .file, .corruptRecord: return .host
+        case .file, .corruptRecord, .network: return .host
         case .notFound: return .notFound
         }
     }
