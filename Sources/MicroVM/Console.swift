@@ -56,8 +56,13 @@ public actor Console {
     private var finished = false
     private var waiters: [Int: Waiter] = [:]
     private var subscribers: [Int: AsyncStream<Line>.Continuation] = [:]
+    private var byteSubscribers: [Int: AsyncStream<[UInt8]>.Continuation] = [:]
+    /// The newest raw bytes (at most `limits.bytes`), for byte subscribers that replay.
+    private var rawTail: Deque<UInt8> = []
     private var nextToken = 0
     private var file: RotatingFile?
+    /// Starts reading the VMM's output the first time anyone asks (on-demand reading).
+    private var activation: (@Sendable () async -> Void)?
 
     private struct Waiter {
         let after: Int
@@ -74,6 +79,12 @@ public actor Console {
     /// file keeps it).
     public func append(_ bytes: some Collection<UInt8>) {
         file?.write(bytes)
+        if !bytes.isEmpty {
+            rawTail.append(contentsOf: bytes)
+            if rawTail.count > limits.bytes { rawTail.removeFirst(rawTail.count - limits.bytes) }
+            let chunk = Array(bytes)
+            for subscriber in byteSubscribers.values { subscriber.yield(chunk) }
+        }
         for byte in bytes {
             if byte == UInt8(ascii: "\n") {
                 if partial.last == UInt8(ascii: "\r") { partial.removeLast() }
@@ -104,16 +115,59 @@ public actor Console {
         waiters.removeAll()
         for subscriber in subscribers.values { subscriber.finish() }
         subscribers.removeAll()
+        for subscriber in byteSubscribers.values { subscriber.finish() }
+        byteSubscribers.removeAll()
+    }
+
+    /// Sets what starts the reading of the VMM's output on first use (see
+    /// ``DriverConfiguration/ConsoleReading/onDemand``).
+    func startReading(on first: @escaping @Sendable () async -> Void) {
+        activation = first
+    }
+
+    private func activateIfNeeded() async {
+        guard let activation else { return }
+        self.activation = nil
+        await activation()
+    }
+
+    /// The output exactly as the guest wrote it, in chunks as they arrive (carriage returns and
+    /// unfinished lines such as prompts included); with `replay`, first the newest bytes held.
+    public func subscribeBytes(replay: Bool = false) async -> AsyncStream<[UInt8]> {
+        await activateIfNeeded()
+        let (stream, continuation) = AsyncStream<[UInt8]>.makeStream(bufferingPolicy: .bufferingNewest(4096))
+        if replay, !rawTail.isEmpty { continuation.yield(Array(rawTail)) }
+        if finished {
+            continuation.finish()
+            return stream
+        }
+        let token = nextToken
+        nextToken += 1
+        byteSubscribers[token] = continuation
+        continuation.onTermination = { [weak self] _ in
+            Task { await self?.unsubscribeBytes(token) }
+        }
+        return stream
+    }
+
+    private func unsubscribeBytes(_ token: Int) {
+        byteSubscribers[token] = nil
     }
 
     /// The lines still held, oldest first.
-    public var recentLines: [Line] { Array(lines) }
+    public var recentLines: [Line] {
+        get async {
+            await activateIfNeeded()
+            return Array(lines)
+        }
+    }
 
     /// Whether the output has ended.
     public var isFinished: Bool { finished }
 
     /// Lines printed from now on (and, with `replay`, those still held), until the output ends.
-    public func subscribe(replay: Bool = false) -> AsyncStream<Line> {
+    public func subscribe(replay: Bool = false) async -> AsyncStream<Line> {
+        await activateIfNeeded()
         let (stream, continuation) = AsyncStream<Line>.makeStream(bufferingPolicy: .bufferingNewest(limits.lines))
         if replay { for line in lines { continuation.yield(line) } }
         if finished {
@@ -134,6 +188,7 @@ public actor Console {
         after: Int = 0, timeout: Duration, _ description: String = "matching",
         where predicate: @escaping @Sendable (String) -> Bool
     ) async throws(WaitError) -> Line {
+        await activateIfNeeded()
         if let found = lines.first(where: { $0.index >= after && predicate($0.text) }) { return found }
         if finished { throw .ended(description: description, lastLines: tail()) }
         let token = nextToken
@@ -164,7 +219,12 @@ public actor Console {
     }
 
     /// The index the next line will have: wait for lines `after:` this to ignore older ones.
-    public var nextLineIndex: Int { nextIndex }
+    public var nextLineIndex: Int {
+        get async {
+            await activateIfNeeded()
+            return nextIndex
+        }
+    }
 
     private func emit(_ text: String) {
         let line = Line(index: nextIndex, text: text)

@@ -15,6 +15,19 @@ public struct DriverConfiguration: Sendable, Hashable {
     public var readinessTimeout: Duration
     /// Where VMs are recorded (one directory each), so a later driver finds them.
     public var stateStore: StateStore
+    /// When the driver starts reading a VM's console.
+    public var consoleReading: ConsoleReading = .always
+
+    public enum ConsoleReading: Sendable, Hashable {
+        /// From the launch: the ring holds everything, the guest never waits on its console.
+        case always
+        /// Only once the console is asked for (a line awaited, a subscription, the ring read).
+        /// For a process that creates VMs and hands them to others (`microvm run -d`): what the
+        /// guest writes waits in its FIFO (64 KiB, then the guest waits) for whoever attaches,
+        /// instead of being read into a ring that dies with this process. A spec with a console
+        /// file is always read.
+        case onDemand
+    }
     /// The host side of VM networks (for specs with `network`); nil: the defaults, with the
     /// leases under `<state root>/network`.
     public var network: VMNetworkConfiguration?

@@ -264,7 +264,7 @@ public actor MicroVM {
             do {
                 streams = try await VMMStreams.open(
                     console: console, log: log, streams: store.streamPaths(for: spec.id), logFIFO: executor.hostPath(VMFiles.log).string,
-                    forLaunch: true)
+                    forLaunch: true, consoleOnDemand: configuration.consoleReading == .onDemand && spec.console?.file == nil)
             } catch {
                 throw MicroVMError.file(id: spec.id, error)
             }
@@ -581,6 +581,11 @@ public actor MicroVM {
     /// Writes to the guest's serial input.
     public nonisolated func write(_ text: String) {
         streams.write(Array(text.utf8))
+    }
+
+    /// Writes raw bytes to the guest's serial input (control characters, escape sequences).
+    public nonisolated func write(bytes: [UInt8]) {
+        streams.write(bytes)
     }
 
     /// Stops the VM: Ctrl-Alt-Del (a paused VM is resumed for it), `grace` for the guest to

@@ -52,10 +52,11 @@ enum ConsoleSession {
     static func attach(
         _ vm: MicroVM, replay: Bool, forwardInput: Bool, detachKeys: [UInt8], onInterrupt: InterruptAction
     ) async -> SessionEnd {
-        let lines = await vm.console.subscribe(replay: replay)
+        // Bytes, not lines: the terminal gets exactly what the guest wrote, prompts included.
+        let chunks = await vm.console.subscribeBytes(replay: replay)
         let (events, continuation) = AsyncStream<Event>.makeStream()
         let printer = Task {
-            for await line in lines { Output.line(line.text) }
+            for await chunk in chunks { Output.bytes(chunk) }
             continuation.yield(.outputEnded)
         }
         if forwardInput {
@@ -84,7 +85,7 @@ enum ConsoleSession {
         for await event in events {
             switch event {
             case .input(let bytes):
-                vm.write(String(decoding: bytes, as: UTF8.self))
+                vm.write(bytes: bytes)
             case .inputEnded:
                 continue
             case .detach:

@@ -99,10 +99,13 @@ struct GlobalOptions: ParsableArguments {
             environment["MICROVM_JAILER_FIRECRACKER_BIN"] = Paths.absolute(firecracker)
         }
         if let jailer { environment["MICROVM_JAILER_BIN"] = Paths.absolute(jailer) }
-        return try DriverConfiguration(environment: environment)
+        var configuration = try DriverConfiguration(environment: environment)
+        // Each command is a short-lived driver: a console it never shows stays in the VM's FIFO
+        // for the next `console`/`logs`, instead of dying with this process.
+        configuration.consoleReading = .onDemand
+        return configuration
     }
 }
-
 
 enum CLIVersion {
     static let current = "0.1.0"

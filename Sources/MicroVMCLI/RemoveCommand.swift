@@ -41,25 +41,11 @@ struct RemoveCommand: AsyncParsableCommand {
                 Output.line(id)
                 continue
             }
-            try await Self.removeLeftovers(of: listing, configuration: configuration, logger: logger)
+            let report = try await MicroVM.remove(id: id, configuration: configuration, logger: logger)
+            guard report.isComplete else {
+                throw CLIError(.host, "VM \(id): " + report.failures.map(\.summary).joined(separator: "; "), hint: report.failures.first?.hint, id: id)
+            }
             Output.line(id)
         }
-    }
-
-    /// What `MicroVM.garbageCollect` does, for one VM (the library collects all dead VMs at once).
-    static func removeLeftovers(of listing: VMListing, configuration: DriverConfiguration, logger: Logger) async throws {
-        let id = listing.id
-        guard let record = listing.record else {
-            throw CLIError(.host, "VM \(id)'s record cannot be read: \(listing.problem.map { "\($0)" } ?? "")", hint: "inspect it and remove \(configuration.stateStore.directory(for: id)) by hand", id: id)
-        }
-        if listing.supervised {
-            throw CLIError(.conflict, "VM \(id) is attached to another process (pid \(record.driverPID))", hint: "that process removes it as it ends", id: id)
-        }
-        let layout = JailLayout(chrootBase: .init(record.chrootBase), execFileName: record.execFileName, id: try VMIdentifier(id))
-        let report = await JailTeardown.run(layout: layout, parentCgroup: record.parentCgroup, cgroupHost: try CgroupHost.detect(), logger: logger)
-        guard report.isComplete else {
-            throw CLIError(.host, "VM \(id): " + report.failures.map(\.summary).joined(separator: "; "), hint: report.failures.first?.hint, id: id)
-        }
-        try FileManager.default.removeItem(atPath: configuration.stateStore.directory(for: id).string)
     }
 }

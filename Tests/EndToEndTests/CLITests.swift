@@ -65,8 +65,10 @@ struct CLITests {
                 #expect((record["spec"] as? [String: Any]).flatMap { $0["boot"] as? [String: Any] }?["kernel"] as? String == assets.kernel)
                 #expect((record["cgroup_directories"] as? [String])?.isEmpty == false)
 
-                // console: what the guest wrote meanwhile, then input echoed, then ctrl-p ctrl-q.
+                // console: nothing the guest wrote since `run -d` is lost (its first line included),
+                // then input echoed, then ctrl-p ctrl-q.
                 let console = try await InteractiveCLI.start(["console", id] + flags)
+                #expect(await console.waitForLine(containing: "microvm-guest: banner") != nil, "\(console.lines)")
                 #expect(await console.waitForLine(containing: "microvm-guest: heartbeat") != nil, "\(console.lines)")
                 console.write("typed into console\n")
                 #expect(await console.waitForLine(containing: "microvm-guest: echo typed into console") != nil, "\(console.lines.suffix(5))")

@@ -31,14 +31,19 @@ final class VMMStreams: Sendable {
     let childError: Int32
 
     private let childEndsClosed = Atomic(false)
+    /// The console FIFO's read end while nobody has asked for the console (on-demand reading),
+    /// then its reader channel.
+    private let pendingConsole: Mutex<Int32>
+    private let lateReaders = Mutex<[any Channel]>([])
     private let input: any Channel
     private let readers: [any Channel]
     private let logFIFO: String?
 
     private init(
         console: Console, standardError: Console, log: FirecrackerLog, childInput: Int32, childOutput: Int32,
-        childError: Int32, input: any Channel, readers: [any Channel], logFIFO: String?
+        childError: Int32, input: any Channel, readers: [any Channel], logFIFO: String?, pendingConsole: Int32
     ) {
+        self.pendingConsole = Mutex(pendingConsole)
         self.console = console
         self.standardError = standardError
         self.log = log
@@ -59,7 +64,7 @@ final class VMMStreams: Sendable {
     /// driver's ends are opened.
     static func open(
         console: Console, log: FirecrackerLog, streams paths: (input: String, output: String, error: String), logFIFO: String?,
-        forLaunch: Bool
+        forLaunch: Bool, consoleOnDemand: Bool = false
     ) async throws(SystemCallError) -> VMMStreams {
         var fds: [Int32] = []  // closed on failure
         func openFD(_ path: String, _ flags: Int32) throws(SystemCallError) -> Int32 {
@@ -84,8 +89,10 @@ final class VMMStreams: Sendable {
                 let inputChannel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(output: inputWriter).get()
                 fds.removeAll { $0 == inputWriter }
                 channels.append(inputChannel)
-                channels.append(try await reader(fd: outputReader, group: group) { await console.append($0) } end: { await console.finish() })
-                fds.removeAll { $0 == outputReader }
+                if !consoleOnDemand {
+                    channels.append(try await reader(fd: outputReader, group: group) { await console.append($0) } end: { await console.finish() })
+                    fds.removeAll { $0 == outputReader }
+                }
                 channels.append(try await reader(fd: errorReader, group: group) { await standardError.append($0) } end: { await standardError.finish() })
                 fds.removeAll { $0 == errorReader }
                 if logFD >= 0 {
@@ -96,9 +103,15 @@ final class VMMStreams: Sendable {
                 throw SystemCallError(call: "NIO pipe bootstrap", subject: "VMM streams: \(error)", errno: EIO)
             }
             if logFD < 0 { await log.finish() }
-            return VMMStreams(
+            let streams = VMMStreams(
                 console: console, standardError: standardError, log: log, childInput: child.input, childOutput: child.output,
-                childError: child.error, input: channels[0], readers: Array(channels.dropFirst()), logFIFO: logFIFO)
+                childError: child.error, input: channels[0], readers: Array(channels.dropFirst()), logFIFO: logFIFO,
+                pendingConsole: consoleOnDemand ? outputReader : -1)
+            if consoleOnDemand {
+                fds.removeAll { $0 == outputReader }
+                await console.startReading { [weak streams] in await streams?.startConsoleReader() }
+            }
+            return streams
         } catch {
             for fd in fds { Glibc.close(fd) }
             for channel in channels { channel.close(promise: nil) }
@@ -136,10 +149,35 @@ final class VMMStreams: Sendable {
         await log.waitUntilFinished(timeout: .seconds(2))
     }
 
+    /// Starts reading the console (on-demand reading: the first time anyone asks for it; what
+    /// the guest wrote meanwhile waited in the FIFO).
+    func startConsoleReader() async {
+        let fd = pendingConsole.withLock { fd in
+            defer { fd = -1 }
+            return fd
+        }
+        guard fd >= 0 else { return }
+        let console = self.console
+        do {
+            let channel = try await Self.reader(fd: fd, group: MultiThreadedEventLoopGroup.singleton) { await console.append($0) } end: {
+                await console.finish()
+            }
+            lateReaders.withLock { $0.append(channel) }
+        } catch {
+            Glibc.close(fd)
+        }
+    }
+
     /// Closes every descriptor; the console and stderr end (their last lines are kept).
     func close() async {
         try? await input.close()
         for reader in readers { try? await reader.close() }
+        for reader in lateReaders.withLock({ $0 }) { try? await reader.close() }
+        let pending = pendingConsole.withLock { fd in
+            defer { fd = -1 }
+            return fd
+        }
+        if pending >= 0 { Glibc.close(pending) }
         await console.finish()
         await standardError.finish()
         await log.finish()

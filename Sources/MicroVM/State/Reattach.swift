@@ -115,7 +115,7 @@ extension MicroVM {
             let log = FirecrackerLog(logger: logger, forwardLevel: record.spec.logging?.level?.swiftLogLevel ?? .info)
             streams = try await VMMStreams.open(
                 console: console, log: log, streams: store.streamPaths(for: id), logFIFO: executor.hostPath(VMFiles.log).string,
-                forLaunch: false)
+                forLaunch: false, consoleOnDemand: configuration.consoleReading == .onDemand && record.spec.console?.file == nil)
         } catch {
             LiveDirectories.release(directoryKey)
             throw .file(id: id, error)
@@ -145,41 +145,67 @@ extension MicroVM {
         return vm
     }
 
-    /// Removes what dead VMs left (jail or VM directory, cgroups in every hierarchy, record and
-    /// FIFOs): VMs whose Firecracker is gone (or whose pid now names another process, which is
-    /// never signalled) and whose driver is gone too. Live VMs, VMs a live driver supervises and
-    /// unreadable records are left alone.
+    /// Removes what dead VMs left (jail or VM directory, cgroups in every hierarchy, network,
+    /// record and FIFOs): VMs whose Firecracker is gone (or whose pid now names another process,
+    /// which is never signalled) and whose driver is gone too. Live VMs, VMs a live driver
+    /// supervises and unreadable records are left alone.
     public static func garbageCollect(
         configuration: DriverConfiguration, logger: Logger = Logger(label: "microvm")
     ) async -> [CollectedVM] {
         var collected: [CollectedVM] = []
         for listing in list(configuration: configuration) {
-            guard let record = listing.record else {
-                collected.append(CollectedVM(id: listing.id, skipped: "its record cannot be read: \(listing.problem.map { "\($0)" } ?? "")"))
-                continue
+            do {
+                collected.append(CollectedVM(id: listing.id, teardown: try await remove(listing, configuration: configuration, logger: logger)))
+            } catch {
+                collected.append(CollectedVM(id: listing.id, skipped: error.description))
             }
-            if listing.process.isAlive {
-                collected.append(CollectedVM(id: listing.id, skipped: "its Firecracker is running"))
-                continue
-            }
-            if listing.supervised {
-                collected.append(CollectedVM(id: listing.id, skipped: "driver pid \(record.driverPID) still supervises it"))
-                continue
-            }
-            guard let layout = record.layout, let cgroupHost = try? HostFacts.cgroupHost.get() else {
-                collected.append(CollectedVM(id: listing.id, skipped: "its record names no valid jail"))
-                continue
-            }
-            var vmLogger = logger
-            vmLogger[metadataKey: "vm"] = "\(listing.id)"
-            let report = await JailTeardown.run(layout: layout, parentCgroup: record.parentCgroup, cgroupHost: cgroupHost, logger: vmLogger)
-            if report.isComplete { configuration.stateStore.remove(id: listing.id) }
-            if record.spec.network != nil, let id = try? VMIdentifier(listing.id) {
-                await VMNetworking.tearDown(id, configuration: configuration.networkConfiguration, logger: vmLogger)
-            }
-            vmLogger.info("collected a dead VM", metadata: ["complete": "\(report.isComplete)"])
-            collected.append(CollectedVM(id: listing.id, teardown: report))
         }
         return collected
+    }
+
+    /// Removes what one dead VM left (see ``garbageCollect(configuration:logger:)``); throws,
+    /// touching nothing, when the VM still runs, a live driver supervises it, or its record
+    /// cannot be read.
+    @discardableResult
+    public static func remove(
+        id: String, configuration: DriverConfiguration, logger: Logger = Logger(label: "microvm")
+    ) async throws(MicroVMError) -> TeardownReport {
+        guard let listing = list(configuration: configuration).first(where: { $0.id == id }) else {
+            throw .notFound(id: id, stateRoot: configuration.stateStore.root.string)
+        }
+        return try await remove(listing, configuration: configuration, logger: logger)
+    }
+
+    private static func remove(
+        _ listing: VMListing, configuration: DriverConfiguration, logger: Logger
+    ) async throws(MicroVMError) -> TeardownReport {
+        let id = listing.id
+        guard let record = listing.record else {
+            throw listing.problem ?? .corruptRecord(id: id, path: configuration.stateStore.directory(for: id).string, detail: "unreadable")
+        }
+        if listing.process.isAlive {
+            throw .invalidState(id: id, operation: "remove", state: record.state, allowed: ["stopped", "failed"])
+        }
+        if listing.supervised {
+            throw .notAttachable(id: id, reason: "driver pid \(record.driverPID) still supervises it and removes it as it ends")
+        }
+        guard let layout = record.layout, let vmID = try? VMIdentifier(id) else {
+            throw .corruptRecord(id: id, path: configuration.stateStore.directory(for: id).string, detail: "it names no valid jail")
+        }
+        let cgroupHost: CgroupHost
+        do {
+            cgroupHost = try HostFacts.cgroupHost.get()
+        } catch {
+            throw .sandbox(id: id, error)
+        }
+        var vmLogger = logger
+        vmLogger[metadataKey: "vm"] = "\(id)"
+        let report = await JailTeardown.run(layout: layout, parentCgroup: record.parentCgroup, cgroupHost: cgroupHost, logger: vmLogger)
+        if record.spec.network != nil {
+            await VMNetworking.tearDown(vmID, configuration: configuration.networkConfiguration, logger: vmLogger)
+        }
+        if report.isComplete { configuration.stateStore.remove(id: id) }
+        vmLogger.info("removed a dead VM", metadata: ["complete": "\(report.isComplete)"])
+        return report
     }
 }

@@ -49,6 +49,11 @@ public struct VMRecord: Codable, Sendable, Hashable {
         case updatedAt = "updated_at"
     }
 
+    /// Firecracker's metrics file, when the spec asks for metrics.
+    public var metricsPath: String? {
+        spec.logging?.metrics == true ? directory + VMFiles.metrics.string : nil
+    }
+
     /// The jail layout the record describes.
     var layout: JailLayout? {
         guard let id = try? VMIdentifier(id) else { return nil }
