@@ -274,26 +274,43 @@ public actor MicroVM {
                 streams: streams!, logger: logger)
 
             // 5. The API, raced against an early exit (then Firecracker's own words explain it).
+            //    The record is written meanwhile: it is off the launch's critical path.
             step = "waiting for Firecracker's API"
             let client = FirecrackerClient(socketPath: executor.apiSocketHostPath.string, logger: logger)
-            try await waitUntilReady(client: client, process: process!, timeout: configuration.readinessTimeout, id: spec.id)
+            let initialState: VMState =
+                switch mode {
+                case .bootFromConfigFile: .running
+                case .configureThroughAPI: .created
+                case .restore(_, let resume): resume ? .running : .paused
+                }
+            let vm = MicroVM(
+                spec: spec, id: id, executor: executor, decision: decision, process: process!, command: command, streams: streams!,
+                client: client, state: initialState, stateStore: store, logger: logger,
+                networkConfiguration: configuration.networkConfiguration, network: attachment)
+            let recording = Task { () -> MicroVMError? in
+                do throws(MicroVMError) {
+                    try await vm.record()
+                    return nil
+                } catch {
+                    return error
+                }
+            }
+            do {
+                try await waitUntilReady(client: client, process: process!, timeout: configuration.readinessTimeout, id: spec.id)
+            } catch {
+                _ = await recording.value
+                throw error
+            }
+            step = "recording the VM"
+            if let error = await recording.value { throw error }
 
             // 6. Configure (or load the snapshot).
-            let vm: MicroVM
             switch mode {
             case .bootFromConfigFile:
-                vm = MicroVM(
-                    spec: spec, id: id, executor: executor, decision: decision, process: process!, command: command, streams: streams!,
-                    client: client, state: .running, stateStore: store, logger: logger,
-                    networkConfiguration: configuration.networkConfiguration, network: attachment)
                 step = "putting MMDS data"
                 if let metadata = spec.mmds?.metadata { try await call("PUT /mmds", id: spec.id) { try await client.putMMDS(metadata) } }
             case .configureThroughAPI:
                 try await configure(client: client, spec: launchSpec, executor: executor, step: &step)
-                vm = MicroVM(
-                    spec: spec, id: id, executor: executor, decision: decision, process: process!, command: command, streams: streams!,
-                    client: client, state: .created, stateStore: store, logger: logger,
-                    networkConfiguration: configuration.networkConfiguration, network: attachment)
             case .restore(_, let resume):
                 step = "loading the snapshot"
                 let overrides = launchSpec.networkInterfaces.map { NetworkOverride(ifaceId: $0.id, hostDevName: $0.tap) }
@@ -304,13 +321,7 @@ public actor MicroVM {
                             memBackend: .file(executor.vmmPath(VMFiles.restoreMemory)), resumeVm: resume,
                             networkOverrides: overrides.isEmpty ? nil : overrides))
                 }
-                vm = MicroVM(
-                    spec: spec, id: id, executor: executor, decision: decision, process: process!, command: command, streams: streams!,
-                    client: client, state: resume ? .running : .paused, stateStore: store, logger: logger,
-                    networkConfiguration: configuration.networkConfiguration, network: attachment)
             }
-            step = "recording the VM"
-            try await vm.record()
             await vm.superviseExit()
             let state = await vm.state
             logger.info(

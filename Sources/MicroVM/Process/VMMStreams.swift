@@ -85,20 +85,38 @@ final class VMMStreams: Sendable {
             if let logFIFO { logFD = try openFD(logFIFO, O_RDWR | O_NONBLOCK) }
             let standardError = Console(limits: .init(lines: 200, bytes: 64 * 1024))
             let group = MultiThreadedEventLoopGroup.singleton
+            let logReader = logFD
             do {
-                let inputChannel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(output: inputWriter).get()
-                fds.removeAll { $0 == inputWriter }
-                channels.append(inputChannel)
-                if !consoleOnDemand {
-                    channels.append(try await reader(fd: outputReader, group: group) { await console.append($0) } end: { await console.finish() })
-                    fds.removeAll { $0 == outputReader }
-                }
-                channels.append(try await reader(fd: errorReader, group: group) { await standardError.append($0) } end: { await standardError.finish() })
-                fds.removeAll { $0 == errorReader }
-                if logFD >= 0 {
-                    channels.append(try await reader(fd: logFD, group: group) { await log.append($0) } end: { await log.finish() })
-                    fds.removeAll { $0 == logFD }
-                }
+                // The channels are set up at once, not one event-loop round trip after another.
+                async let inputChannel = NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(output: inputWriter).get()
+                async let outputChannel: (any Channel)? =
+                    consoleOnDemand ? nil : reader(fd: outputReader, group: group) { await console.append($0) } end: { await console.finish() }
+                async let errorChannel = reader(fd: errorReader, group: group) { await standardError.append($0) } end: { await standardError.finish() }
+                async let logChannel: (any Channel)? =
+                    logReader >= 0 ? reader(fd: logReader, group: group) { await log.append($0) } end: { await log.finish() } : nil
+                // Every one is awaited, so none is left open when another failed.
+                var failure: (any Error)?
+                do {
+                    channels.append(try await inputChannel)
+                    fds.removeAll { $0 == inputWriter }
+                } catch { failure = error }
+                do {
+                    if let channel = try await outputChannel {
+                        channels.append(channel)
+                        fds.removeAll { $0 == outputReader }
+                    }
+                } catch { failure = failure ?? error }
+                do {
+                    channels.append(try await errorChannel)
+                    fds.removeAll { $0 == errorReader }
+                } catch { failure = failure ?? error }
+                do {
+                    if let channel = try await logChannel {
+                        channels.append(channel)
+                        fds.removeAll { $0 == logReader }
+                    }
+                } catch { failure = failure ?? error }
+                if let failure { throw failure }
             } catch {
                 throw SystemCallError(call: "NIO pipe bootstrap", subject: "VMM streams: \(error)", errno: EIO)
             }
