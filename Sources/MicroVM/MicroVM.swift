@@ -262,7 +262,7 @@ public actor MicroVM {
                 })
             let log = FirecrackerLog(logger: logger, forwardLevel: forward)
             do {
-                streams = try await VMMStreams.open(
+                streams = try VMMStreams.open(
                     console: console, log: log, streams: store.streamPaths(for: spec.id), logFIFO: executor.hostPath(VMFiles.log).string,
                     forLaunch: true, consoleOnDemand: configuration.consoleReading == .onDemand && spec.console?.file == nil)
             } catch {
@@ -287,6 +287,15 @@ public actor MicroVM {
                 spec: spec, id: id, executor: executor, decision: decision, process: process!, command: command, streams: streams!,
                 client: client, state: initialState, stateStore: store, logger: logger,
                 networkConfiguration: configuration.networkConfiguration, network: attachment)
+            // The console and log channels start while the VM boots (the FIFOs hold what it
+            // writes meanwhile).
+            step = "reading the console and log"
+            do {
+                try await streams!.start()
+            } catch {
+                throw MicroVMError.file(id: spec.id, error)
+            }
+            step = "waiting for Firecracker's API"
             let recording = Task { () -> MicroVMError? in
                 do throws(MicroVMError) {
                     try await vm.record()

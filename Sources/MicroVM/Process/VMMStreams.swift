@@ -25,37 +25,44 @@ final class VMMStreams: Sendable {
     let standardError: Console
     let log: FirecrackerLog
 
-    /// The child's ends, handed to the spawned process (which closes them after the spawn).
+    /// The child's ends, handed to the spawned process (this process closes its copies after the spawn).
     let childInput: Int32
     let childOutput: Int32
     let childError: Int32
 
+    /// The driver's ends, in two phases: descriptors opened before the spawn (cheap, and the
+    /// FIFOs hold whatever Firecracker writes meanwhile), NIO channels set up after it, while
+    /// the VM boots, so they are not on the launch's critical path.
+    private struct Ends {
+        var input: Int32
+        var output: Int32
+        var error: Int32
+        var log: Int32
+        var inputChannel: (any Channel)?
+        var readers: [any Channel] = []
+        var closed = false
+    }
+
+    private let ends: Mutex<Ends>
     private let childEndsClosed = Atomic(false)
-    /// The console FIFO's read end while nobody has asked for the console (on-demand reading),
-    /// then its reader channel.
-    private let pendingConsole: Mutex<Int32>
-    private let lateReaders = Mutex<[any Channel]>([])
-    private let input: any Channel
-    private let readers: [any Channel]
+    private let consoleOnDemand: Bool
     private let logFIFO: String?
 
     private init(
-        console: Console, standardError: Console, log: FirecrackerLog, childInput: Int32, childOutput: Int32,
-        childError: Int32, input: any Channel, readers: [any Channel], logFIFO: String?, pendingConsole: Int32
+        console: Console, standardError: Console, log: FirecrackerLog, child: (Int32, Int32, Int32), ends: Ends,
+        consoleOnDemand: Bool, logFIFO: String?
     ) {
-        self.pendingConsole = Mutex(pendingConsole)
         self.console = console
         self.standardError = standardError
         self.log = log
-        self.childInput = childInput
-        self.childOutput = childOutput
-        self.childError = childError
-        self.input = input
-        self.readers = readers
+        (childInput, childOutput, childError) = child
+        self.ends = Mutex(ends)
+        self.consoleOnDemand = consoleOnDemand
         self.logFIFO = logFIFO
     }
 
-    /// Opens the VMM's streams on the FIFOs of its state directory and Firecracker's log FIFO.
+    /// Opens the descriptors of the VMM's streams: the FIFOs of its state directory and
+    /// Firecracker's log FIFO. ``start()`` then reads them.
     ///
     /// For a launch (`forLaunch`), the child's ends are opened too: read-write, so Firecracker
     /// itself holds a reader of its stdout (it never dies of SIGPIPE when no driver reads: its
@@ -65,75 +72,82 @@ final class VMMStreams: Sendable {
     static func open(
         console: Console, log: FirecrackerLog, streams paths: (input: String, output: String, error: String), logFIFO: String?,
         forLaunch: Bool, consoleOnDemand: Bool = false
-    ) async throws(SystemCallError) -> VMMStreams {
+    ) throws(SystemCallError) -> VMMStreams {
         var fds: [Int32] = []  // closed on failure
         func openFD(_ path: String, _ flags: Int32) throws(SystemCallError) -> Int32 {
             let fd = try SystemCallError.check("open", path) { Glibc.open(path, flags | O_CLOEXEC) }
             fds.append(fd)
             return fd
         }
-        var channels: [any Channel] = []
         do throws(SystemCallError) {
-            var child: (input: Int32, output: Int32, error: Int32) = (-1, -1, -1)
+            var child: (Int32, Int32, Int32) = (-1, -1, -1)
             if forLaunch {
                 child = (try openFD(paths.input, O_RDWR), try openFD(paths.output, O_RDWR), try openFD(paths.error, O_RDWR))
             }
-            let inputWriter = try openFD(paths.input, O_WRONLY | O_NONBLOCK)
-            let outputReader = try openFD(paths.output, O_RDONLY | O_NONBLOCK)
-            let errorReader = try openFD(paths.error, O_RDONLY | O_NONBLOCK)
-            var logFD: Int32 = -1
-            if let logFIFO { logFD = try openFD(logFIFO, O_RDWR | O_NONBLOCK) }
-            let standardError = Console(limits: .init(lines: 200, bytes: 64 * 1024))
-            let group = MultiThreadedEventLoopGroup.singleton
-            let logReader = logFD
-            do {
-                // The channels are set up at once, not one event-loop round trip after another.
-                async let inputChannel = NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(output: inputWriter).get()
-                async let outputChannel: (any Channel)? =
-                    consoleOnDemand ? nil : reader(fd: outputReader, group: group) { await console.append($0) } end: { await console.finish() }
-                async let errorChannel = reader(fd: errorReader, group: group) { await standardError.append($0) } end: { await standardError.finish() }
-                async let logChannel: (any Channel)? =
-                    logReader >= 0 ? reader(fd: logReader, group: group) { await log.append($0) } end: { await log.finish() } : nil
-                // Every one is awaited, so none is left open when another failed.
-                var failure: (any Error)?
-                do {
-                    channels.append(try await inputChannel)
-                    fds.removeAll { $0 == inputWriter }
-                } catch { failure = error }
-                do {
-                    if let channel = try await outputChannel {
-                        channels.append(channel)
-                        fds.removeAll { $0 == outputReader }
-                    }
-                } catch { failure = failure ?? error }
-                do {
-                    channels.append(try await errorChannel)
-                    fds.removeAll { $0 == errorReader }
-                } catch { failure = failure ?? error }
-                do {
-                    if let channel = try await logChannel {
-                        channels.append(channel)
-                        fds.removeAll { $0 == logReader }
-                    }
-                } catch { failure = failure ?? error }
-                if let failure { throw failure }
-            } catch {
-                throw SystemCallError(call: "NIO pipe bootstrap", subject: "VMM streams: \(error)", errno: EIO)
-            }
-            if logFD < 0 { await log.finish() }
-            let streams = VMMStreams(
-                console: console, standardError: standardError, log: log, childInput: child.input, childOutput: child.output,
-                childError: child.error, input: channels[0], readers: Array(channels.dropFirst()), logFIFO: logFIFO,
-                pendingConsole: consoleOnDemand ? outputReader : -1)
-            if consoleOnDemand {
-                fds.removeAll { $0 == outputReader }
-                await console.startReading { [weak streams] in await streams?.startConsoleReader() }
-            }
-            return streams
+            let ends = Ends(
+                input: try openFD(paths.input, O_WRONLY | O_NONBLOCK), output: try openFD(paths.output, O_RDONLY | O_NONBLOCK),
+                error: try openFD(paths.error, O_RDONLY | O_NONBLOCK), log: logFIFO == nil ? -1 : try openFD(logFIFO!, O_RDWR | O_NONBLOCK))
+            return VMMStreams(
+                console: console, standardError: Console(limits: .init(lines: 200, bytes: 64 * 1024)), log: log, child: child, ends: ends,
+                consoleOnDemand: consoleOnDemand, logFIFO: logFIFO)
         } catch {
             for fd in fds { Glibc.close(fd) }
-            for channel in channels { channel.close(promise: nil) }
             throw error
+        }
+    }
+
+    /// Sets up the NIO channels, all at once. On failure every descriptor is closed.
+    func start() async throws(SystemCallError) {
+        let (input, output, error, logFD) = ends.withLock { ($0.input, $0.output, $0.error, $0.log) }
+        let console = self.console
+        let standardError = self.standardError
+        let log = self.log
+        let group = MultiThreadedEventLoopGroup.singleton
+        async let inputChannel = NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(output: input).get()
+        async let outputChannel: (any Channel)? =
+            consoleOnDemand ? nil : Self.reader(fd: output, group: group) { await console.append($0) } end: { await console.finish() }
+        async let errorChannel = Self.reader(fd: error, group: group) { await standardError.append($0) } end: { await standardError.finish() }
+        async let logChannel: (any Channel)? =
+            logFD >= 0 ? Self.reader(fd: logFD, group: group) { await log.append($0) } end: { await log.finish() } : nil
+        // Every one is awaited, so none is left open when another failed.
+        var failure: (any Error)?
+        do {
+            let channel = try await inputChannel
+            ends.withLock {
+                $0.inputChannel = channel
+                $0.input = -1
+            }
+        } catch { failure = error }
+        do {
+            if let channel = try await outputChannel {
+                ends.withLock {
+                    $0.readers.append(channel)
+                    $0.output = -1
+                }
+            }
+        } catch { failure = failure ?? error }
+        do {
+            let channel = try await errorChannel
+            ends.withLock {
+                $0.readers.append(channel)
+                $0.error = -1
+            }
+        } catch { failure = failure ?? error }
+        do {
+            if let channel = try await logChannel {
+                ends.withLock {
+                    $0.readers.append(channel)
+                    $0.log = -1
+                }
+            }
+        } catch { failure = failure ?? error }
+        if logFD < 0 { await log.finish() }
+        if consoleOnDemand {
+            await console.startReading { [weak self] in await self?.startConsoleReader() }
+        }
+        if let failure {
+            await close()
+            throw SystemCallError(call: "NIO pipe bootstrap", subject: "VMM streams: \(failure)", errno: EIO)
         }
     }
 
@@ -146,7 +160,7 @@ final class VMMStreams: Sendable {
 
     /// Writes bytes to the guest's serial input.
     func write(_ bytes: [UInt8]) {
-        let channel = input
+        guard let channel = ends.withLock({ $0.inputChannel }) else { return }
         channel.eventLoop.execute {
             channel.writeAndFlush(channel.allocator.buffer(bytes: bytes), promise: nil)
         }
@@ -170,9 +184,9 @@ final class VMMStreams: Sendable {
     /// Starts reading the console (on-demand reading: the first time anyone asks for it; what
     /// the guest wrote meanwhile waited in the FIFO).
     func startConsoleReader() async {
-        let fd = pendingConsole.withLock { fd in
-            defer { fd = -1 }
-            return fd
+        let fd = ends.withLock { ends in
+            defer { ends.output = -1 }
+            return ends.closed ? -1 : ends.output
         }
         guard fd >= 0 else { return }
         let console = self.console
@@ -180,22 +194,27 @@ final class VMMStreams: Sendable {
             let channel = try await Self.reader(fd: fd, group: MultiThreadedEventLoopGroup.singleton) { await console.append($0) } end: {
                 await console.finish()
             }
-            lateReaders.withLock { $0.append(channel) }
+            let closedMeanwhile = ends.withLock { ends in
+                if !ends.closed { ends.readers.append(channel) }
+                return ends.closed
+            }
+            if closedMeanwhile { try? await channel.close() }
         } catch {
             Glibc.close(fd)
         }
     }
 
-    /// Closes every descriptor; the console and stderr end (their last lines are kept).
+    /// Closes every descriptor and channel; the console and stderr end (their last lines are kept).
     func close() async {
-        try? await input.close()
-        for reader in readers { try? await reader.close() }
-        for reader in lateReaders.withLock({ $0 }) { try? await reader.close() }
-        let pending = pendingConsole.withLock { fd in
-            defer { fd = -1 }
-            return fd
+        let taken = ends.withLock { ends in
+            defer {
+                ends = Ends(input: -1, output: -1, error: -1, log: -1, closed: true)
+            }
+            return ends
         }
-        if pending >= 0 { Glibc.close(pending) }
+        try? await taken.inputChannel?.close()
+        for reader in taken.readers { try? await reader.close() }
+        for fd in [taken.input, taken.output, taken.error, taken.log] where fd >= 0 { Glibc.close(fd) }
         await console.finish()
         await standardError.finish()
         await log.finish()

@@ -113,9 +113,10 @@ extension MicroVM {
                     RotatingFile.Configuration(path: FilePath($0), maximumBytes: record.spec.console?.maxFileBytes ?? 8 << 20, keep: record.spec.console?.keepFiles ?? 2)
                 })
             let log = FirecrackerLog(logger: logger, forwardLevel: record.spec.logging?.level?.swiftLogLevel ?? .info)
-            streams = try await VMMStreams.open(
+            streams = try VMMStreams.open(
                 console: console, log: log, streams: store.streamPaths(for: id), logFIFO: executor.hostPath(VMFiles.log).string,
                 forLaunch: false, consoleOnDemand: configuration.consoleReading == .onDemand && record.spec.console?.file == nil)
+            try await streams.start()
         } catch {
             LiveDirectories.release(directoryKey)
             throw .file(id: id, error)
