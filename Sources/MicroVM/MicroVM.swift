@@ -63,6 +63,18 @@ public actor MicroVM {
     private var killRequested = false
     private var teardownReport: TeardownReport?
     private var teardownActions: [@Sendable () async -> Void] = []
+    /// Host images swapped in while the VM runs (``updateDrive(id:path:)``), by drive id.
+    var driveSources: [String: String] = [:]
+
+    /// The spec as the VM is now: drives name the images swapped in since create. Snapshots
+    /// and the record describe this one.
+    public var currentSpec: VMSpec {
+        var current = spec
+        for index in current.drives.indices {
+            if let source = driveSources[current.drives[index].id] { current.drives[index].path = source }
+        }
+        return current
+    }
 
     init(
         spec: VMSpec, id: VMIdentifier, executor: any VMMExecutor, decision: SandboxDecision, process: SupervisedProcess,
@@ -152,6 +164,7 @@ public actor MicroVM {
             id = try VMIdentifier(spec.id)
             jail = try Jail(
                 configuration: jailerConfiguration, id: id, cgroupHost: try HostFacts.cgroupHost.get(), topology: HostFacts.topology)
+            _ = try jail.layout.socketHostPath()  // a chroot base too long for the API socket's path
             let policy = spec.sandbox ?? configuration.policy
             if let cached = PreflightCache.cached(policy: policy, configuration: jailerConfiguration, limits: limits) {
                 decision = cached
@@ -483,7 +496,7 @@ public actor MicroVM {
 
     /// Writes the record after a change of state. A failure is logged, not thrown: the VM did
     /// change, and a later write (or `gc`) brings the record up to date.
-    private func persist() {
+    func persist() {
         do {
             try stateStore.write(currentRecord)
         } catch {
@@ -494,7 +507,7 @@ public actor MicroVM {
     private var currentRecord: VMRecord {
         let layout = executor.jail.layout
         return VMRecord(
-            format: VMRecord.currentFormat, id: id.rawValue, spec: spec, state: state, pid: pid, processStartTime: processStartTime,
+            format: VMRecord.currentFormat, id: id.rawValue, spec: currentSpec, state: state, pid: pid, processStartTime: processStartTime,
             sandboxed: isSandboxed, directory: directory.string, jailDirectory: layout.jailDirectory.string,
             chrootBase: layout.chrootBase.string, execFileName: layout.execFileName, parentCgroup: executor.jail.parentCgroup,
             cgroupDirectories: cgroupDirectories, apiSocket: executor.apiSocketHostPath.string,
@@ -735,7 +748,7 @@ public actor MicroVM {
         }
         try outcome.get()
         let snapshot = Snapshot(
-            directory: destination, type: type, spec: spec, firecrackerVersion: (try? await client.serverVersion())?.description,
+            directory: destination, type: type, spec: currentSpec, firecrackerVersion: (try? await client.serverVersion())?.description,
             driveCopies: driveCopies, createdAt: Date())
         try await SnapshotFiles.move(stateFile, to: snapshot.statePath, id: vmID)
         try await SnapshotFiles.move(memoryFile, to: snapshot.memoryPath, id: vmID)

@@ -6,8 +6,9 @@ public import SystemPackage
 public struct JailLayout: Sendable, Hashable {
     /// Default `--api-sock` inside the jail; the jailer creates `/run` for it, owned by the VM user.
     public static let defaultAPISocket: FilePath = "/run/firecracker.socket"
-    /// `sun_path` holds 108 bytes including the terminating NUL.
-    public static let maximumSocketPathLength = 107
+    /// `sun_path` holds 108 bytes including the terminating NUL (107 usable), but SwiftNIO,
+    /// which the driver connects with, refuses more than 103: the stricter limit applies.
+    public static let maximumSocketPathLength = 103
 
     public let chrootBase: FilePath
     /// The Firecracker binary's file name (never assumed to be "firecracker").
