@@ -101,6 +101,13 @@ public actor Console {
         }
     }
 
+    /// Appends every chunk of `stream`, then marks the end: the reader of the VMM's output runs
+    /// here, on the console's own executor.
+    func consume(_ stream: AsyncStream<[UInt8]>) async {
+        for await chunk in stream { append(chunk) }
+        finish()
+    }
+
     /// Marks the end of output: a trailing partial line is emitted and every waiter released.
     public func finish() {
         guard !finished else { return }

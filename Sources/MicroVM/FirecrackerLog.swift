@@ -22,6 +22,7 @@ public actor FirecrackerLog {
     private let logger: Logger
     private let forwardLevel: Logger.Level
     private let ended = ExitState<Bool>()
+    private var messageWaiters: [(needle: String, continuation: CheckedContinuation<Bool, Never>)] = []
 
     /// Lines at `forwardLevel` or above are re-emitted to `logger` (with source "firecracker").
     public init(logger: Logger, forwardLevel: Logger.Level = .info, capacity: Int = 500) {
@@ -41,6 +42,12 @@ public actor FirecrackerLog {
         }
     }
 
+    /// Appends every chunk of `stream` (on this actor), then marks the end.
+    func consume(_ stream: AsyncStream<[UInt8]>) async {
+        for await chunk in stream { append(chunk) }
+        await finish()
+    }
+
     /// The writer is gone (the VMM exited and the pipe drained).
     public func finish() async {
         if !partial.isEmpty {
@@ -48,11 +55,33 @@ public actor FirecrackerLog {
             partial.removeAll()
         }
         await ended.resolve(true)
+        releaseWaiters()
     }
 
     /// Waits until the log has ended, at most `timeout`.
     func waitUntilFinished(timeout: Duration) async {
         _ = await ended.wait(timeout: timeout)
+    }
+
+    /// Returns true once a line whose message contains `needle` has been logged (now or
+    /// before, among the lines kept); false when the log ends or `timeout` passes first.
+    func waitForMessage(containing needle: String, timeout: Duration) async -> Bool {
+        if lines.contains(where: { $0.message.contains(needle) }) { return true }
+        if await ended.current != nil { return false }
+        let timer = Task { [weak self] in
+            try? await Task.sleep(for: timeout)
+            await self?.releaseWaiters(for: needle)
+        }
+        defer { timer.cancel() }
+        return await withCheckedContinuation { continuation in
+            messageWaiters.append((needle, continuation))
+        }
+    }
+
+    private func releaseWaiters(for needle: String? = nil) {
+        let released = messageWaiters.filter { needle == nil || $0.needle == needle }
+        messageWaiters.removeAll { needle == nil || $0.needle == needle }
+        for waiter in released { waiter.continuation.resume(returning: false) }
     }
 
     /// The newest lines, oldest first.
@@ -69,6 +98,11 @@ public actor FirecrackerLog {
         }
         let line = Self.parse(text)
         lines.append(line)
+        if !messageWaiters.isEmpty {
+            let matched = messageWaiters.filter { line.message.contains($0.needle) }
+            messageWaiters.removeAll { line.message.contains($0.needle) }
+            for waiter in matched { waiter.continuation.resume(returning: true) }
+        }
         if lines.count > capacity { lines.removeFirst() }
         if line.level >= forwardLevel {
             logger.log(

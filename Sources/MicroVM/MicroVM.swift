@@ -318,7 +318,8 @@ public actor MicroVM {
                 }
             }
             do {
-                try await waitUntilReady(client: client, process: process!, timeout: configuration.readinessTimeout, id: spec.id)
+                try await waitUntilReady(
+                    client: client, process: process!, log: streams!.log, timeout: configuration.readinessTimeout, id: spec.id)
             } catch {
                 _ = await recording.value
                 throw error
@@ -439,7 +440,7 @@ public actor MicroVM {
     }
 
     private static func waitUntilReady(
-        client: FirecrackerClient, process: SupervisedProcess, timeout: Duration, id: String
+        client: FirecrackerClient, process: SupervisedProcess, log: FirecrackerLog, timeout: Duration, id: String
     ) async throws(MicroVMError) {
         enum Event: Sendable {
             case ready(FirecrackerAPIError?)
@@ -448,8 +449,11 @@ public actor MicroVM {
         let event = await withTaskGroup(of: Event.self) { group in
             group.addTask {
                 do throws(FirecrackerAPIError) {
-                    // A short, flat poll: connecting to a Unix socket costs microseconds, and a
-                    // doubling backoff would answer up to twice as late as the VMM is ready.
+                    // Firecracker logs when its API server runs: wait for that line rather than
+                    // poll the socket (many launches at once would spin), then ask. Without the
+                    // line (another version's wording), a short flat poll: a doubling backoff
+                    // would answer up to twice as late as the VMM is ready.
+                    _ = await log.waitForMessage(containing: "API server started", timeout: .seconds(1))
                     try await client.waitUntilReady(
                         timeout: timeout, initialBackoff: .microseconds(500), maximumBackoff: .milliseconds(2))
                     return .ready(nil)

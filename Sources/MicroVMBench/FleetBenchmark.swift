@@ -35,6 +35,7 @@ struct FleetBenchmark: AsyncParsableCommand {
 
         print("\(concurrent) concurrent launches to the guest banner, \(rounds) rounds (VMs/s, best and median)")
         var rawRates: [Double] = []
+        var driverCPU: [Double] = []
         var libraryRates: [Double] = []
         for round in 0..<rounds {
             // Raw: stage each jail (untimed), then start every jailer at once.
@@ -67,6 +68,7 @@ struct FleetBenchmark: AsyncParsableCommand {
             for launch in launches { await launch.termination.value }
 
             // Library: MicroVM.run for every VM at once (validation, staging, jailer, API up).
+            let cpuBefore = Self.cpuMilliseconds()
             let start = ContinuousClock.now
             let vms = try await withThrowingTaskGroup(of: MicroVM.self) { group in
                 for index in 0..<concurrent {
@@ -82,6 +84,7 @@ struct FleetBenchmark: AsyncParsableCommand {
                 return try await group.reduce(into: []) { $0.append($1) }
             }
             libraryRates.append(Double(concurrent) / seconds(ContinuousClock.now - start))
+            driverCPU.append((Self.cpuMilliseconds() - cpuBefore) / Double(concurrent))
             await withTaskGroup(of: Void.self) { group in
                 for vm in vms { group.addTask { await vm.kill() } }
             }
@@ -92,6 +95,7 @@ struct FleetBenchmark: AsyncParsableCommand {
         }
         print("raw jailer -- --config-file   \(summary(rawRates))")
         print("library jailed (MicroVM.run)  \(summary(libraryRates))")
+        print(String(format: "  driver CPU time per launched VM: %.2f ms (median of rounds)", driverCPU.sorted()[driverCPU.count / 2]))
 
         // Footprint: driver RSS and descriptors per supervised VM, unjailed and jailed.
         for policy in [SandboxPolicy.disabled, .required] {
@@ -118,6 +122,13 @@ struct FleetBenchmark: AsyncParsableCommand {
             await warm.kill()
             print(String(format: "  after stopping them all: %d fds above the baseline", Self.descriptors() - fdsBefore))
         }
+    }
+
+    /// User + system CPU time of this process so far.
+    static func cpuMilliseconds() -> Double {
+        var usage = rusage()
+        getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage)
+        return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) * 1000 + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1000
     }
 
     static func residentKiB() -> Int {

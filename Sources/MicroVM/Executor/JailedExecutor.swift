@@ -59,7 +59,9 @@ struct JailedExecutor: VMMExecutor {
         } catch {
             throw .sandbox(id: id, .jailerMissing(path: command.executable.string, reason: error.message))
         }
-        close(launcher.pidfd)  // the jailer is reaped by swift-subprocess; only the VMM is signalled
+        // The jailer is reaped by swift-subprocess and never signalled; its pidfd only tells,
+        // at once, when it has exited.
+        defer { close(launcher.pidfd) }
         let pid = try await waitForVMM(launcher: launcher, streams: streams)
         let pidfd = cmv_pidfd_open(pid)
         if pidfd < 0 {
@@ -75,16 +77,27 @@ struct JailedExecutor: VMMExecutor {
     private func waitForVMM(launcher: ProcessLauncher.Spawned, streams: VMMStreams) async throws(MicroVMError) -> Int32 {
         enum Event: Sendable {
             case vmm(Result<JailedVMM, JailError>)
+            /// The jailer has exited (its pidfd), before swift-subprocess has its status.
+            case launcherGone
             case launcherEnded(VMMExit)
         }
         let jail = self.jail
+        // With --new-pid-ns (or --daemonize) the jailer exits once the VMM is cloned and the pid
+        // file follows at once: until then a slow poll (many launches at once must not spin),
+        // after it a fast one. A jailer that execs Firecracker itself never exits: polled only.
+        let exitsEarly = jail.configuration.newPIDNamespace || jail.configuration.daemonize
+        @Sendable func poll(every interval: Duration, for timeout: Duration) async -> Event {
+            do throws(JailError) {
+                return .vmm(.success(try await jail.waitForVMM(timeout: timeout, pollInterval: interval)))
+            } catch {
+                return .vmm(.failure(error))
+            }
+        }
         let result: Result<Int32, JailError> = await withTaskGroup(of: Event.self) { group in
+            group.addTask { await poll(every: exitsEarly ? .milliseconds(10) : .microseconds(500), for: .seconds(5)) }
             group.addTask {
-                do throws(JailError) {
-                    return .vmm(.success(try await jail.waitForVMM()))
-                } catch {
-                    return .vmm(.failure(error))
-                }
+                if launcher.pidfd >= 0 { await ExitWatcher.shared.waitForExit(pidfd: launcher.pidfd) }
+                return .launcherGone
             }
             group.addTask { .launcherEnded(await launcher.termination.value) }
             defer { group.cancelAll() }
@@ -108,8 +121,12 @@ struct JailedExecutor: VMMExecutor {
                         JailerFailure.classify(
                             id: jail.id.rawValue, termination: termination, standardError: stderr,
                             configuration: jail.configuration))
+                case .launcherGone:
+                    // It cloned the VMM and left (or failed: its status says so next): the pid
+                    // file is there or imminent.
+                    group.addTask { await poll(every: .microseconds(100), for: .seconds(2)) }
                 case .launcherEnded:
-                    continue  // exited 0 (it cloned the VMM and left): the pid file decides
+                    continue  // exited 0; the pid file decides
                 }
             }
             return .failure(.pidFileTimeout(id: jail.id.rawValue, path: jail.layout.pidFile.string, waitedMilliseconds: 0))

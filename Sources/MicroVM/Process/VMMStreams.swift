@@ -105,10 +105,10 @@ final class VMMStreams: Sendable {
         let group = MultiThreadedEventLoopGroup.singleton
         async let inputChannel = NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(output: input).get()
         async let outputChannel: (any Channel)? =
-            consoleOnDemand ? nil : Self.reader(fd: output, group: group) { await console.append($0) } end: { await console.finish() }
-        async let errorChannel = Self.reader(fd: error, group: group) { await standardError.append($0) } end: { await standardError.finish() }
+            consoleOnDemand ? nil : Self.reader(fd: output, group: group) { await console.consume($0) }
+        async let errorChannel = Self.reader(fd: error, group: group) { await standardError.consume($0) }
         async let logChannel: (any Channel)? =
-            logFD >= 0 ? Self.reader(fd: logFD, group: group) { await log.append($0) } end: { await log.finish() } : nil
+            logFD >= 0 ? Self.reader(fd: logFD, group: group) { await log.consume($0) } : nil
         // Every one is awaited, so none is left open when another failed.
         var failure: (any Error)?
         do {
@@ -191,9 +191,7 @@ final class VMMStreams: Sendable {
         guard fd >= 0 else { return }
         let console = self.console
         do {
-            let channel = try await Self.reader(fd: fd, group: MultiThreadedEventLoopGroup.singleton) { await console.append($0) } end: {
-                await console.finish()
-            }
+            let channel = try await Self.reader(fd: fd, group: MultiThreadedEventLoopGroup.singleton) { await console.consume($0) }
             let closedMeanwhile = ends.withLock { ends in
                 if !ends.closed { ends.readers.append(channel) }
                 return ends.closed
@@ -220,10 +218,11 @@ final class VMMStreams: Sendable {
         await log.finish()
     }
 
-    /// Reads a pipe into `chunk`, in order; `end` runs once at its end.
+    /// Reads a pipe into an ordered stream of chunks that `consume` runs through (on the
+    /// consumer's own actor: one hop per stream, not one per chunk; Firecracker writes the
+    /// console a byte at a time).
     private static func reader(
-        fd: Int32, group: any EventLoopGroup, chunk: @escaping @Sendable ([UInt8]) async -> Void,
-        end: @escaping @Sendable () async -> Void
+        fd: Int32, group: any EventLoopGroup, consume: @escaping @Sendable (AsyncStream<[UInt8]>) async -> Void
     ) async throws -> any Channel {
         let (chunks, continuation) = AsyncStream<[UInt8]>.makeStream()
         let channel = try await NIOPipeBootstrap(group: group)
@@ -234,10 +233,7 @@ final class VMMStreams: Sendable {
             }
             .takingOwnershipOfDescriptor(input: fd)
             .get()
-        Task {
-            for await bytes in chunks { await chunk(bytes) }
-            await end()
-        }
+        Task { await consume(chunks) }
         return channel
     }
 

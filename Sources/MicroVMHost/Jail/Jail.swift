@@ -60,8 +60,8 @@ public struct Jail: Sendable {
     }
 
     /// Waits for the jailer's pid file and returns the real Firecracker process.
-    public func waitForVMM(timeout: Duration = .seconds(5)) async throws(JailError) -> JailedVMM {
-        try await JailedVMM.waitForPIDFile(layout: layout, timeout: timeout, pollInterval: .microseconds(500))
+    public func waitForVMM(timeout: Duration = .seconds(5), pollInterval: Duration = .microseconds(500)) async throws(JailError) -> JailedVMM {
+        try await JailedVMM.waitForPIDFile(layout: layout, timeout: timeout, pollInterval: pollInterval)
     }
 
     /// Stops the VMM and removes the jail and its cgroups; idempotent.
