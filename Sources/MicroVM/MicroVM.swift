@@ -257,7 +257,7 @@ public actor MicroVM {
             // 3. Firecracker's arguments: its log always goes to the driver's FIFO, never to
             //    stdout, which is the guest's console alone.
             let forward = spec.logging?.level?.swiftLogLevel ?? .info
-            let firecrackerLevel: LogLevel = forward <= .debug ? (forward == .trace ? .trace : .debug) : .info
+            let firecrackerLevel = (spec.logging ?? VMSpec.LoggingSpec()).firecrackerLevel
             var arguments = ["--log-path", executor.vmmPath(VMFiles.log), "--level", firecrackerLevel.rawValue, "--show-level"]
             if !executor.isSandboxed { arguments += ["--id", id.rawValue] }
             if spec.logging?.metrics == true { arguments += ["--metrics-path", executor.vmmPath(VMFiles.metrics)] }
@@ -319,7 +319,8 @@ public actor MicroVM {
             }
             do {
                 try await waitUntilReady(
-                    client: client, process: process!, log: streams!.log, timeout: configuration.readinessTimeout, id: spec.id)
+                    client: client, process: process!, log: firecrackerLevel.swiftLogLevel <= .info ? streams!.log : nil,
+                    timeout: configuration.readinessTimeout, id: spec.id)
             } catch {
                 _ = await recording.value
                 throw error
@@ -440,7 +441,7 @@ public actor MicroVM {
     }
 
     private static func waitUntilReady(
-        client: FirecrackerClient, process: SupervisedProcess, log: FirecrackerLog, timeout: Duration, id: String
+        client: FirecrackerClient, process: SupervisedProcess, log: FirecrackerLog?, timeout: Duration, id: String
     ) async throws(MicroVMError) {
         enum Event: Sendable {
             case ready(FirecrackerAPIError?)
@@ -453,7 +454,7 @@ public actor MicroVM {
                     // poll the socket (many launches at once would spin), then ask. Without the
                     // line (another version's wording), a short flat poll: a doubling backoff
                     // would answer up to twice as late as the VMM is ready.
-                    _ = await log.waitForMessage(containing: "API server started", timeout: .seconds(1))
+                    _ = await log?.waitForMessage(containing: "API server started", timeout: .seconds(1))
                     try await client.waitUntilReady(
                         timeout: timeout, initialBackoff: .microseconds(500), maximumBackoff: .milliseconds(2))
                     return .ready(nil)

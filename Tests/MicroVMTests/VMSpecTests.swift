@@ -19,7 +19,7 @@ struct VMSpecTests {
           "vsock": {"guest_cid": 3},
           "mmds": {"version": "V2", "network_interfaces": ["eth0"], "metadata": {"latest": {"token": "x"}}},
           "balloon": {"amount_mib": 16, "deflate_on_oom": true},
-          "logging": {"level": "Warning", "metrics": true},
+          "logging": {"level": "Warning", "vmm_level": "Warning", "metrics": true},
           "console": {"ring_lines": 100, "file": "/var/log/vm-1.console"},
           "jail": {"uid": 1000, "gid": 1000, "chroot_base": "/srv/jailer"},
           "limits": {"cpus": 1.5, "pids": 64},
@@ -35,6 +35,7 @@ struct VMSpecTests {
         #expect(spec.mmds?.metadata == .object(["latest": .object(["token": .string("x")])]))
         #expect(spec.sandbox == .preferred)
         #expect(spec.logging?.level == .warning)
+        #expect(spec.logging?.vmmLevel == .warning)
         #expect(spec.validate().isEmpty, "\(spec.validate())")
         // It survives a round trip.
         #expect(try VMSpec.decode(json: JSONEncoder().encode(spec)) == spec)
