@@ -18,6 +18,12 @@ struct APIBenchmark: AsyncParsableCommand {
     @Option(help: "Firecracker's own log level (Info is the driver's default).") var vmmLevel: LogLevel = .warning
 
     func run() async throws {
+        let directory = NSTemporaryDirectory() + "microvm-bench-api-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer {
+            try? FileManager.default.removeItem(atPath: directory)
+            removeBenchCgroups()
+        }
         // A created (configured, not started) VM: pre-boot PUT /machine-config can be repeated.
         let vm = try await MicroVM.create(
             // Firecracker logs every API request at Info; vmm_level Warning keeps that out of the
@@ -25,7 +31,7 @@ struct APIBenchmark: AsyncParsableCommand {
             VMSpec(
                 id: "bench-api-\(getpid())", machine: .init(vcpus: 1, memoryMiB: 128), boot: .init(kernel: try assets.kernelPath),
                 logging: .init(vmmLevel: vmmLevel)),
-            configuration: try assets.driverConfiguration(policy: .disabled), logger: quietLogger())
+            configuration: try assets.driverConfiguration(policy: .disabled, chrootBase: directory), logger: quietLogger())
         let socket = vm.directory.string + "/run/firecracker.socket"
         do {
             let client = vm.client

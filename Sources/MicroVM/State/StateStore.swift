@@ -7,12 +7,12 @@ public import SystemPackage
 #endif
 
 /// The driver's state on disk, one directory per VM under a root (the runc `state.json`
-/// pattern): `state.json` (a ``VMRecord``), `lock`, and the VM's standard-stream FIFOs, which
+/// pattern): `state.json` (a ``VMRecord``) and the VM's standard-stream FIFOs, which
 /// Firecracker keeps open so its console survives the driver and a later driver can attach.
 ///
 /// Records are written atomically (temporary file, fsync, rename, fsync of the directory); a
 /// torn or corrupt record is reported with its path, never silently replaced. Every change to a
-/// VM's directory happens under its `flock`, and creating a directory under the root's, so two
+/// VM's directory happens under a `flock` of that directory, and creating one under the root's, so two
 /// drivers on one root never corrupt a VM or create the same id twice.
 public struct StateStore: Sendable, Hashable {
     public let root: FilePath
@@ -39,7 +39,7 @@ public struct StateStore: Sendable, Hashable {
     /// `gc`'s to remove.
     func create(id: String) throws(MicroVMError) {
         try ensureRoot(id: id)
-        try withLock(root.appending(".lock"), id: id) { () throws(MicroVMError) in
+        try withLock(root, id: id) { () throws(MicroVMError) in
             let directory = directory(for: id).string
             if mkdir(directory, 0o700) != 0 {
                 if errno == EEXIST {
@@ -72,7 +72,7 @@ public struct StateStore: Sendable, Hashable {
         } catch {
             throw .corruptRecord(id: record.id, path: final, detail: "cannot encode: \(error)")
         }
-        try withLock(directory(for: record.id).appending("lock"), id: record.id) { () throws(MicroVMError) in
+        try withLock(directory(for: record.id), id: record.id) { () throws(MicroVMError) in
             let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
             guard fd >= 0 else { throw .file(id: record.id, SystemCallError(call: "open", subject: temporary, errno: errno)) }
             let written = data.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
@@ -126,7 +126,7 @@ public struct StateStore: Sendable, Hashable {
     /// Removes the VM's directory (record, lock, FIFOs).
     func remove(id: String) {
         let directory = directory(for: id)
-        for name in ["state.json", "state.json.tmp", "stdin", "stdout", "stderr", "lock"] {
+        for name in ["state.json", "state.json.tmp", "stdin", "stdout", "stderr"] {
             unlink(directory.appending(name).string)
         }
         rmdir(directory.string)
@@ -143,9 +143,10 @@ public struct StateStore: Sendable, Hashable {
         }
     }
 
-    /// Runs `body` holding an exclusive `flock` on `path` (created if needed).
+    /// Runs `body` holding an exclusive `flock` on the directory `path` (a lock on the directory
+    /// itself: no lock file to leave behind, and it goes away with the directory).
     private func withLock<T>(_ path: FilePath, id: String, _ body: () throws(MicroVMError) -> T) throws(MicroVMError) -> T {
-        let fd = open(path.string, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        let fd = open(path.string, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0 else { throw .file(id: id, SystemCallError(call: "open", subject: path.string, errno: errno)) }
         defer { close(fd) }
         while flock(fd, LOCK_EX) != 0 {
