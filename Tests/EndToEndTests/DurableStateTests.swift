@@ -118,7 +118,9 @@ struct DurableStateTests {
             let pid = try #require(Int32(ready.split(separator: " ").last ?? ""), "\(ready)")
             await driver.crash()
             kill(pid, SIGKILL)
-            try await Task.sleep(for: .milliseconds(200))
+            for _ in 0..<200 where ProcFS.state(of: pid).map({ $0 != "Z" }) ?? false {
+                try await Task.sleep(for: .milliseconds(10))
+            }
             let listing = try #require(MicroVM.list(configuration: configuration).first { $0.id == id })
             #expect(!listing.process.isAlive)
             #expect(listing.state?.name == "failed")
@@ -159,6 +161,12 @@ struct DurableStateTests {
             json["pid"] = Int(foreign)
             try JSONSerialization.data(withJSONObject: json).write(to: URL(fileURLWithPath: recordPath))
             kill(vmPID, SIGKILL)
+            // The VM's Firecracker is gone once it is a zombie or reaped (a SIGKILL takes a moment).
+            for _ in 0..<200 where ProcFS.state(of: vmPID).map({ $0 != "Z" }) ?? false {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            var status: Int32 = 0
+            _ = waitpid(vmPID, &status, WNOHANG)  // reaped here when this process adopted it
 
             let listing = try #require(MicroVM.list(configuration: configuration).first { $0.id == id })
             #expect(listing.process == .reused(pid: foreign))
