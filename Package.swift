@@ -75,6 +75,7 @@ let package = Package(
                 "MicroVM",
                 "FirecrackerAPI",
                 "MicroVMHost",
+                .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -1,4 +1,6 @@
 import Foundation
+import SystemPackage
+import Logging
 import MicroVM
 import MicroVMHost
 
@@ -59,8 +61,34 @@ enum DoctorChecks {
         findings.append(chrootBase(context))
         if let finding = sameFilesystem(context) { findings.append(finding) }
         findings += production(context)
+        // The network's checks run `nft` and read sysctls of the real host: not for a fake root.
+        if context.root == "/" { findings.append(network(context)) }
         findings.append(leftovers(context))
         return findings
+    }
+
+    // MARK: Networking
+
+    /// What VM networks (a spec's `network:`) need from the host: tools, /dev/net/tun, IPv4
+    /// forwarding, no foreign forward chain with policy drop, legacy iptables, br_netfilter.
+    /// A warning, not a failure: only VMs that ask for a network need it.
+    static func network(_ context: DoctorContext) -> Finding {
+        let configuration = context.configuration.network ?? VMNetworkConfiguration(stateDirectory: FilePath(context.stateRoot).appending("network"))
+        let why = "VMs whose spec has `network:` get a namespace, a TAP and an nftables firewall; these need it"
+        let network: VMNetwork
+        do {
+            network = try VMNetwork(configuration: configuration, logger: Logger(label: "microvm.doctor"))
+        } catch {
+            return Finding(check: "network", status: .warn, seen: error.summary, why: why, fix: error.hint)
+        }
+        let report = network.preflight()
+        let issues = report.problems + report.warnings
+        if issues.isEmpty {
+            return Finding(check: "network", status: .ok, seen: "ready for isolated VM networks (nft, ip, /dev/net/tun, forwarding)")
+        }
+        return Finding(
+            check: "network", status: .warn, seen: issues.map(\.summary).joined(separator: "; "), why: why,
+            fix: issues.map(\.hint).joined(separator: "; "))
     }
 
     // MARK: Privileges
