@@ -13,7 +13,7 @@ enum RawLaunch {
     }
 
     /// Starts `executable`, runs `perform` (e.g. API calls) while its stdout is read, and
-    /// returns once `banner` has been read.
+    /// returns once the line containing `banner` has been read to its end.
     static func untilBanner(
         executable: String, arguments: [String], banner: String, perform: @Sendable () async throws -> Void = {}
     ) async throws -> Result {
@@ -46,8 +46,11 @@ enum RawLaunch {
                         return
                     }
                     seen += buffer[0..<count]
+                    // The whole line, as the library's console delivers it: the needle, then
+                    // its line's end (the guest writes a line a byte at a time, ~1 ms for 60).
                     if seen.count >= needle.count,
-                        (0...(seen.count - needle.count)).contains(where: { seen[$0..<($0 + needle.count)].elementsEqual(needle) })
+                        let start = (0...(seen.count - needle.count)).first(where: { seen[$0..<($0 + needle.count)].elementsEqual(needle) }),
+                        seen[(start + needle.count)...].contains(UInt8(ascii: "\n"))
                     {
                         continuation.resume(returning: ContinuousClock.now)
                         return

@@ -29,7 +29,7 @@ struct JailedExecutor: VMMExecutor {
 
     func prepare(staging: [StagingRequest], logger: Logger) async throws(JailError) -> [StagedFile] {
         let jail = self.jail
-        return try await prepareDirectory(logger: logger) { () throws(JailError) in try jail.stage(staging, logger: logger) }
+        return try await prepareDirectory(staging, logger: logger) { () throws(JailError) in try jail.stage(staging, logger: logger) }
     }
 
     func launch(

@@ -37,17 +37,37 @@ extension VMMExecutor {
         jail.layout.rootDirectory.pushing(path.removingRoot())
     }
 
-    /// Removes a stale directory of the id (refusing a live one), then stages with `stage` on the
-    /// thread pool; on failure what was staged is removed again.
+    /// Removes a stale directory of the id (refusing a live one), then stages with `stage`: on
+    /// the thread pool when it copies a file (a drive image), in place when it only links,
+    /// creates directories and FIFOs (a thread hop would be most of its cost); on failure what
+    /// was staged is removed again.
     func prepareDirectory(
-        logger: Logger, stage: @escaping @Sendable () throws(JailError) -> [StagedFile]
+        _ requests: [StagingRequest], logger: Logger, stage: @escaping @Sendable () throws(JailError) -> [StagedFile]
     ) async throws(JailError) -> [StagedFile] {
         try await jail.prepare(logger: logger)
         do throws(JailError) {
-            return try await onThreadPool(stage)
+            return Self.copies(requests, into: jail.layout.chrootBase) ? try await onThreadPool(stage) : try stage()
         } catch {
             _ = await jail.teardown(logger: logger)
             throw error
+        }
+    }
+
+    /// Whether staging `requests` copies a file: a per-VM copy, or a read-only file on another
+    /// filesystem than the jails (a hard link cannot cross it).
+    static func copies(_ requests: [StagingRequest], into base: FilePath) -> Bool {
+        var baseStatus = stat()
+        guard stat(base.string, &baseStatus) == 0 else { return true }
+        return requests.contains { request in
+            switch request.kind {
+            case .writableCopy, .readOnlyCopy:
+                return true
+            case .readOnly(let source):
+                var status = stat()
+                return stat(source.string, &status) != 0 || status.st_dev != baseStatus.st_dev
+            case .emptyFile, .fifo, .directory:
+                return false
+            }
         }
     }
 
@@ -90,7 +110,7 @@ struct DirectExecutor: VMMExecutor {
         // The jailer would make run/ for the socket; without it the directory is ours to make.
         let run = hostPath(JailLayout.defaultAPISocket.removingLastComponent()).string
         let id = jail.id.rawValue
-        return try await prepareDirectory(logger: logger) { () throws(JailError) in
+        return try await prepareDirectory(staging, logger: logger) { () throws(JailError) in
             let staged = try JailStager(layout: jail.layout, uid: getuid(), gid: getgid(), logger: logger).stage(staging)
             if mkdir(run, 0o700) != 0 && errno != EEXIST {
                 throw .system(id: id, SystemCallError(call: "mkdir", subject: run, errno: errno))
