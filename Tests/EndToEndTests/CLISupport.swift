@@ -125,20 +125,7 @@ final class InteractiveCLI: Sendable {
         guard let pid = await iterator.next() else { throw PrerequisiteMissing("microvm did not start: \(CLI.binary)") }
         let process = InteractiveCLI(pid: pid, input: inPipe[1], finished: finished)
         let fd = outPipe[0]
-        DispatchQueue.global().async {
-            let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
-            var pending = Data()
-            while true {
-                let chunk = handle.availableData
-                if chunk.isEmpty { break }
-                pending += chunk
-                while let newline = pending.firstIndex(of: 10) {
-                    let line = String(decoding: pending[pending.startIndex..<newline], as: UTF8.self)
-                    process.output.withLock { $0.append(line) }
-                    pending = pending[(newline + 1)...]
-                }
-            }
-        }
+        EndToEnd.readLines(from: fd) { line in process.output.withLock { $0.append(line) } }
         return process
     }
 

@@ -33,20 +33,7 @@ struct KillableDriver {
             }
         }
         let (lines, continuation) = AsyncStream<String>.makeStream()
-        DispatchQueue.global().async {
-            let handle = FileHandle(fileDescriptor: readEnd, closeOnDealloc: true)
-            var pending = Data()
-            while true {
-                let chunk = handle.availableData
-                if chunk.isEmpty { break }
-                pending += chunk
-                while let newline = pending.firstIndex(of: 10) {
-                    continuation.yield(String(decoding: pending[pending.startIndex..<newline], as: UTF8.self))
-                    pending = pending[(newline + 1)...]
-                }
-            }
-            continuation.finish()
-        }
+        EndToEnd.readLines(from: readEnd, { continuation.yield($0) }, end: { continuation.finish() })
         var iterator = pids.makeAsyncIterator()
         guard let pid = await iterator.next() else { throw PrerequisiteMissing("the test driver did not start: \(binary)") }
         return KillableDriver(pid: pid, lines: lines, finished: finished)

@@ -212,3 +212,24 @@ extension EndToEnd {
         line.range(of: #"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+ \["#, options: .regularExpression) != nil
     }
 }
+
+extension EndToEnd {
+    /// Reads `fd` on a plain thread until end of file, handing each complete line to `line`,
+    /// then calls `end`. The descriptor is closed at the end.
+    static func readLines(from fd: Int32, _ line: @escaping @Sendable (String) -> Void, end: @escaping @Sendable () -> Void = {}) {
+        DispatchQueue.global().async {
+            let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
+            var pending = Data()
+            while true {
+                let chunk = handle.availableData
+                if chunk.isEmpty { break }
+                pending += chunk
+                while let newline = pending.firstIndex(of: 10) {
+                    line(String(decoding: pending[pending.startIndex..<newline], as: UTF8.self))
+                    pending = pending[(newline + 1)...]
+                }
+            }
+            end()
+        }
+    }
+}
