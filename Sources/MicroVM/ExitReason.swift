@@ -71,6 +71,9 @@ public struct ExitReason: Sendable, Hashable, Codable, CustomStringConvertible {
         switch exit {
         case .signaled(let signal):
             if killedByDriver { return ExitReason(kind: .killedByDriver, exit: exit) }
+            // Ended after its VM had already failed (a hung VMM the driver ended): the log's cause.
+            let internalError = lines(containing: "KVM_EXIT_INTERNAL_ERROR")
+            if !internalError.isEmpty { return ExitReason(kind: .kvmError, exit: exit, evidence: internalError + errors) }
             return ExitReason(kind: signal == 31 ? .seccompViolation : .killed, exit: exit, evidence: Array(errors))
         case .unknown:
             // Not our child (a VM attached after its driver died): the log is all there is.

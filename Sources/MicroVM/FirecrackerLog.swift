@@ -22,7 +22,8 @@ public actor FirecrackerLog {
     private let logger: Logger
     private let forwardLevel: Logger.Level
     private let ended = ExitState<Bool>()
-    private var messageWaiters: [(needle: String, continuation: CheckedContinuation<Bool, Never>)] = []
+    private var messageWaiters: [(token: Int, needle: String, continuation: CheckedContinuation<Bool, Never>)] = []
+    private var nextWaiter = 0
 
     /// Lines at `forwardLevel` or above are re-emitted to `logger` (with source "firecracker").
     public init(logger: Logger, forwardLevel: Logger.Level = .info, capacity: Int = 500) {
@@ -64,23 +65,44 @@ public actor FirecrackerLog {
     }
 
     /// Returns true once a line whose message contains `needle` has been logged (now or
-    /// before, among the lines kept); false when the log ends or `timeout` passes first.
+    /// before, among the lines kept); false when the log ends, `timeout` passes or the waiting
+    /// task is cancelled first.
     func waitForMessage(containing needle: String, timeout: Duration) async -> Bool {
         if lines.contains(where: { $0.message.contains(needle) }) { return true }
-        if await ended.current != nil { return false }
+        if await ended.current != nil || Task.isCancelled { return false }
+        let token = nextWaiter
+        nextWaiter += 1
         let timer = Task { [weak self] in
             try? await Task.sleep(for: timeout)
-            await self?.releaseWaiters(for: needle)
+            await self?.release(token)
         }
         defer { timer.cancel() }
-        return await withCheckedContinuation { continuation in
-            messageWaiters.append((needle, continuation))
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                if Task.isCancelled {
+                    continuation.resume(returning: false)
+                } else {
+                    messageWaiters.append((token, needle, continuation))
+                }
+            }
+        } onCancel: {
+            Task { await self.release(token) }
         }
     }
 
-    private func releaseWaiters(for needle: String? = nil) {
-        let released = messageWaiters.filter { needle == nil || $0.needle == needle }
-        messageWaiters.removeAll { needle == nil || $0.needle == needle }
+    /// Whether a kept line's message contains `needle`.
+    func contains(_ needle: String) -> Bool {
+        lines.contains { $0.message.contains(needle) }
+    }
+
+    private func release(_ token: Int) {
+        guard let index = messageWaiters.firstIndex(where: { $0.token == token }) else { return }
+        messageWaiters.remove(at: index).continuation.resume(returning: false)
+    }
+
+    private func releaseWaiters() {
+        let released = messageWaiters
+        messageWaiters.removeAll()
         for waiter in released { waiter.continuation.resume(returning: false) }
     }
 

@@ -463,6 +463,19 @@ public actor MicroVM {
                 }
             }
             group.addTask { .exited(await process.exit(within: nil)) }
+            if let log {
+                // A guest that ends at once (a config-file boot) may stop the VMM before its API
+                // answers: the VM did run, and its supervision judges how it ended.
+                group.addTask {
+                    // Only once the guest was started: a VM that could not be built stops too.
+                    if await log.waitForMessage(containing: "Vmm is stopping", timeout: timeout),
+                        await log.contains("Successfully started microvm")
+                    {
+                        return .ready(nil)
+                    }
+                    return .exited(await process.exit(within: nil))
+                }
+            }
             let first = await group.next()!
             group.cancelAll()
             return first
@@ -530,6 +543,19 @@ public actor MicroVM {
         Task { [weak self] in
             let status = await process.exited()
             await self?.vmmEnded(status)
+        }
+        // Firecracker 1.12.1 can hang after stopping its VM when an API request races the stop
+        // (seen after a guest's KVM error during a config-file boot): its log says the VMM is
+        // stopping, the process never exits. A VMM that has logged its stop is finished: give it
+        // two seconds, then end it; the reason is still read from its log.
+        let log = streams.log
+        let logger = self.logger
+        Task {
+            guard await log.waitForMessage(containing: "Vmm is stopping", timeout: .seconds(365 * 86_400)) else { return }
+            if await process.exit(within: .seconds(2)) == nil {
+                logger.warning("Firecracker stopped its VM but did not exit; killing it")
+                process.send(signal: SIGKILL)
+            }
         }
     }
 

@@ -70,6 +70,7 @@ struct ExitReasonTests {
             (.signaled(signal: 9), [], true, .killedByDriver),
             (.signaled(signal: 9), [], false, .killed),
             (.signaled(signal: 31), [], false, .seccompViolation),
+            (.signaled(signal: 9), crash, false, .kvmError),  // a VMM hung after its VM failed, ended by the driver
             (.unknown, Self.log("2026-01-01T00:00:00.000 [vm:main:INFO] Firecracker exiting successfully. exit_code=0"), false, .guestShutdown),
             (.unknown, crash, false, .kvmError),
             (.unknown, [], false, .unknown),
