@@ -13,6 +13,7 @@ set -a
 . "$env_file"
 set +a
 swift build --product microvm
+swift build --product microvm-monitor  # the per-VM monitor `microvm run` starts
 microvm=.build/debug/microvm
 "$microvm" doctor | grep -E '^\[(FAIL|warn)\]|failures$' || true
 id="demo-$$"

@@ -28,6 +28,10 @@ public struct DriverConfiguration: Sendable, Hashable {
         /// file is always read.
         case onDemand
     }
+    /// The per-VM monitor that detached VMs run under; nil (the default): each VM is supervised
+    /// by this process alone, and a VM whose driver is gone keeps running unwatched (its console
+    /// waits in a 64 KiB FIFO, its exit status is lost). `microvm` always uses one.
+    public var monitor: MonitorSettings?
     /// The host side of VM networks (for specs with `network`); nil: the defaults, with the
     /// leases under `<state root>/network`.
     public var network: VMNetworkConfiguration?

@@ -274,12 +274,19 @@ public actor MicroVM {
                     RotatingFile.Configuration(path: FilePath($0), maximumBytes: spec.console?.maxFileBytes ?? 8 << 20, keep: spec.console?.keepFiles ?? 2)
                 })
             let log = FirecrackerLog(logger: logger, forwardLevel: forward)
-            do {
-                streams = try VMMStreams.open(
-                    console: console, log: log, streams: store.streamPaths(for: spec.id), logFIFO: executor.hostPath(VMFiles.log).string,
-                    forLaunch: true, consoleOnDemand: configuration.consoleReading == .onDemand && spec.console?.file == nil)
-            } catch {
-                throw MicroVMError.file(id: spec.id, error)
+            let consoleOnDemand = configuration.consoleReading == .onDemand && spec.console?.file == nil
+            if let monitor = configuration.monitor {
+                streams = VMMStreams.monitored(
+                    console: console, log: log, monitor: .init(settings: monitor, stateDirectory: store.directory(for: spec.id)),
+                    logFIFO: executor.hostPath(VMFiles.log).string, consoleOnDemand: consoleOnDemand)
+            } else {
+                do {
+                    streams = try VMMStreams.open(
+                        console: console, log: log, streams: store.streamPaths(for: spec.id), logFIFO: executor.hostPath(VMFiles.log).string,
+                        forLaunch: true, consoleOnDemand: consoleOnDemand)
+                } catch {
+                    throw MicroVMError.file(id: spec.id, error)
+                }
             }
             step = "launching Firecracker"
             (process, command) = try await executor.launch(
@@ -364,6 +371,7 @@ public actor MicroVM {
             }
             streams?.closeChildEnds()
             await streams?.close()
+            await process?.monitor?.ended(within: .seconds(2))
             let report = await executor.cleanup(logger: logger)
             if spec.network != nil { await VMNetworking.tearDown(id, configuration: configuration.networkConfiguration, logger: logger) }
             store.remove(id: spec.id)
@@ -530,7 +538,8 @@ public actor MicroVM {
             chrootBase: layout.chrootBase.string, execFileName: layout.execFileName, parentCgroup: executor.jail.parentCgroup,
             cgroupDirectories: cgroupDirectories, apiSocket: executor.apiSocketHostPath.string,
             firecrackerBinary: executor.jail.configuration.firecrackerBinary.string, driverPID: getpid(),
-            driverStartTime: Self.driverStartTime, createdAt: createdAt, updatedAt: Date())
+            driverStartTime: Self.driverStartTime, createdAt: createdAt, updatedAt: Date(), monitorPID: process.monitor?.pid,
+            monitorStartTime: process.monitor?.startTime)
     }
 
     static let driverStartTime = ProcFS.startTime(of: getpid())
@@ -568,6 +577,7 @@ public actor MicroVM {
         teardownActions.removeAll()
         await streams.close()
         await client.close()
+        await process.monitor?.ended(within: .seconds(2))
         let report = await executor.cleanup(logger: logger)
         if spec.network != nil, let networkConfiguration {
             await VMNetworking.tearDown(id, configuration: networkConfiguration, logger: logger)

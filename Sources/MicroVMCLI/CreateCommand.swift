@@ -15,7 +15,7 @@ struct CreateCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = global.makeLogger(label: "microvm.create")
         let spec = try vm.spec()
-        let configuration = try global.driverConfiguration(firecracker: vm.firecracker, jailer: vm.jailer)
+        let configuration = try global.driverConfiguration(firecracker: vm.firecracker, jailer: vm.jailer, launches: true)
         let machine = try await MicroVM.create(spec, configuration: configuration, logger: logger)
         Output.line(machine.id.rawValue)
     }

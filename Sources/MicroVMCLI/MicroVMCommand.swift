@@ -91,7 +91,9 @@ struct GlobalOptions: ParsableArguments {
 
     /// The driver's configuration: `MICROVM_*` variables, with `--state-dir` and the binaries
     /// given on the command line taking precedence.
-    func driverConfiguration(firecracker: String? = nil, jailer: String? = nil) throws -> DriverConfiguration {
+    /// The driver's configuration from the flags and the environment. A command that launches
+    /// a VM (`launches`) needs the per-VM monitor: the VM outlives this process.
+    func driverConfiguration(firecracker: String? = nil, jailer: String? = nil, launches: Bool = false) throws -> DriverConfiguration {
         var environment = ProcessInfo.processInfo.environment
         if let stateDir { environment[StateStore.environmentVariable] = Paths.absolute(stateDir) }
         if let firecracker {
@@ -103,6 +105,12 @@ struct GlobalOptions: ParsableArguments {
         // Each command is a short-lived driver: a console it never shows stays in the VM's FIFO
         // for the next `console`/`logs`, instead of dying with this process.
         configuration.consoleReading = .onDemand
+        configuration.monitor = MonitorSettings.locate(environment: environment)
+        if launches, configuration.monitor == nil {
+            throw CLIError(
+                .host, "microvm-monitor (the per-VM monitor that keeps a VM running after this command exits) was not found",
+                hint: "install it beside microvm (`swift build` builds both into .build/debug) or set \(MonitorSettings.environmentVariable) to its path")
+        }
         return configuration
     }
 }

@@ -41,7 +41,7 @@ struct RestoreCommand: AsyncParsableCommand {
         let snapshot = try Snapshot.load(from: FilePath(Paths.absolute(directory)))
         let machine = try await MicroVM.restore(
             snapshot, id: id, resume: !paused, networkOverrides: overrides,
-            configuration: try global.driverConfiguration(firecracker: firecracker, jailer: jailer), logger: logger)
+            configuration: try global.driverConfiguration(firecracker: firecracker, jailer: jailer, launches: true), logger: logger)
         Output.line(machine.id.rawValue)
     }
 }

@@ -34,7 +34,7 @@ struct RunCommand: AsyncParsableCommand {
         let logger = global.makeLogger(label: "microvm.run")
         let spec = try vm.spec()
         let keys = try console.detachSequence()
-        let configuration = try global.driverConfiguration(firecracker: vm.firecracker, jailer: vm.jailer)
+        let configuration = try global.driverConfiguration(firecracker: vm.firecracker, jailer: vm.jailer, launches: true)
         let machine = try await MicroVM.run(spec, configuration: configuration, logger: logger)
         if detach {
             Output.line(machine.id.rawValue)

@@ -28,14 +28,15 @@ struct TestDriver {
         }
         var logger = Logger(label: "microvm.test-driver")
         logger.logLevel = .error
-        let configuration = DriverConfiguration(
+        var configuration = DriverConfiguration(
             jailer: JailerConfiguration(
                 jailerBinary: FilePath(option("jailer")), firecrackerBinary: FilePath(option("firecracker")), uid: 123, gid: 100,
                 chrootBase: FilePath(option("chroot-base")), parentCgroup: option("parent-cgroup")),
             policy: SandboxPolicy(rawValue: option("policy")) ?? .required, stateStore: StateStore(root: FilePath(option("state-dir"))))
+        if let monitor = options["monitor"] { configuration.monitor = MonitorSettings(binary: FilePath(monitor)) }
         let spec = VMSpec(
             id: option("id"), machine: .init(vcpus: 1, memoryMiB: Int(options["memory"] ?? "64") ?? 64),
-            boot: .init(kernel: option("kernel"), args: ["console=ttyS0", "microvm.heartbeat_ms=100"]))
+            boot: .init(kernel: option("kernel"), args: ["console=ttyS0", "microvm.heartbeat_ms=\(options["heartbeat-ms"] ?? "100")"]))
         do {
             let vm = try await MicroVM.create(spec, configuration: configuration, logger: logger)
             let then = option("then")

@@ -87,4 +87,37 @@ int cmv_netns_socket(const char *path, int domain, int type, int protocol);
  * (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, 12-byte virtio-net header), non-blocking. Returns the fd. */
 int cmv_netns_tap_attach(const char *path, const char *name);
 
+
+/* --- The per-VM monitor (microvm-monitor) --- */
+
+/* Registers `fd` (level-triggered) for `events` (EPOLLIN 1, EPOLLOUT 4) under `token`, or
+ * changes an existing registration when `modify` is non-zero. Returns 0. */
+#define CMV_EPOLLIN 1u
+#define CMV_EPOLLOUT 4u
+int cmv_epoll_watch(int epfd, int fd, unsigned int events, unsigned long long token, int modify);
+
+/* accept4(2) of one pending connection, non-blocking and close-on-exec. Returns the fd. */
+int cmv_accept(int listener);
+
+/* Blocks SIGCHLD and returns a non-blocking signalfd that reads when a child changes state;
+ * SIGPIPE is ignored (a client that went away must not kill the monitor). Returns the fd. */
+int cmv_signalfd_children(void);
+
+/* Drains a signalfd (one or more pending siginfo records). Returns 0. */
+int cmv_signalfd_drain(int fd);
+
+/* A non-blocking, close-on-exec Unix stream socket listening at `path` (a stale file there is
+ * replaced), mode 0600. Returns the fd. */
+int cmv_unix_listen(const char *path, int backlog);
+
+/* posix_spawn(3) of `path` with `argv` and this process's environment, `in`/`out`/`err` as its
+ * standard streams, `cwd` (may be NULL) as its working directory, an empty signal mask and the
+ * default action for every signal the monitor blocks or ignores. Returns 0 and sets *pid, or
+ * -1 with errno (the spawn's error). */
+int cmv_spawn(const char *path, char *const argv[], const char *cwd, int in, int out, int err, pid_t *pid);
+
+/* waitpid(-1, WNOHANG) for any child: 1 with *pid and the status (as cmv_pidfd_reap) when one
+ * was reaped, 0 when children remain but none has exited, -1 (ECHILD) when there are none. */
+int cmv_reap_any(pid_t *pid, int *exited, int *value);
+
 #endif

@@ -50,8 +50,38 @@ struct JailedExecutor: VMMExecutor {
             throw .sandbox(id: id, error)
         }
         logger.debug("launching jailer", metadata: ["command": "\(command)"])
-        let launcher: ProcessLauncher.Spawned
         defer { streams.closeChildEnds() }
+        if let monitor = streams.monitor {
+            let exitsEarly = jail.configuration.newPIDNamespace || jail.configuration.daemonize
+            let result: Result<SupervisedProcess, MonitoredLaunchFailure>
+            do {
+                result = try await launchMonitored(
+                    monitor, executable: command.executable, arguments: command.arguments, workingDirectory: nil,
+                    pidFile: exitsEarly ? jail.layout.pidFile : nil, logger: logger)
+            } catch {
+                throw .sandbox(id: id, .jailerMissing(path: monitor.settings.binary.string, reason: error.message))
+            }
+            switch result {
+            case .success(let process):
+                return (process, command)
+            case .failure(let failure):
+                if let spawnError = failure.spawnError {
+                    throw .sandbox(id: id, .jailerMissing(path: command.executable.string, reason: spawnError))
+                }
+                let termination: ProcessTermination =
+                    switch failure.exit {
+                    case .exited(let code)?: .exited(code)
+                    case .signaled(let signal)?: .signaled(signal)
+                    case .unknown?, nil: .exited(-1)
+                    }
+                throw .sandbox(
+                    id: id,
+                    JailerFailure.classify(
+                        id: id, termination: termination, standardError: failure.standardError.isEmpty ? failure.reason : failure.standardError,
+                        configuration: jail.configuration))
+            }
+        }
+        let launcher: ProcessLauncher.Spawned
         do {
             launcher = try await ProcessLauncher.spawn(
                 executable: command.executable, arguments: command.arguments, workingDirectory: nil,

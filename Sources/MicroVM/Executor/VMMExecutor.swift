@@ -1,4 +1,6 @@
+import CMicroVMSys
 import FirecrackerAPI
+import Foundation
 import Logging
 import MicroVMHost
 import NIOPosix
@@ -71,10 +73,55 @@ extension VMMExecutor {
         }
     }
 
+    /// Starts `executable` under the VM's monitor (which becomes its parent and child
+    /// subreaper), and supervises the VMM it reports. On failure, the launcher's exit and stderr
+    /// as the monitor recorded them, once it has exited.
+    func launchMonitored(
+        _ monitor: VMMStreams.MonitoredStreams, executable: FilePath, arguments: [String], workingDirectory: FilePath?,
+        pidFile: FilePath?, logger: Logger
+    ) async throws(LaunchFailure) -> Result<SupervisedProcess, MonitoredLaunchFailure> {
+        let launched = try await MonitorLauncher.spawn(
+            settings: monitor.settings, stateDirectory: monitor.stateDirectory, logFIFO: hostPath(VMFiles.log), pidFile: pidFile,
+            workingDirectory: workingDirectory, executable: executable, arguments: arguments)
+        let monitorProcess = MonitorProcess(pid: launched.monitor.pid, pidfd: launched.monitor.pidfd, termination: launched.monitor.termination)
+        switch launched.outcome {
+        case .vmm(let pid):
+            let pidfd = cmv_pidfd_open(pid)
+            guard pidfd >= 0 else {
+                await monitorProcess.ended(within: .seconds(5))
+                return .failure(MonitoredLaunchFailure.read(from: monitor.stateDirectory, reason: "the VMM (pid \(pid)) was gone at once"))
+            }
+            logger.debug("VMM started under its monitor", metadata: ["pid": "\(pid)", "monitor": "\(launched.monitor.pid)"])
+            return .success(
+                SupervisedProcess(
+                    pid: pid, pidfd: pidfd, reaper: .monitor(exitFile: MonitorFiles.exit(in: monitor.stateDirectory)), monitor: monitorProcess))
+        case .failed(let reason):
+            await monitorProcess.ended(within: .seconds(5))
+            return .failure(MonitoredLaunchFailure.read(from: monitor.stateDirectory, reason: reason))
+        }
+    }
+
     /// Removes the VM's directory and cgroups. The process must be gone already (the VM handle
     /// kills and reaps it first); pids found in the jail are stopped anyway.
     func cleanup(logger: Logger) async -> TeardownReport {
         await jail.teardown(logger: logger)
+    }
+}
+
+/// A launch under a monitor that started no VMM: why, as the monitor recorded it.
+struct MonitoredLaunchFailure: Error, Sendable {
+    var reason: String
+    /// The launcher's exit (nil when it could not be started at all).
+    var exit: VMMExit?
+    var spawnError: String?
+    var standardError: String
+
+    static func read(from directory: FilePath, reason: String) -> MonitoredLaunchFailure {
+        let status = MonitorExit.read(MonitorFiles.exit(in: directory))
+        let standardError = (try? String(contentsOfFile: MonitorFiles.standardError(in: directory).string, encoding: .utf8)) ?? ""
+        return MonitoredLaunchFailure(
+            reason: reason, exit: status?.spawnError == nil ? status?.exit : nil, spawnError: status?.spawnError,
+            standardError: standardError.trimmingCharacters(in: .whitespacesAndNewlines))
     }
 }
 
@@ -124,6 +171,22 @@ struct DirectExecutor: VMMExecutor {
     ) async throws(MicroVMError) -> (SupervisedProcess, JailerCommand?) {
         let binary = jail.configuration.firecrackerBinary
         defer { streams.closeChildEnds() }
+        if let monitor = streams.monitor {
+            let result: Result<SupervisedProcess, MonitoredLaunchFailure>
+            do {
+                result = try await launchMonitored(
+                    monitor, executable: binary, arguments: ["--api-sock", vmmPath(JailLayout.defaultAPISocket)] + arguments,
+                    workingDirectory: jail.layout.rootDirectory, pidFile: nil, logger: logger)
+            } catch {
+                throw .sandbox(id: jail.id.rawValue, .firecrackerMissing(path: monitor.settings.binary.string, reason: error.message))
+            }
+            switch result {
+            case .success(let process):
+                return (process, nil)
+            case .failure(let failure):
+                throw .sandbox(id: jail.id.rawValue, .firecrackerMissing(path: binary.string, reason: failure.spawnError ?? failure.reason))
+            }
+        }
         do {
             let spawned = try await ProcessLauncher.spawn(
                 executable: binary,

@@ -4,6 +4,7 @@ import MicroVMHost
 import NIOCore
 import NIOPosix
 import Synchronization
+import SystemPackage
 
 #if canImport(Glibc)
     import Glibc
@@ -47,11 +48,20 @@ final class VMMStreams: Sendable {
     private let childEndsClosed = Atomic(false)
     private let consoleOnDemand: Bool
     private let logFIFO: String?
+    /// With a monitor, the streams come from its socket instead of the FIFOs.
+    let monitor: MonitoredStreams?
+
+    struct MonitoredStreams: Sendable {
+        var settings: MonitorSettings
+        var stateDirectory: FilePath
+        var socket: String { MonitorFiles.socket(in: stateDirectory).string }
+    }
 
     private init(
         console: Console, standardError: Console, log: FirecrackerLog, child: (Int32, Int32, Int32), ends: Ends,
-        consoleOnDemand: Bool, logFIFO: String?
+        consoleOnDemand: Bool, logFIFO: String?, monitor: MonitoredStreams? = nil
     ) {
+        self.monitor = monitor
         self.console = console
         self.standardError = standardError
         self.log = log
@@ -96,9 +106,46 @@ final class VMMStreams: Sendable {
         }
     }
 
+    /// The streams of a VM whose monitor owns them: nothing is opened until ``start()``
+    /// connects to the monitor's socket (at a launch, once the monitor has started the VMM).
+    static func monitored(
+        console: Console, log: FirecrackerLog, monitor: MonitoredStreams, logFIFO: String?, consoleOnDemand: Bool
+    ) -> VMMStreams {
+        VMMStreams(
+            console: console, standardError: Console(limits: .init(lines: 200, bytes: 64 * 1024)), log: log, child: (-1, -1, -1),
+            ends: Ends(input: -1, output: -1, error: -1, log: -1), consoleOnDemand: consoleOnDemand, logFIFO: logFIFO, monitor: monitor)
+    }
+
+    /// The streams of a VM whose monitor was killed: its console and stderr went with the
+    /// monitor (nothing reads the VMM's pipes any more), but Firecracker's log FIFO still works.
+    static func orphaned(console: Console, log: FirecrackerLog, logFIFO: String) throws(SystemCallError) -> VMMStreams {
+        let fd = try SystemCallError.check("open", logFIFO) { Glibc.open(logFIFO, O_RDWR | O_NONBLOCK | O_CLOEXEC) }
+        return VMMStreams(
+            console: console, standardError: Console(limits: .init(lines: 200, bytes: 64 * 1024)), log: log, child: (-1, -1, -1),
+            ends: Ends(input: -1, output: -1, error: -1, log: fd), consoleOnDemand: false, logFIFO: logFIFO)
+    }
+
     /// Sets up the NIO channels, all at once. On failure every descriptor is closed.
     func start() async throws(SystemCallError) {
+        if let monitor {
+            try await startMonitored(socket: monitor.socket)
+            return
+        }
         let (input, output, error, logFD) = ends.withLock { ($0.input, $0.output, $0.error, $0.log) }
+        if input < 0 {
+            // A VM whose monitor is gone: only Firecracker's log can still be read.
+            await console.finish()
+            await standardError.finish()
+            if logFD >= 0, let channel = try? await Self.reader(fd: logFD, group: MultiThreadedEventLoopGroup.singleton, consume: { [log] in await log.consume($0) }) {
+                ends.withLock {
+                    $0.readers.append(channel)
+                    $0.log = -1
+                }
+            } else {
+                await log.finish()
+            }
+            return
+        }
         let console = self.console
         let standardError = self.standardError
         let log = self.log
@@ -168,7 +215,9 @@ final class VMMStreams: Sendable {
 
     /// The VMM has exited: mark the end of its log and wait until everything before is read.
     func vmmExited() async {
-        if let logFIFO {
+        if monitor != nil {
+            // The monitor ends the log's connection once it has drained the FIFO.
+        } else if let logFIFO {
             let fd = Glibc.open(logFIFO, O_WRONLY | O_NONBLOCK | O_CLOEXEC)
             if fd >= 0 {
                 let line = Array(("\n" + FirecrackerLog.endOfLog + "\n").utf8)
@@ -181,9 +230,115 @@ final class VMMStreams: Sendable {
         await log.waitUntilFinished(timeout: .seconds(2))
     }
 
+    /// Connects to the monitor: one connection for the guest's input, one per stream read from
+    /// its first retained byte (the console waits for on-demand reading).
+    private func startMonitored(socket: String) async throws(SystemCallError) {
+        let console = self.console
+        let standardError = self.standardError
+        let log = self.log
+        let group = MultiThreadedEventLoopGroup.singleton
+        async let inputChannel = Self.monitorConnection(socket: socket, request: "input 0", group: group, consume: nil)
+        async let outputChannel: (any Channel)? =
+            consoleOnDemand ? nil : Self.monitorConnection(socket: socket, request: "console 0", group: group) { await console.consume($0) }
+        async let errorChannel = Self.monitorConnection(socket: socket, request: "stderr 0", group: group) { await standardError.consume($0) }
+        async let logChannel = Self.monitorConnection(socket: socket, request: "log 0", group: group) { await log.consume($0) }
+        var failure: (any Error)?
+        var opened: [any Channel] = []
+        var input: (any Channel)?
+        do { input = try await inputChannel } catch { failure = error }
+        do { if let channel = try await outputChannel { opened.append(channel) } } catch { failure = failure ?? error }
+        do { opened.append(try await errorChannel) } catch { failure = failure ?? error }
+        do { opened.append(try await logChannel) } catch { failure = failure ?? error }
+        ends.withLock {
+            $0.inputChannel = input
+            $0.readers += opened
+        }
+        if consoleOnDemand {
+            await console.startReading { [weak self] in await self?.startConsoleReader() }
+        }
+        if let failure {
+            await close()
+            throw SystemCallError(call: "connect", subject: "the VM's monitor at \(socket): \(failure)", errno: ECONNREFUSED)
+        }
+    }
+
+    /// A connection to the monitor asking for one stream (`consume` reads it) or for input.
+    private static func monitorConnection(
+        socket: String, request: String, group: any EventLoopGroup, consume: (@Sendable (AsyncStream<[UInt8]>) async -> Void)?
+    ) async throws -> any Channel {
+        let (chunks, continuation) = AsyncStream<[UInt8]>.makeStream()
+        let reads = consume != nil
+        let channel = try await ClientBootstrap(group: group)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if reads { try channel.pipeline.syncOperations.addHandler(MonitorStreamReader(continuation: continuation)) }
+                }
+            }
+            .connect(unixDomainSocketPath: socket)
+            .get()
+        try await channel.writeAndFlush(channel.allocator.buffer(string: request + "\n")).get()
+        if let consume {
+            Task { await consume(chunks) }
+        } else {
+            continuation.finish()
+        }
+        return channel
+    }
+
+    /// Reads one stream from the monitor: its `ok OFFSET` line, then the stream's bytes.
+    private final class MonitorStreamReader: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        let continuation: AsyncStream<[UInt8]>.Continuation
+        private var header: [UInt8]? = []
+
+        init(continuation: AsyncStream<[UInt8]>.Continuation) {
+            self.continuation = continuation
+        }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            var buffer = unwrapInboundIn(data)
+            var bytes = buffer.readBytes(length: buffer.readableBytes) ?? []
+            if header != nil {
+                header! += bytes
+                guard let newline = header!.firstIndex(of: UInt8(ascii: "\n")) else { return }
+                let line = header![..<newline]
+                bytes = Array(header![(newline + 1)...])
+                header = nil
+                guard line.starts(with: Array("ok ".utf8)) else {
+                    continuation.finish()
+                    context.close(promise: nil)
+                    return
+                }
+            }
+            if !bytes.isEmpty { continuation.yield(bytes) }
+        }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            continuation.finish()
+        }
+
+        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            continuation.finish()
+            context.close(promise: nil)
+        }
+    }
+
     /// Starts reading the console (on-demand reading: the first time anyone asks for it; what
     /// the guest wrote meanwhile waited in the FIFO).
     func startConsoleReader() async {
+        if let monitor {
+            let console = self.console
+            guard !ends.withLock({ $0.closed }) else { return }
+            guard let channel = try? await Self.monitorConnection(
+                socket: monitor.socket, request: "console 0", group: MultiThreadedEventLoopGroup.singleton, consume: { await console.consume($0) })
+            else { return }
+            let closedMeanwhile = ends.withLock { ends in
+                if !ends.closed { ends.readers.append(channel) }
+                return ends.closed
+            }
+            if closedMeanwhile { try? await channel.close() }
+            return
+        }
         let fd = ends.withLock { ends in
             defer { ends.output = -1 }
             return ends.closed ? -1 : ends.output

@@ -19,12 +19,15 @@ public struct VMListing: Sendable {
     public var process: RecordedProcess
     /// Whether a live driver supervises it (the one that wrote the record).
     public var supervised: Bool
+    /// How the VM ended, as its monitor recorded it (detached VMs whose VMM is gone).
+    public var monitorReason: ExitReason? = nil
 
     /// The state to show: the record's while its process lives, else how it must have ended.
     public var state: VMState? {
         guard let record else { return nil }
         if process.isAlive { return record.state }
         if let reason = record.state.exitReason { return .ended(reason) }
+        if let monitorReason { return .ended(monitorReason) }
         let evidence: [String]
         switch process {
         case .reused(let pid): evidence = ["pid \(pid) now belongs to another process"]
@@ -49,11 +52,38 @@ extension MicroVM {
         configuration.stateStore.list().map { id, result in
             switch result {
             case .success(let record):
-                return VMListing(id: id, record: record, problem: nil, process: record.process, supervised: record.driverIsAlive)
+                let process = record.process
+                var listing = VMListing(id: id, record: record, problem: nil, process: process, supervised: record.driverIsAlive)
+                if !process.isAlive, record.monitorPID != nil {
+                    listing.monitorReason = monitorReason(directory: configuration.stateStore.directory(for: id))
+                }
+                return listing
             case .failure(let error):
                 return VMListing(id: id, record: nil, problem: error, process: .neverStarted, supervised: false)
             }
         }
+    }
+
+    /// A dead VM's monitor that was re-parented to this process (its child subreaper) stays a
+    /// zombie until reaped: reaped here when its start time proves it is that monitor.
+    private static func reapMonitor(of record: VMRecord) {
+        guard let pid = record.monitorPID, ProcFS.state(of: pid) == "Z", ProcFS.startTime(of: pid) == record.monitorStartTime else { return }
+        var status: Int32 = 0
+        _ = waitpid(pid, &status, WNOHANG)
+    }
+
+    /// The exit a VM's monitor recorded, judged with the log it kept.
+    static func monitorReason(directory: FilePath) -> ExitReason? {
+        guard let status = MonitorExit.read(MonitorFiles.exit(in: directory)) else { return nil }
+        var log: [FirecrackerLog.Line] = []
+        if let text = try? String(contentsOfFile: MonitorFiles.firecrackerLog(in: directory).string, encoding: .utf8) {
+            log = text.split(separator: "\n").suffix(500).map { FirecrackerLog.parse(String($0)) }
+        }
+        var reason = ExitReason.classify(exit: status.exit, log: log, killedByDriver: false)
+        if !status.isVMM {
+            reason = reason.adding(standardError: [status.spawnError ?? "the launcher ended before the VMM started"])
+        }
+        return reason
     }
 
     /// Takes over a VM whose driver is gone (crashed, killed, upgraded): its process must still
@@ -102,7 +132,22 @@ extension MicroVM {
             LiveDirectories.release(directoryKey)
             throw .notAttachable(id: id, reason: "its Firecracker (pid \(pid)) ended just now")
         }
-        let process = SupervisedProcess(pid: pid, pidfd: pidfd, reaper: .pidfd)
+        // A live monitor keeps owning the streams and the exit status; with a dead one (killed),
+        // the VMM is supervised directly, and its console is lost (nothing reads its stdout).
+        var monitor: MonitorProcess?
+        if let monitorPID = record.monitorPID {
+            let monitorFD = cmv_pidfd_open(monitorPID)
+            if monitorFD >= 0, record.monitorIsAlive {
+                monitor = MonitorProcess(pid: monitorPID, pidfd: monitorFD, termination: nil)
+            } else if monitorFD >= 0 {
+                close(monitorFD)
+            }
+        }
+        let stateDirectory = store.directory(for: id)
+        let process =
+            monitor == nil
+            ? SupervisedProcess(pid: pid, pidfd: pidfd, reaper: .pidfd)
+            : SupervisedProcess(pid: pid, pidfd: pidfd, reaper: .monitor(exitFile: MonitorFiles.exit(in: stateDirectory)), monitor: monitor)
         let executor: any VMMExecutor =
             record.sandboxed ? JailedExecutor(jail: jail, limits: record.spec.limits?.resourceLimits ?? .recommended) : DirectExecutor(jail: jail)
         let streams: VMMStreams
@@ -113,9 +158,32 @@ extension MicroVM {
                     RotatingFile.Configuration(path: FilePath($0), maximumBytes: record.spec.console?.maxFileBytes ?? 8 << 20, keep: record.spec.console?.keepFiles ?? 2)
                 })
             let log = FirecrackerLog(logger: logger, forwardLevel: record.spec.logging?.level?.swiftLogLevel ?? .info)
-            streams = try VMMStreams.open(
-                console: console, log: log, streams: store.streamPaths(for: id), logFIFO: executor.hostPath(VMFiles.log).string,
-                forLaunch: false, consoleOnDemand: configuration.consoleReading == .onDemand && record.spec.console?.file == nil)
+            let consoleOnDemand = configuration.consoleReading == .onDemand && record.spec.console?.file == nil
+            if monitor != nil {
+                streams = VMMStreams.monitored(
+                    console: console, log: log,
+                    monitor: .init(settings: configuration.monitor ?? MonitorSettings(binary: "microvm-monitor"), stateDirectory: stateDirectory),
+                    logFIFO: executor.hostPath(VMFiles.log).string, consoleOnDemand: consoleOnDemand)
+            } else if record.monitorPID != nil {
+                // Its monitor was killed. The VMM's stdout and stderr pipes are still open in
+                // the VMM, and opening them through /proc gives this driver new ends of the same
+                // pipes: the console works again (what the guest wrote meanwhile failed with
+                // EPIPE and is lost); its stdin is the VM's FIFO, which it holds read-write.
+                // Only Firecracker's log remains when that is refused.
+                let fds = "/proc/\(pid)/fd/"
+                do {
+                    streams = try VMMStreams.open(
+                        console: console, log: log, streams: (store.streamPaths(for: id).input, fds + "1", fds + "2"), logFIFO: executor.hostPath(VMFiles.log).string,
+                        forLaunch: false, consoleOnDemand: consoleOnDemand)
+                } catch {
+                    logger.warning("the VM's monitor is gone and its console cannot be reopened", metadata: ["error": "\(error)"])
+                    streams = try VMMStreams.orphaned(console: console, log: log, logFIFO: executor.hostPath(VMFiles.log).string)
+                }
+            } else {
+                streams = try VMMStreams.open(
+                    console: console, log: log, streams: store.streamPaths(for: id), logFIFO: executor.hostPath(VMFiles.log).string,
+                    forLaunch: false, consoleOnDemand: consoleOnDemand)
+            }
             try await streams.start()
         } catch {
             LiveDirectories.release(directoryKey)
@@ -206,6 +274,7 @@ extension MicroVM {
             await VMNetworking.tearDown(vmID, configuration: configuration.networkConfiguration, logger: vmLogger)
         }
         if report.isComplete { configuration.stateStore.remove(id: id) }
+        reapMonitor(of: record)
         vmLogger.info("removed a dead VM", metadata: ["complete": "\(report.isComplete)"])
         return report
     }

@@ -123,10 +123,15 @@ public struct StateStore: Sendable, Hashable {
         }
     }
 
-    /// Removes the VM's directory (record, lock, FIFOs).
+    /// Removes the VM's directory (record, lock, FIFOs, and what its monitor kept): only the
+    /// files the driver and the monitor make, so a directory holding anything else stays.
     func remove(id: String) {
         let directory = directory(for: id)
-        for name in ["state.json", "state.json.tmp", "stdin", "stdout", "stderr"] {
+        let monitorFiles = [
+            "monitor.sock", "exit", "exit.tmp", "console.log", "console.log.1", "firecracker.log", "firecracker.log.1", "stderr.log",
+            "stderr.log.1", "monitor.err",
+        ]
+        for name in ["state.json", "state.json.tmp", "stdin", "stdout", "stderr"] + monitorFiles {
             unlink(directory.appending(name).string)
         }
         rmdir(directory.string)

@@ -31,6 +31,9 @@ public struct VMRecord: Codable, Sendable, Hashable {
     public var driverStartTime: UInt64?
     public var createdAt: Date
     public var updatedAt: Date
+    /// The VM's monitor (detached VMs): its pid and start time.
+    public var monitorPID: Int32? = nil
+    public var monitorStartTime: UInt64? = nil
 
     enum CodingKeys: String, CodingKey {
         case format, id, spec, state, pid
@@ -47,6 +50,8 @@ public struct VMRecord: Codable, Sendable, Hashable {
         case driverStartTime = "driver_start_time"
         case createdAt = "created_at"
         case updatedAt = "updated_at"
+        case monitorPID = "monitor_pid"
+        case monitorStartTime = "monitor_start_time"
     }
 
     /// Firecracker's metrics file, when the spec asks for metrics.
@@ -84,6 +89,13 @@ public enum RecordedProcess: Sendable, Hashable {
 }
 
 extension VMRecord {
+    /// Whether the recorded monitor is still the process it was.
+    public var monitorIsAlive: Bool {
+        guard let monitorPID, let startTime = ProcFS.startTime(of: monitorPID) else { return false }
+        let state = ProcFS.state(of: monitorPID)
+        return state != "Z" && state != "X" && startTime == monitorStartTime
+    }
+
     /// Checks the recorded pid against `/proc`: its start time, and its root (jailed) or working
     /// directory (unjailed) must be the VM's.
     public var process: RecordedProcess {

@@ -1,0 +1,47 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+// microvm-monitor: the per-VM monitor that the driver starts for a detached VM (the conmon /
+// containerd-shim pattern). It is its own small executable, not a mode of `microvm`: it stays
+// for the VM's whole life, so its size is paid once per VM.
+//
+//   microvm-monitor --dir STATE_DIR [--log-fifo PATH] [--pid-file PATH] [--stdin-fifo PATH] [--cwd DIR]
+//                   [--console-ring BYTES] [--file-max BYTES] -- EXECUTABLE [ARGUMENT...]
+//
+// stdout: one line for the driver, `vmm PID` or `failed REASON`. Files in STATE_DIR:
+// monitor.sock (the streams), console.log, stderr.log, firecracker.log (each rotated once at
+// --file-max), exit (written once the VMM is reaped).
+
+func usage(_ message: String) -> Never {
+    let text = Array("microvm-monitor: \(message)\nusage: microvm-monitor --dir STATE_DIR [--log-fifo PATH] [--pid-file PATH] [--stdin-fifo PATH] [--cwd DIR] [--console-ring BYTES] [--file-max BYTES] -- EXECUTABLE [ARGUMENT...]\n".utf8)
+    _ = text.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+    exit(2)
+}
+
+var options = MonitorOptions()
+var arguments = CommandLine.arguments.dropFirst()
+while let argument = arguments.popFirst() {
+    if argument == "--" {
+        options.command = Array(arguments)
+        break
+    }
+    guard let value = arguments.popFirst() else { usage("\(argument) needs a value") }
+    switch argument {
+    case "--dir": options.directory = value
+    case "--log-fifo": options.logFIFO = value
+    case "--pid-file": options.pidFile = value
+    case "--stdin-fifo": options.inputFIFO = value
+    case "--cwd": options.workingDirectory = value
+    case "--console-ring":
+        guard let bytes = Int(value), bytes > 0 else { usage("--console-ring: '\(value)' is not a positive number of bytes") }
+        options.consoleRingBytes = bytes
+    case "--file-max":
+        guard let bytes = Int(value), bytes > 0 else { usage("--file-max: '\(value)' is not a positive number of bytes") }
+        options.fileMaximumBytes = bytes
+    default: usage("unknown option \(argument)")
+    }
+}
+if options.directory.isEmpty { usage("--dir is required") }
+if options.command.isEmpty { usage("no command after --") }
+exit(Monitor(options: options).run())

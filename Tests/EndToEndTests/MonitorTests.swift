@@ -1,0 +1,128 @@
+import FirecrackerAPI
+import Foundation
+import MicroVM
+import MicroVMHost
+import SystemPackage
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Detached VMs: the per-VM monitor (`microvm-monitor`) keeps the console, the log and the exit
+/// status of a VM whose driver is gone.
+@Suite("Per-VM monitor end to end", .serialized, .enabled(if: EndToEnd.enabled))
+struct MonitorTests {
+    static var monitorBinary: String {
+        URL(fileURLWithPath: KillableDriver.binary).deletingLastPathComponent().appendingPathComponent("microvm-monitor").path
+    }
+
+    static func monitored(_ configuration: DriverConfiguration) throws -> DriverConfiguration {
+        guard FileManager.default.isExecutableFile(atPath: monitorBinary) else {
+            throw PrerequisiteMissing("microvm-monitor is not built at \(monitorBinary) (swift build builds it)")
+        }
+        var configuration = configuration
+        configuration.monitor = MonitorSettings(binary: FilePath(monitorBinary))
+        return configuration
+    }
+
+    /// Starts a killable driver that launches `id` under a monitor, and kills the driver.
+    static func orphan(_ id: String, _ configuration: DriverConfiguration, _ assets: TestAssets, heartbeat: Int = 100) async throws -> VMRecord {
+        let driver = try await KillableDriver.start(
+            DurableStateTests.driverArguments(
+                configuration, assets, id: id, then: "running", extra: ["--monitor", monitorBinary, "--heartbeat-ms", "\(heartbeat)"]))
+        let ready = await driver.ready()
+        #expect(ready.hasPrefix("READY"), "\(ready)")
+        await driver.crash()
+        return try configuration.stateStore.read(id: id)
+    }
+
+    @Test(
+        "The driver dies: the guest keeps writing (far past a 64 KiB FIFO), a new driver attaches to the monitor, replays the console, sends input, stops it cleanly; the monitor leaves with the VM",
+        arguments: [SandboxPolicy.required, .disabled])
+    func consoleOutlivesTheDriver(policy: SandboxPolicy) async throws {
+        try await EndToEnd.withDriver(policy, name: "mon-\(policy.rawValue)") { configuration, assets, _ in
+            let configuration = try Self.monitored(configuration)
+            let id = "mon-\(policy.rawValue.prefix(3))-\(getpid())"
+            // A heartbeat every millisecond: about 30 KiB of console a second.
+            let record = try await Self.orphan(id, configuration, assets, heartbeat: 1)
+            let monitorPID = try #require(record.monitorPID, "the record names no monitor")
+            #expect(record.monitorIsAlive)
+            try await Task.sleep(for: .seconds(5))
+            let consoleLog = configuration.stateStore.directory(for: id).appending("console.log").string
+            let logged = (try? FileManager.default.attributesOfItem(atPath: consoleLog)[.size] as? Int) ?? 0
+            #expect(logged > 80 * 1024, "the guest wrote only \(logged) bytes in 5 s while no driver read its console")
+
+            let listing = try #require(MicroVM.list(configuration: configuration).first { $0.id == id })
+            #expect(listing.process.isAlive && !listing.supervised)
+            let vm = try await MicroVM.attach(id: id, configuration: configuration, logger: EndToEnd.logger)
+            try await EndToEnd.using(vm) { vm in
+                #expect(await vm.state == .running)
+                _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat", timeout: .seconds(5))
+                vm.write("still there\n")
+                _ = try await vm.console.waitForLine(containing: "microvm-guest: echo still there", timeout: .seconds(10))
+                let reason = await vm.stop(grace: .seconds(5))
+                #expect(reason.kind == .guestShutdown, "\(reason)")
+                #expect(reason.exit == .exited(code: 0), "the monitor reported \(reason.exit)")
+            }
+            #expect(ProcFS.startTime(of: monitorPID) == nil || ProcFS.state(of: monitorPID) == "Z", "the monitor outlived its VM")
+            #expect(!FileManager.default.fileExists(atPath: configuration.stateStore.directory(for: id).string))
+        }
+    }
+
+    @Test("A detached VM that stops while no driver runs: listed with the exit its monitor recorded, and gc removes everything")
+    func exitWithoutADriver() async throws {
+        try await EndToEnd.withDriver(.required, name: "mon-exit") { configuration, assets, _ in
+            let configuration = try Self.monitored(configuration)
+            let id = "mon-exit-\(getpid())"
+            let record = try await Self.orphan(id, configuration, assets)
+            let monitorPID = try #require(record.monitorPID)
+            // Ctrl-Alt-Del straight through the API: no driver is involved in the stop.
+            let client = FirecrackerClient(socketPath: record.apiSocket)
+            try await client.sendCtrlAltDel()
+            await client.close()
+            for _ in 0..<500 where ProcFS.startTime(of: monitorPID) != nil && ProcFS.state(of: monitorPID) != "Z" {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            let listing = try #require(MicroVM.list(configuration: configuration).first { $0.id == id })
+            #expect(!listing.process.isAlive)
+            guard case .stopped(let reason)? = listing.state else {
+                Issue.record("expected stopped, got \(String(describing: listing.state))")
+                return
+            }
+            #expect(reason.kind == .guestShutdown && reason.exit == .exited(code: 0), "\(reason)")
+            let console = try String(contentsOfFile: configuration.stateStore.directory(for: id).appending("console.log").string, encoding: .utf8)
+            #expect(console.contains("microvm-guest: goodbye"))
+            let collected = await MicroVM.garbageCollect(configuration: configuration, logger: EndToEnd.logger)
+            #expect(collected.first { $0.id == id }?.teardown?.isComplete == true, "\(collected)")
+            #expect(MicroVM.list(configuration: configuration).isEmpty)
+        }
+    }
+
+    @Test("SIGKILL the monitor: the VM is found running; a new driver attaches without it, gets the console back through /proc, stops it; nothing leaks")
+    func monitorKilled() async throws {
+        try await EndToEnd.withDriver(.disabled, name: "mon-kill") { configuration, assets, _ in
+            let configuration = try Self.monitored(configuration)
+            let id = "mon-kill-\(getpid())"
+            let record = try await Self.orphan(id, configuration, assets)
+            let monitorPID = try #require(record.monitorPID)
+            kill(monitorPID, SIGKILL)
+            for _ in 0..<200 where ProcFS.startTime(of: monitorPID) != nil && ProcFS.state(of: monitorPID) != "Z" {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            var status: Int32 = 0
+            _ = waitpid(monitorPID, &status, WNOHANG)  // when this process adopted it
+            let listing = try #require(MicroVM.list(configuration: configuration).first { $0.id == id })
+            #expect(listing.process.isAlive)
+            #expect(listing.record?.monitorIsAlive == false)
+            let vm = try await MicroVM.attach(id: id, configuration: configuration, logger: EndToEnd.logger)
+            try await EndToEnd.using(vm) { vm in
+                vm.write("after the monitor\n")
+                _ = try await vm.console.waitForLine(containing: "microvm-guest: echo after the monitor", timeout: .seconds(10))
+                let reason = await vm.stop(grace: .seconds(5))
+                #expect(reason.kind == .guestShutdown, "\(reason)")
+            }
+            #expect(MicroVM.list(configuration: configuration).isEmpty)
+        }
+    }
+}
