@@ -103,6 +103,7 @@ struct GlobalOptions: ParsableArguments {
         // Each command is a short-lived driver: a console it never shows stays in the VM's FIFO
         // for the next `console`/`logs`, instead of dying with this process.
         configuration.consoleReading = .onDemand
+        PostMortems.use(configuration.stateStore)
         return configuration
     }
 }
