@@ -33,8 +33,8 @@ enum DoctorBundle {
         let mountinfo = context.read("/proc/self/mountinfo") ?? ""
         try put("cgroup-mounts.txt", mountinfo.split(separator: "\n").filter { $0.contains("cgroup") }.joined(separator: "\n") + "\n")
         try put("cmdline.txt", Redaction.words(context.read("/proc/cmdline") ?? "(unreadable)\n"))
-        try put("doctor.txt", text)
-        try put("doctor.json", json + "\n")
+        try put("doctor.txt", Redaction.words(text))
+        try put("doctor.json", Redaction.json(Data(json.utf8)))
 
         let store = context.configuration.stateStore
         for listing in MicroVM.list(configuration: context.configuration) {
@@ -45,7 +45,7 @@ enum DoctorBundle {
                 try put("vms/\(listing.id).problem.txt", (listing.problem?.description ?? "no record") + "\n")
             }
             if let diagnosis = try? await VMDiagnosis.findings(id: listing.id, context) {
-                try put("vms/\(listing.id).doctor.txt", DoctorReport.text(diagnosis))
+                try put("vms/\(listing.id).doctor.txt", Redaction.words(DoctorReport.text(diagnosis)))
             }
         }
         // Post-mortems hold the last Firecracker log lines of failed VMs: the recent logs there
