@@ -118,6 +118,7 @@ enum ConsoleSession {
         case .ended(let reason):
             Output.note("[microvm] VM \(vm.id) \(reason.isClean ? "stopped" : "failed"): \(reason)")
             if !reason.isClean {
+                PostMortems.record(ended: reason, vm: vm)
                 throw CLIError(.vmFailure, "VM \(vm.id) ended uncleanly: \(reason)", hint: reason.evidence.isEmpty ? nil : "Firecracker said: " + reason.evidence.joined(separator: " | "), id: vm.id.rawValue)
             }
         }

@@ -64,6 +64,7 @@ enum DoctorChecks {
         // The network's checks run `nft` and read sysctls of the real host: not for a fake root.
         if context.root == "/" { findings.append(network(context)) }
         findings.append(leftovers(context))
+        findings.append(Limits.all(context))
         return findings
     }
 

@@ -111,6 +111,7 @@ struct GlobalOptions: ParsableArguments {
                 .host, "microvm-monitor (the per-VM monitor that keeps a VM running after this command exits) was not found",
                 hint: "install it beside microvm (`swift build` builds both into .build/debug) or set \(MonitorSettings.environmentVariable) to its path")
         }
+        PostMortems.use(configuration.stateStore)
         return configuration
     }
 }

@@ -6,8 +6,23 @@ import MicroVM
 struct StatsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "stats",
-        abstract: "Show a jailed VM's CPU, memory and pids figures from its cgroups (read-only; never attaches).",
-        discussion: "Reads the cgroup directories recorded for the VM (v1 or v2). An unjailed VM has no cgroups of its own."
+        abstract: "Show a jailed VM's CPU, memory and pids figures from its cgroups, and Firecracker's own metrics (read-only; never attaches).",
+        discussion: """
+            Reads the cgroup directories recorded for the VM (v1 or v2). An unjailed VM has no \
+            cgroups of its own.
+
+            Firecracker's metrics come from the VM's metrics file (a VM created with --metrics or \
+            logging.metrics: true). Firecracker writes a line at start, every 60 s and on every \
+            FlushMetrics, each holding the counts since the previous line: stats adds them up, so \
+            the figures are totals since the VM started, as of the newest line (last_written). \
+            A VM without metrics says so (firecracker_metrics.configured false, and a line under \
+            the table) instead of leaving them out.
+
+            --json keys: id, cpu_usage_ns, memory_bytes, memory_limit_bytes, pids, pids_limit, \
+            cgroups, firecracker_metrics {configured, note, file, lines, last_written, \
+            block_read_bytes, block_write_bytes, net_rx_bytes, net_tx_bytes, vcpu_exits, \
+            vcpu_failures, api_requests, totals {group: {field: total}}}.
+            """
     )
 
     @OptionGroup var global: GlobalOptions
@@ -24,6 +39,7 @@ struct StatsCommand: AsyncParsableCommand {
         var pids: UInt64?
         var pidsLimit: UInt64?
         var cgroups: [String]
+        var firecrackerMetrics: MetricsFigures
 
         enum CodingKeys: String, CodingKey {
             case id
@@ -33,6 +49,69 @@ struct StatsCommand: AsyncParsableCommand {
             case pids
             case pidsLimit = "pids_limit"
             case cgroups
+            case firecrackerMetrics = "firecracker_metrics"
+        }
+    }
+
+    /// Firecracker's counters, summed over its metrics file (each line holds deltas).
+    struct MetricsFigures: Encodable {
+        var configured: Bool
+        var note: String?
+        var file: String?
+        var lines: Int?
+        var lastWritten: Date?
+        var blockReadBytes: Int?
+        var blockWriteBytes: Int?
+        var netRxBytes: Int?
+        var netTxBytes: Int?
+        var vcpuExits: Int?
+        var vcpuFailures: Int?
+        var apiRequests: Int?
+        var totals: [String: [String: Int]]?
+
+        enum CodingKeys: String, CodingKey {
+            case configured, note, file, lines
+            case lastWritten = "last_written"
+            case blockReadBytes = "block_read_bytes"
+            case blockWriteBytes = "block_write_bytes"
+            case netRxBytes = "net_rx_bytes"
+            case netTxBytes = "net_tx_bytes"
+            case vcpuExits = "vcpu_exits"
+            case vcpuFailures = "vcpu_failures"
+            case apiRequests = "api_requests"
+            case totals
+        }
+
+        static func read(_ record: VMRecord) -> MetricsFigures {
+            guard let path = record.metricsPath else {
+                return MetricsFigures(configured: false, note: "no metrics configured for this VM (create it with --metrics, or logging: {metrics: true} in its spec)")
+            }
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                return MetricsFigures(configured: true, note: "the metrics file \(path) cannot be read", file: path)
+            }
+            let parsed: [FirecrackerMetrics]
+            do {
+                parsed = try FirecrackerMetrics.parseLines(text)
+            } catch {
+                return MetricsFigures(configured: true, note: "\(path): \(error)", file: path)
+            }
+            guard let last = parsed.last else {
+                return MetricsFigures(configured: true, note: "Firecracker has not written a metrics line yet", file: path, lines: 0)
+            }
+            var totals: [String: [String: Int]] = [:]
+            for line in parsed {
+                for (group, fields) in line.groups {
+                    for (field, value) in fields { totals[group, default: [:]][field, default: 0] += value }
+                }
+            }
+            let summed = FirecrackerMetrics(timestampMilliseconds: last.timestampMilliseconds, groups: totals)
+            let vcpu = summed.vcpu
+            return MetricsFigures(
+                configured: true, file: path, lines: parsed.count,
+                lastWritten: Date(timeIntervalSince1970: Double(last.timestampMilliseconds) / 1000),
+                blockReadBytes: summed.block.readBytes, blockWriteBytes: summed.block.writeBytes, netRxBytes: summed.net.rxBytes,
+                netTxBytes: summed.net.txBytes, vcpuExits: vcpu.exitIOIn + vcpu.exitIOOut + vcpu.exitMMIORead + vcpu.exitMMIOWrite,
+                vcpuFailures: vcpu.failures, apiRequests: summed.groups["api_server"]?.values.reduce(0, +), totals: totals)
         }
     }
 
@@ -44,7 +123,7 @@ struct StatsCommand: AsyncParsableCommand {
         guard !record.cgroupDirectories.isEmpty else {
             throw CLIError(.conflict, "VM \(id) has no cgroups (it runs unjailed)", id: id)
         }
-        var figures = Figures(id: id, cgroups: record.cgroupDirectories)
+        var figures = Figures(id: id, cgroups: record.cgroupDirectories, firecrackerMetrics: .read(record))
         for directory in record.cgroupDirectories {
             func number(_ file: String) -> UInt64? {
                 guard let text = try? String(contentsOfFile: directory + "/" + file, encoding: .utf8) else { return nil }
@@ -67,12 +146,25 @@ struct StatsCommand: AsyncParsableCommand {
             return
         }
         func mib(_ bytes: UInt64?) -> String { bytes.map { String(format: "%.1f MiB", Double($0) / 1_048_576) } ?? "-" }
-        Table.print([
-            ["ID", "CPU TIME", "MEMORY", "MEMORY LIMIT", "PIDS"],
-            [
-                id, figures.cpuUsageNanoseconds.map { String(format: "%.3f s", Double($0) / 1e9) } ?? "-", mib(figures.memoryBytes),
-                mib(figures.memoryLimitBytes), "\(figures.pids.map(String.init) ?? "-")/\(figures.pidsLimit.map(String.init) ?? "max")",
-            ],
-        ])
+        func count(_ value: Int?) -> String { value.map { $0 >= 1 << 20 ? String(format: "%.1f MiB", Double($0) / 1_048_576) : "\($0)" } ?? "-" }
+        let metrics = figures.firecrackerMetrics
+        var header = ["ID", "CPU TIME", "MEMORY", "MEMORY LIMIT", "PIDS"]
+        var row = [
+            id, figures.cpuUsageNanoseconds.map { String(format: "%.3f s", Double($0) / 1e9) } ?? "-", mib(figures.memoryBytes),
+            mib(figures.memoryLimitBytes), "\(figures.pids.map(String.init) ?? "-")/\(figures.pidsLimit.map(String.init) ?? "max")",
+        ]
+        if metrics.lines ?? 0 > 0 {
+            header += ["BLOCK R/W", "NET RX/TX", "VCPU EXITS"]
+            row += [
+                "\(count(metrics.blockReadBytes))/\(count(metrics.blockWriteBytes))", "\(count(metrics.netRxBytes))/\(count(metrics.netTxBytes))",
+                count(metrics.vcpuExits),
+            ]
+        }
+        Table.print([header, row])
+        if let note = metrics.note {
+            Output.line("firecracker metrics: \(note)")
+        } else if let written = metrics.lastWritten {
+            Output.line("firecracker metrics: totals of \(metrics.lines ?? 0) line(s) of \(metrics.file ?? "?"), newest written \(ISO8601DateFormatter().string(from: written))")
+        }
     }
 }

@@ -99,6 +99,7 @@ enum Failure {
             MicroVMCommand.exitForArgumentParser(error)
         }
         let (status, message, hint, id) = classify(error)
+        PostMortems.record(error)
         if json {
             struct Body: Encodable {
                 struct Detail: Encodable {

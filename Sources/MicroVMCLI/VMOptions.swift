@@ -137,6 +137,7 @@ struct VMOptions: ParsableArguments {
             if let pids { limits.pids = pids }
             spec.limits = limits
         }
+        PostMortems.creating(spec)
         return spec
     }
 

@@ -256,7 +256,8 @@ public struct VMSpec: Codable, Sendable, Hashable {
             case pids, cpuset
         }
 
-        var resourceLimits: ResourceLimits {
+        /// The limits the jailer is given for this spec (doctor compares them with the cgroup files).
+        public var resourceLimits: ResourceLimits {
             ResourceLimits(
                 cpu: cpus.map { CPUQuota(cpus: $0) },
                 memory: memoryMiB.map { .bytes(UInt64($0) << 20) } ?? .automatic,

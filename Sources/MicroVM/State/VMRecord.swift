@@ -71,6 +71,22 @@ public struct VMRecord: Codable, Sendable, Hashable {
     }
 }
 
+extension VMRecord {
+    /// For tools and tests that write records of their own (a driver writes its VMs' records).
+    public init(
+        id: String, spec: VMSpec, state: VMState, pid: Int32?, processStartTime: UInt64?, sandboxed: Bool, directory: String,
+        jailDirectory: String, chrootBase: String, execFileName: String, parentCgroup: String, cgroupDirectories: [String],
+        apiSocket: String, firecrackerBinary: String, driverPID: Int32, driverStartTime: UInt64?, createdAt: Date = Date(),
+        updatedAt: Date = Date()
+    ) {
+        self.init(
+            format: Self.currentFormat, id: id, spec: spec, state: state, pid: pid, processStartTime: processStartTime, sandboxed: sandboxed,
+            directory: directory, jailDirectory: jailDirectory, chrootBase: chrootBase, execFileName: execFileName, parentCgroup: parentCgroup,
+            cgroupDirectories: cgroupDirectories, apiSocket: apiSocket, firecrackerBinary: firecrackerBinary, driverPID: driverPID,
+            driverStartTime: driverStartTime, createdAt: createdAt, updatedAt: updatedAt)
+    }
+}
+
 /// What a VM's process is now, compared with its record.
 public enum RecordedProcess: Sendable, Hashable {
     /// The recorded pid is the recorded Firecracker (start time and jail or directory match).
