@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MicroVMHost
 
 /// `microvm version`.
 struct VersionCommand: AsyncParsableCommand {
@@ -37,29 +38,5 @@ struct VersionCommand: AsyncParsableCommand {
         Output.line("microvm \(body.microvm)")
         Output.line("firecracker \(body.firecracker.version ?? "unavailable") (\(firecracker))")
         Output.line("jailer \(body.jailer.version ?? "unavailable") (\(jailer))")
-    }
-}
-
-/// A binary's `--version`, as `vX.Y.Z`.
-enum BinaryVersion {
-    static func read(_ path: String) -> String? {
-        guard FileManager.default.isExecutableFile(atPath: path) else { return nil }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = ["--version"]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        do {
-            try process.run()
-        } catch {
-            return nil
-        }
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let text = String(decoding: data, as: UTF8.self)
-        guard let range = text.range(of: #"v?\d+\.\d+\.\d+"#, options: .regularExpression) else { return nil }
-        let version = String(text[range])
-        return version.hasPrefix("v") ? version : "v" + version
     }
 }

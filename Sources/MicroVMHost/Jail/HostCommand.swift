@@ -107,3 +107,15 @@ enum HostCommand {
             standardError: String(decoding: collected[1], as: UTF8.self))
     }
 }
+
+/// The version a Firecracker-family binary (firecracker, jailer) prints for `--version`.
+public enum BinaryVersion {
+    /// `vX.Y.Z`, or nil when the binary cannot be run or prints no version.
+    public static func read(_ path: String) -> String? {
+        guard access(path, X_OK) == 0, let output = try? HostCommand.run(path, ["--version"]) else { return nil }
+        let text = output.standardOutput + output.standardError
+        guard let match = text.firstMatch(of: #/v?\d+\.\d+\.\d+/#) else { return nil }
+        let version = String(match.output)
+        return version.hasPrefix("v") ? version : "v" + version
+    }
+}
