@@ -314,3 +314,15 @@ public struct RotatingFile: Sendable {
         size = 0
     }
 }
+
+extension Console {
+    /// The console a spec asks for: its ring's bounds and its optional rotating file.
+    init(for spec: VMSpec) {
+        let settings = spec.console
+        self.init(
+            limits: Limits(lines: settings?.ringLines ?? 10_000, bytes: settings?.ringBytes ?? 1 << 20),
+            file: settings?.file.map {
+                RotatingFile.Configuration(path: FilePath($0), maximumBytes: settings?.maxFileBytes ?? 8 << 20, keep: settings?.keepFiles ?? 2)
+            })
+    }
+}

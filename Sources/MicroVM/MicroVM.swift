@@ -148,40 +148,7 @@ public actor MicroVM {
         var logger = logger
         logger[metadataKey: "vm"] = "\(spec.id)"
         // 1. Validate: nothing on the host is touched before the spec is known to be usable.
-        var problems = spec.validate()
-        if case .restore(let snapshot, _) = mode {
-            // A restore boots no kernel: it may be gone since the snapshot.
-            problems.removeAll { $0.field.hasPrefix("boot.") }
-            problems += snapshot.missingFiles()
-        }
-        if !problems.isEmpty { throw .invalidSpec(id: spec.id, problems: problems) }
-        let id: VMIdentifier
-        let jail: Jail
-        let decision: SandboxDecision
-        let limits = spec.limits?.resourceLimits ?? .recommended
-        let jailerConfiguration = configuration.jailerConfiguration(for: spec)
-        do {
-            id = try VMIdentifier(spec.id)
-            jail = try Jail(
-                configuration: jailerConfiguration, id: id, cgroupHost: try HostFacts.cgroupHost.get(), topology: HostFacts.topology)
-            _ = try jail.layout.socketHostPath()  // a chroot base too long for the API socket's path
-            let policy = spec.sandbox ?? configuration.policy
-            if let cached = PreflightCache.cached(policy: policy, configuration: jailerConfiguration, limits: limits) {
-                decision = cached
-            } else if policy == .disabled {
-                decision = try policy.evaluate(configuration: jailerConfiguration, logger: logger)  // no preflight to run
-            } else {
-                let preflightLogger = logger
-                decision = try await onThreadPool { () throws(JailError) in
-                    try PreflightCache.decide(policy: policy, configuration: jailerConfiguration, limits: limits, logger: preflightLogger)
-                }
-            }
-        } catch {
-            throw .sandbox(id: spec.id, error)
-        }
-        if !decision.isSandboxed {
-            logger.warning("starting Firecracker UNJAILED", metadata: ["policy": "\((spec.sandbox ?? configuration.policy).rawValue)"])
-        }
+        let (id, jail, decision, limits, jailerConfiguration) = try await plan(spec, configuration: configuration, mode: mode, logger: logger)
 
         // 2. Claim the id in this process (another VM of this driver may be between its own
         //    checks and its launch), then stage the files: a stale directory of the same id is
@@ -204,34 +171,14 @@ public actor MicroVM {
 
         // 3. The VM's network, before anything runs: the firewall is in place before the link
         //    is up, and a jailed VMM joins the namespace and runs as the TAP's owner.
-        var launchSpec = spec
-        var attachment: NetworkAttachment?
-        var executor: any VMMExecutor = decision.isSandboxed ? JailedExecutor(jail: jail, limits: limits) : DirectExecutor(jail: jail)
-        if let network = spec.network {
-            do {
-                let made = try await VMNetworking.setUp(
-                    network, for: id, sandboxed: decision.isSandboxed, jailer: jailerConfiguration,
-                    configuration: configuration.networkConfiguration, logger: logger)
-                attachment = made
-                launchSpec.networkInterfaces.append(NetworkInterfaceSpec(id: network.interface, tap: made.tapName, mac: made.guestMAC.description))
-                launchSpec.boot.args.append(made.bootArgument)
-                if decision.isSandboxed {
-                    var networked = jailerConfiguration
-                    networked.networkNamespace = made.namespacePath
-                    networked.uid = made.uid
-                    networked.gid = made.gid
-                    let networkedJail = try Jail(
-                        configuration: networked, id: id, cgroupHost: try HostFacts.cgroupHost.get(), topology: HostFacts.topology)
-                    executor = JailedExecutor(jail: networkedJail, limits: limits)
-                }
-            } catch {
-                await VMNetworking.tearDown(id, configuration: configuration.networkConfiguration, logger: logger)
+        let (launchSpec, attachment, executor) = try await attachNetwork(
+            spec, id: id, decision: decision, jail: jail, limits: limits, jailerConfiguration: jailerConfiguration,
+            configuration: configuration, logger: logger, undo: {
                 store.remove(id: spec.id)
                 LiveDirectories.release(directoryKey)
-                throw .createFailed(id: spec.id, step: "setting up the network", cause: error, exit: nil)
-            }
-        }
+            })
 
+        // 4. The files: linked (or copied) into the VM's directory.
         var staging: [StagingRequest]
         switch mode {
         case .restore(let snapshot, _):
@@ -254,7 +201,7 @@ public actor MicroVM {
         var streams: VMMStreams?
         var step = "writing the config file"
         do {
-            // 3. Firecracker's arguments: its log always goes to the driver's FIFO, never to
+            // 5. Firecracker's arguments: its log always goes to the driver's FIFO, never to
             //    stdout, which is the guest's console alone.
             let forward = spec.logging?.level?.swiftLogLevel ?? .info
             let firecrackerLevel = (spec.logging ?? VMSpec.LoggingSpec()).firecrackerLevel
@@ -266,13 +213,9 @@ public actor MicroVM {
                 arguments += ["--config-file", executor.vmmPath(VMFiles.configFile)]
             }
 
-            // 4. Streams, then the process.
+            // 6. Streams, then the process.
             step = "opening the console and log"
-            let console = Console(
-                limits: Console.Limits(lines: spec.console?.ringLines ?? 10_000, bytes: spec.console?.ringBytes ?? 1 << 20),
-                file: spec.console?.file.map {
-                    RotatingFile.Configuration(path: FilePath($0), maximumBytes: spec.console?.maxFileBytes ?? 8 << 20, keep: spec.console?.keepFiles ?? 2)
-                })
+            let console = Console(for: spec)
             let log = FirecrackerLog(logger: logger, forwardLevel: forward)
             let consoleOnDemand = configuration.consoleReading == .onDemand && spec.console?.file == nil
             if let monitor = configuration.monitor {
@@ -293,7 +236,7 @@ public actor MicroVM {
                 arguments: arguments, guest: GuestResources(memoryMiB: spec.machine.memoryMiB, vcpuCount: spec.machine.vcpus),
                 streams: streams!, logger: logger)
 
-            // 5. The API, raced against an early exit (then Firecracker's own words explain it).
+            // 7. The API, raced against an early exit (then Firecracker's own words explain it).
             //    The record is written meanwhile: it is off the launch's critical path.
             step = "waiting for Firecracker's API"
             let client = FirecrackerClient(socketPath: executor.apiSocketHostPath.string, logger: logger)
@@ -335,7 +278,7 @@ public actor MicroVM {
             step = "recording the VM"
             if let error = await recording.value { throw error }
 
-            // 6. Configure (or load the snapshot).
+            // 8. Configure (or load the snapshot).
             switch mode {
             case .bootFromConfigFile:
                 step = "putting MMDS data"
@@ -388,6 +331,88 @@ public actor MicroVM {
             }
             throw .createFailed(id: spec.id, step: step, cause: cause, exit: nil)
         }
+    }
+
+    /// Step 1 of a launch: the spec is usable (a restore needs no kernel, but its snapshot's
+    /// files), and where and how the VMM will run (the sandbox policy's decision, from the
+    /// preflight cache when it passed before).
+    private static func plan(
+        _ spec: VMSpec, configuration: DriverConfiguration, mode: LaunchMode, logger: Logger
+    ) async throws(MicroVMError) -> (VMIdentifier, Jail, SandboxDecision, ResourceLimits, JailerConfiguration) {
+        var problems = spec.validate()
+        if case .restore(let snapshot, _) = mode {
+            // A restore boots no kernel: it may be gone since the snapshot.
+            problems.removeAll { $0.field.hasPrefix("boot.") }
+            problems += snapshot.missingFiles()
+        }
+        if !problems.isEmpty { throw .invalidSpec(id: spec.id, problems: problems) }
+        let id: VMIdentifier
+        let jail: Jail
+        let decision: SandboxDecision
+        let limits = spec.limits?.resourceLimits ?? .recommended
+        let jailerConfiguration = configuration.jailerConfiguration(for: spec)
+        do {
+            id = try VMIdentifier(spec.id)
+            jail = try Jail(
+                configuration: jailerConfiguration, id: id, cgroupHost: try HostFacts.cgroupHost.get(), topology: HostFacts.topology)
+            _ = try jail.layout.socketHostPath()  // a chroot base too long for the API socket's path
+            let policy = spec.sandbox ?? configuration.policy
+            if let cached = PreflightCache.cached(policy: policy, configuration: jailerConfiguration, limits: limits) {
+                decision = cached
+            } else if policy == .disabled {
+                decision = try policy.evaluate(configuration: jailerConfiguration, logger: logger)  // no preflight to run
+            } else {
+                let preflightLogger = logger
+                decision = try await onThreadPool { () throws(JailError) in
+                    try PreflightCache.decide(policy: policy, configuration: jailerConfiguration, limits: limits, logger: preflightLogger)
+                }
+            }
+        } catch {
+            throw .sandbox(id: spec.id, error)
+        }
+        if !decision.isSandboxed {
+            logger.warning("starting Firecracker UNJAILED", metadata: ["policy": "\((spec.sandbox ?? configuration.policy).rawValue)"])
+        }
+
+        return (id, jail, decision, limits, jailerConfiguration)
+    }
+
+    /// Step 3 of a launch: the VM's network (spec `network`), made before anything runs, and
+    /// the executor that runs the VMM in it (a jailed VMM joins the namespace and runs as the
+    /// TAP's owner). The spec the VMM gets has the NIC and the guest's `ip=` boot argument.
+    /// On failure, what was made is removed and `undo` releases the caller's claims.
+    private static func attachNetwork(
+        _ spec: VMSpec, id: VMIdentifier, decision: SandboxDecision, jail: Jail, limits: ResourceLimits,
+        jailerConfiguration: JailerConfiguration, configuration: DriverConfiguration, logger: Logger, undo: () -> Void
+    ) async throws(MicroVMError) -> (VMSpec, NetworkAttachment?, any VMMExecutor) {
+        var launchSpec = spec
+        var attachment: NetworkAttachment?
+        var executor: any VMMExecutor = decision.isSandboxed ? JailedExecutor(jail: jail, limits: limits) : DirectExecutor(jail: jail)
+        if let network = spec.network {
+            do {
+                let made = try await VMNetworking.setUp(
+                    network, for: id, sandboxed: decision.isSandboxed, jailer: jailerConfiguration,
+                    configuration: configuration.networkConfiguration, logger: logger)
+                attachment = made
+                launchSpec.networkInterfaces.append(NetworkInterfaceSpec(id: network.interface, tap: made.tapName, mac: made.guestMAC.description))
+                launchSpec.boot.args.append(made.bootArgument)
+                if decision.isSandboxed {
+                    var networked = jailerConfiguration
+                    networked.networkNamespace = made.namespacePath
+                    networked.uid = made.uid
+                    networked.gid = made.gid
+                    let networkedJail = try Jail(
+                        configuration: networked, id: id, cgroupHost: try HostFacts.cgroupHost.get(), topology: HostFacts.topology)
+                    executor = JailedExecutor(jail: networkedJail, limits: limits)
+                }
+            } catch {
+                await VMNetworking.tearDown(id, configuration: configuration.networkConfiguration, logger: logger)
+                undo()
+                throw .createFailed(id: spec.id, step: "setting up the network", cause: error, exit: nil)
+            }
+        }
+
+        return (launchSpec, attachment, executor)
     }
 
     private static func configure(

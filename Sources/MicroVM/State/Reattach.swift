@@ -152,11 +152,7 @@ extension MicroVM {
             record.sandboxed ? JailedExecutor(jail: jail, limits: record.spec.limits?.resourceLimits ?? .recommended) : DirectExecutor(jail: jail)
         let streams: VMMStreams
         do {
-            let console = Console(
-                limits: Console.Limits(lines: record.spec.console?.ringLines ?? 10_000, bytes: record.spec.console?.ringBytes ?? 1 << 20),
-                file: record.spec.console?.file.map {
-                    RotatingFile.Configuration(path: FilePath($0), maximumBytes: record.spec.console?.maxFileBytes ?? 8 << 20, keep: record.spec.console?.keepFiles ?? 2)
-                })
+            let console = Console(for: record.spec)
             let log = FirecrackerLog(logger: logger, forwardLevel: record.spec.logging?.level?.swiftLogLevel ?? .info)
             let consoleOnDemand = configuration.consoleReading == .onDemand && record.spec.console?.file == nil
             if monitor != nil {
