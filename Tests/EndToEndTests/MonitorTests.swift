@@ -37,6 +37,21 @@ struct MonitorTests {
         return try configuration.stateStore.read(id: id)
     }
 
+    /// Runs `body`; if it throws, kills what `record` names (the VMM and its monitor, when still
+    /// theirs) and collects the VM, so a failed test leaves nothing running.
+    static func cleaningUp(_ record: VMRecord, _ configuration: DriverConfiguration, _ body: () async throws -> Void) async throws {
+        do {
+            try await body()
+        } catch {
+            for (pid, startTime) in [(record.pid, record.processStartTime), (record.monitorPID, record.monitorStartTime)] {
+                if let pid, ProcFS.startTime(of: pid) == startTime { kill(pid, SIGKILL) }
+            }
+            try? await Task.sleep(for: .milliseconds(200))
+            _ = await MicroVM.garbageCollect(configuration: configuration, logger: EndToEnd.logger)
+            throw error
+        }
+    }
+
     @Test(
         "The driver dies: the guest keeps writing (far past a 64 KiB FIFO), a new driver attaches to the monitor, replays the console, sends input, stops it cleanly; the monitor leaves with the VM",
         arguments: [SandboxPolicy.required, .disabled])
@@ -46,31 +61,33 @@ struct MonitorTests {
             let id = "mon-\(policy.rawValue.prefix(3))-\(getpid())"
             // A heartbeat every millisecond: about 30 KiB of console a second.
             let record = try await Self.orphan(id, configuration, assets, heartbeat: 1)
-            let monitorPID = try #require(record.monitorPID, "the record names no monitor")
-            #expect(record.monitorIsAlive)
-            // Without a reader the guest would stop at 64 KiB (the FIFO's size): wait for more.
-            let consoleLog = configuration.stateStore.directory(for: id).appending("console.log").string
-            var logged = 0
-            for _ in 0..<300 where logged <= 96 * 1024 {
-                try await Task.sleep(for: .milliseconds(100))
-                logged = (try? FileManager.default.attributesOfItem(atPath: consoleLog)[.size] as? Int) ?? 0
-            }
-            #expect(logged > 96 * 1024, "the guest wrote only \(logged) bytes in 30 s while no driver read its console")
+            try await Self.cleaningUp(record, configuration) {
+                let monitorPID = try #require(record.monitorPID, "the record names no monitor")
+                #expect(record.monitorIsAlive)
+                // Without a reader the guest would stop at 64 KiB (the FIFO's size): wait for more.
+                let consoleLog = configuration.stateStore.directory(for: id).appending("console.log").string
+                var logged = 0
+                for _ in 0..<300 where logged <= 96 * 1024 {
+                    try await Task.sleep(for: .milliseconds(100))
+                    logged = (try? FileManager.default.attributesOfItem(atPath: consoleLog)[.size] as? Int) ?? 0
+                }
+                #expect(logged > 96 * 1024, "the guest wrote only \(logged) bytes in 30 s while no driver read its console")
 
-            let listing = try #require(MicroVM.list(configuration: configuration).first { $0.id == id })
-            #expect(listing.process.isAlive && !listing.supervised)
-            let vm = try await MicroVM.attach(id: id, configuration: configuration, logger: EndToEnd.logger)
-            try await EndToEnd.using(vm) { vm in
-                #expect(await vm.state == .running)
-                _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat", timeout: .seconds(5))
-                vm.write("still there\n")
-                _ = try await vm.console.waitForLine(containing: "microvm-guest: echo still there", timeout: .seconds(10))
-                let reason = await vm.stop(grace: .seconds(5))
-                #expect(reason.kind == .guestShutdown, "\(reason)")
-                #expect(reason.exit == .exited(code: 0), "the monitor reported \(reason.exit)")
+                let listing = try #require(MicroVM.list(configuration: configuration).first { $0.id == id })
+                #expect(listing.process.isAlive && !listing.supervised)
+                let vm = try await MicroVM.attach(id: id, configuration: configuration, logger: EndToEnd.logger)
+                try await EndToEnd.using(vm) { vm in
+                    #expect(await vm.state == .running)
+                    _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat", timeout: .seconds(5))
+                    vm.write("still there\n")
+                    _ = try await vm.console.waitForLine(containing: "microvm-guest: echo still there", timeout: .seconds(10))
+                    let reason = await vm.stop(grace: .seconds(5))
+                    #expect(reason.kind == .guestShutdown, "\(reason)")
+                    #expect(reason.exit == .exited(code: 0), "the monitor reported \(reason.exit)")
+                }
+                #expect(ProcFS.startTime(of: monitorPID) == nil || ProcFS.state(of: monitorPID) == "Z", "the monitor outlived its VM")
+                #expect(!FileManager.default.fileExists(atPath: configuration.stateStore.directory(for: id).string))
             }
-            #expect(ProcFS.startTime(of: monitorPID) == nil || ProcFS.state(of: monitorPID) == "Z", "the monitor outlived its VM")
-            #expect(!FileManager.default.fileExists(atPath: configuration.stateStore.directory(for: id).string))
         }
     }
 
@@ -80,26 +97,28 @@ struct MonitorTests {
             let configuration = try Self.monitored(configuration)
             let id = "mon-exit-\(getpid())"
             let record = try await Self.orphan(id, configuration, assets)
-            let monitorPID = try #require(record.monitorPID)
-            // Ctrl-Alt-Del straight through the API: no driver is involved in the stop.
-            let client = FirecrackerClient(socketPath: record.apiSocket)
-            try await client.sendCtrlAltDel()
-            await client.close()
-            for _ in 0..<500 where ProcFS.startTime(of: monitorPID) != nil && ProcFS.state(of: monitorPID) != "Z" {
-                try await Task.sleep(for: .milliseconds(10))
+            try await Self.cleaningUp(record, configuration) {
+                let monitorPID = try #require(record.monitorPID)
+                // Ctrl-Alt-Del straight through the API: no driver is involved in the stop.
+                let client = FirecrackerClient(socketPath: record.apiSocket)
+                try await client.sendCtrlAltDel()
+                await client.close()
+                for _ in 0..<500 where ProcFS.startTime(of: monitorPID) != nil && ProcFS.state(of: monitorPID) != "Z" {
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+                let listing = try #require(MicroVM.list(configuration: configuration).first { $0.id == id })
+                #expect(!listing.process.isAlive)
+                guard case .stopped(let reason)? = listing.state else {
+                    Issue.record("expected stopped, got \(String(describing: listing.state))")
+                    return
+                }
+                #expect(reason.kind == .guestShutdown && reason.exit == .exited(code: 0), "\(reason)")
+                let console = try String(contentsOfFile: configuration.stateStore.directory(for: id).appending("console.log").string, encoding: .utf8)
+                #expect(console.contains("microvm-guest: goodbye"))
+                let collected = await MicroVM.garbageCollect(configuration: configuration, logger: EndToEnd.logger)
+                #expect(collected.first { $0.id == id }?.teardown?.isComplete == true, "\(collected)")
+                #expect(MicroVM.list(configuration: configuration).isEmpty)
             }
-            let listing = try #require(MicroVM.list(configuration: configuration).first { $0.id == id })
-            #expect(!listing.process.isAlive)
-            guard case .stopped(let reason)? = listing.state else {
-                Issue.record("expected stopped, got \(String(describing: listing.state))")
-                return
-            }
-            #expect(reason.kind == .guestShutdown && reason.exit == .exited(code: 0), "\(reason)")
-            let console = try String(contentsOfFile: configuration.stateStore.directory(for: id).appending("console.log").string, encoding: .utf8)
-            #expect(console.contains("microvm-guest: goodbye"))
-            let collected = await MicroVM.garbageCollect(configuration: configuration, logger: EndToEnd.logger)
-            #expect(collected.first { $0.id == id }?.teardown?.isComplete == true, "\(collected)")
-            #expect(MicroVM.list(configuration: configuration).isEmpty)
         }
     }
 
@@ -109,24 +128,26 @@ struct MonitorTests {
             let configuration = try Self.monitored(configuration)
             let id = "mon-kill-\(getpid())"
             let record = try await Self.orphan(id, configuration, assets)
-            let monitorPID = try #require(record.monitorPID)
-            kill(monitorPID, SIGKILL)
-            for _ in 0..<200 where ProcFS.startTime(of: monitorPID) != nil && ProcFS.state(of: monitorPID) != "Z" {
-                try await Task.sleep(for: .milliseconds(10))
+            try await Self.cleaningUp(record, configuration) {
+                let monitorPID = try #require(record.monitorPID)
+                kill(monitorPID, SIGKILL)
+                for _ in 0..<200 where ProcFS.startTime(of: monitorPID) != nil && ProcFS.state(of: monitorPID) != "Z" {
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+                var status: Int32 = 0
+                _ = waitpid(monitorPID, &status, WNOHANG)  // when this process adopted it
+                let listing = try #require(MicroVM.list(configuration: configuration).first { $0.id == id })
+                #expect(listing.process.isAlive)
+                #expect(listing.record?.monitorIsAlive == false)
+                let vm = try await MicroVM.attach(id: id, configuration: configuration, logger: EndToEnd.logger)
+                try await EndToEnd.using(vm) { vm in
+                    vm.write("after the monitor\n")
+                    _ = try await vm.console.waitForLine(containing: "microvm-guest: echo after the monitor", timeout: .seconds(10))
+                    let reason = await vm.stop(grace: .seconds(5))
+                    #expect(reason.kind == .guestShutdown, "\(reason)")
+                }
+                #expect(MicroVM.list(configuration: configuration).isEmpty)
             }
-            var status: Int32 = 0
-            _ = waitpid(monitorPID, &status, WNOHANG)  // when this process adopted it
-            let listing = try #require(MicroVM.list(configuration: configuration).first { $0.id == id })
-            #expect(listing.process.isAlive)
-            #expect(listing.record?.monitorIsAlive == false)
-            let vm = try await MicroVM.attach(id: id, configuration: configuration, logger: EndToEnd.logger)
-            try await EndToEnd.using(vm) { vm in
-                vm.write("after the monitor\n")
-                _ = try await vm.console.waitForLine(containing: "microvm-guest: echo after the monitor", timeout: .seconds(10))
-                let reason = await vm.stop(grace: .seconds(5))
-                #expect(reason.kind == .guestShutdown, "\(reason)")
-            }
-            #expect(MicroVM.list(configuration: configuration).isEmpty)
         }
     }
 }
