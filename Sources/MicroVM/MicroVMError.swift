@@ -51,8 +51,15 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
         case .api(_, let operation, let error):
             return "\(vm)\(operation): \(error)"
         case .createFailed(_, let step, let cause, let exit):
-            let exitText = exit.map { "; Firecracker \($0)" } ?? ""
-            return "\(vm)create failed while \(step): \(cause)\(exitText); everything it had made was removed"
+            let exitText = exit.map { "\($0)".hasPrefix("Firecracker") ? "; \($0)" : "; Firecracker \($0)" } ?? ""
+            // The cause's own words, without its "VM id:" prefixes or its hint: the error
+            // names the VM once and its hint is the cause's.
+            var causeText = (cause as? JailError)?.summary ?? "\(cause)"
+            while causeText.hasPrefix(vm), !vm.isEmpty { causeText.removeFirst(vm.count) }
+            if let hint = (cause as? MicroVMError)?.hint ?? (cause as? JailError)?.hint, causeText.hasSuffix(". Hint: \(hint)") {
+                causeText.removeLast(". Hint: \(hint)".count)
+            }
+            return "\(vm)create failed while \(step): \(causeText)\(exitText); everything it had made was removed"
         case .snapshotFailed(_, let step, let detail):
             return "\(vm)snapshot failed while \(step): \(detail)"
         case .file(_, let error):
