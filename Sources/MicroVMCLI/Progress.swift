@@ -76,7 +76,8 @@ enum Progress {
     /// library reports no progress, so the files are watched from outside while it works.
     static func showing<T, E: Error>(
         _ title: String, enabled: Bool = isatty(2) == 1, delay: Duration = .milliseconds(400), interval: Duration = .milliseconds(200),
-        probe: @escaping @Sendable () -> [ProgressItem], _ body: () async throws(E) -> T
+        probe: @escaping @Sendable () -> [ProgressItem], write: @escaping @Sendable (String) -> Void = Progress.standardError,
+        _ body: () async throws(E) -> T
     ) async throws(E) -> T {
         guard enabled else { return try await body() }
         let started = ContinuousClock.now
@@ -86,12 +87,12 @@ enum Progress {
             while !Task.isCancelled {
                 let line = ProgressFormat.line(title, probe(), elapsed: ContinuousClock.now - started)
                 if line != shown {
-                    FileHandle.standardError.write(Data(("\r\u{1B}[K" + line).utf8))
+                    write("\r\u{1B}[K" + line)
                     shown = line
                 }
                 try? await Task.sleep(for: interval)
             }
-            if shown != nil { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
+            if shown != nil { write("\r\u{1B}[K") }
         }
         let result: Result<T, E>
         do throws(E) {
@@ -102,5 +103,10 @@ enum Progress {
         display.cancel()
         await display.value
         return try result.get()
+    }
+
+    /// Redrawn in place: carriage return, erase the line, the new text (no newline).
+    @Sendable static func standardError(_ text: String) {
+        FileHandle.standardError.write(Data(text.utf8))
     }
 }

@@ -56,6 +56,33 @@ struct ProgressFormatTests {
         }
     }
 
+    @Test("on a terminal: nothing before the delay, then the line redrawn in place as the files grow, erased at the end")
+    func shown() async throws {
+        let written = Collected()
+        let probed = ProbeCount()
+        let value = await Progress.showing(
+            "snapshot vm", enabled: true, delay: .milliseconds(20), interval: .milliseconds(10),
+            probe: {
+                probed.add()
+                return [ProgressItem(label: "memory", bytes: Int64(probed.count) << 20, total: 64 << 20)]
+            },
+            write: { written.append(Array($0.utf8)) }
+        ) { () async -> Int in
+            try? await Task.sleep(for: .milliseconds(200))
+            return 1
+        }
+        #expect(value == 1)
+        let text = String(decoding: written.bytes, as: UTF8.self)
+        let frames = text.components(separatedBy: "\r\u{1B}[K").dropFirst()
+        #expect(frames.count >= 3, "\(text.debugDescription)")
+        #expect(frames.first?.hasPrefix("snapshot vm: memory [") == true, "\(text.debugDescription)")
+        #expect(frames.last == "", "the line is erased once the work is done")
+        #expect(!text.contains("\n"), "redrawn in place, never a new line")
+        let quick = Collected()
+        _ = await Progress.showing("x", enabled: true, delay: .seconds(5), probe: { [] }, write: { quick.append(Array($0.utf8)) }) { 0 }
+        #expect(quick.bytes.isEmpty, "work done within the delay shows nothing")
+    }
+
     @Test("a file's bytes are the ones written, not the length it was given")
     func fileBytes() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("progress-\(getpid())").path
