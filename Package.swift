@@ -136,6 +136,12 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The command line's own logic that needs no VM (formatting, log tails).
+        .testTarget(
+            name: "MicroVMCLITests",
+            dependencies: ["MicroVMCLI"],
+            swiftSettings: strict
+        ),
         // A driver process the end-to-end tests kill to prove that VMs outlive their driver.
         .executableTarget(
             name: "MicroVMTestDriver",
