@@ -22,6 +22,8 @@ public actor FirecrackerLog {
     private let logger: Logger
     private let forwardLevel: Logger.Level
     private let ended = ExitState<Bool>()
+    /// Messages recently re-emitted: when, and how many repeats were held back since.
+    private var repeats: [String: (emitted: ContinuousClock.Instant, suppressed: Int)] = [:]
     private var messageWaiters: [(token: Int, needle: String, continuation: CheckedContinuation<Bool, Never>)] = []
     private var nextWaiter = 0
 
@@ -126,11 +128,23 @@ public actor FirecrackerLog {
             for waiter in matched { waiter.continuation.resume(returning: true) }
         }
         if lines.count > capacity { lines.removeFirst() }
-        if line.level >= forwardLevel {
-            logger.log(
-                level: line.level, "\(line.message)", metadata: ["firecracker_thread": "\(line.thread)"],
-                source: "firecracker")
+        if line.level >= forwardLevel { forward(line) }
+    }
+
+    /// Re-emits a line, but a message that repeats within a second is counted, not repeated:
+    /// Firecracker logs every failed console write (a console nobody reads any more), which
+    /// would otherwise flood the host's log. The count goes with the message's next emission.
+    private func forward(_ line: Line) {
+        let now = ContinuousClock.now
+        if let last = repeats[line.message], now - last.emitted < .seconds(1) {
+            repeats[line.message]?.suppressed += 1
+            return
         }
+        var metadata: Logger.Metadata = ["firecracker_thread": "\(line.thread)"]
+        if let suppressed = repeats[line.message]?.suppressed, suppressed > 0 { metadata["repeated"] = "\(suppressed)" }
+        if repeats.count >= 64 { repeats.removeAll() }
+        repeats[line.message] = (now, 0)
+        logger.log(level: line.level, "\(line.message)", metadata: metadata, source: "firecracker")
     }
 
     /// Parses a line written with `--show-level`; anything else is kept whole at level info.

@@ -1,0 +1,40 @@
+import Logging
+@testable import MicroVM
+import Synchronization
+import Testing
+
+@Suite("Firecracker's log, re-emitted")
+struct FirecrackerLogTests {
+    final class Capture: LogHandler, @unchecked Sendable {
+        // Guarded by the mutex; the rest is LogHandler boilerplate.
+        let records = Mutex<[(level: Logger.Level, message: String, metadata: Logger.Metadata)]>([])
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .trace
+
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+
+        func log(event: LogEvent) {
+            records.withLock { $0.append((event.level, "\(event.message)", event.metadata ?? [:])) }
+        }
+    }
+
+    @Test("Levels are mapped; a message repeated within a second (a console nobody reads) is emitted once, the rest counted; every line is kept")
+    func repeatsAreCounted() async {
+        let capture = Capture()
+        let log = FirecrackerLog(logger: Logger(label: "test") { _ in capture }, forwardLevel: .info)
+        var text = "2026-12-01T00:00:00.000000000 [vm:main:INFO] Running Firecracker v1.12.1\n"
+        for _ in 0..<200 {
+            text += "2026-12-01T00:00:01.000000000 [vm:fc_vcpu 0:ERROR] Received signal 13, code 0.\n"
+            text += "2026-12-01T00:00:01.000000000 [vm:fc_vcpu 0:ERROR] Failed the write to serial: Broken pipe\n"
+        }
+        text += "2026-12-01T00:00:02.000000000 [vm:main:WARN] Vmm is stopping.\n"
+        await log.append(Array(text.utf8))
+        let records = capture.records.withLock { $0 }
+        #expect(records.map(\.message) == ["Running Firecracker v1.12.1", "Received signal 13, code 0.", "Failed the write to serial: Broken pipe", "Vmm is stopping."])
+        #expect(records.map(\.level) == [.info, .error, .error, .warning])
+        #expect(await log.recentLines.count == 402)
+    }
+}
