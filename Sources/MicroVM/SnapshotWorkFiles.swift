@@ -14,6 +14,15 @@ public enum SnapshotWorkFiles {
     }
 }
 
+/// Where a VM's writable drives are copied while it is created (`MicroVM.create`/`run`): the
+/// copy of a large image is what a create waits for.
+public enum DriveCopyFiles {
+    /// The per-VM copy of drive `id` under a VM's directory (a jail's `root/`).
+    public static func copy(of id: String, inVMDirectory directory: String) -> String {
+        directory + VMFiles.drive(id).string
+    }
+}
+
 extension VMRecord {
     public var snapshotWorkFiles: (state: String, memory: String) { SnapshotWorkFiles.snapshot(inVMDirectory: directory) }
     public var restoreWorkFiles: (state: String, memory: String) { SnapshotWorkFiles.restore(inVMDirectory: directory) }

@@ -16,7 +16,10 @@ struct CreateCommand: AsyncParsableCommand {
         let logger = global.makeLogger(label: "microvm.create")
         let spec = try vm.spec()
         let configuration = try global.driverConfiguration(firecracker: vm.firecracker, jailer: vm.jailer, launches: true)
-        let machine = try await MicroVM.create(spec, configuration: configuration, logger: logger)
+        let machine = try await Progress.showing("create \(spec.id)", probe: Progress.driveCopies(spec, configuration: configuration)) {
+            () async throws(MicroVMError) -> MicroVM in
+            try await MicroVM.create(spec, configuration: configuration, logger: logger)
+        }
         Output.line(machine.id.rawValue)
     }
 }

@@ -1,4 +1,6 @@
 import Foundation
+import MicroVM
+import MicroVMHost
 
 #if canImport(Glibc)
     import Glibc
@@ -103,6 +105,32 @@ enum Progress {
         display.cancel()
         await display.value
         return try result.get()
+    }
+
+    /// Where VM `id`'s directory is while it is being made: its record says so once written
+    /// (after staging); until then, where its jail settings put it.
+    static func vmDirectory(id: String, configuration: DriverConfiguration) -> @Sendable () -> String? {
+        let store = configuration.stateStore
+        let jail = (try? VMIdentifier(id)).map {
+            JailLayout(chrootBase: configuration.jailer.canonicalChrootBase, execFileName: configuration.jailer.execFileName, id: $0).rootDirectory.string
+        }
+        return { (try? store.read(id: id))?.directory ?? jail }
+    }
+
+    /// A create's writable drive copies (per-VM copies of their images), each against its
+    /// image's allocated size: the copy is extent-exact, so it allocates what the image has.
+    static func driveCopies(_ spec: VMSpec, configuration: DriverConfiguration) -> @Sendable () -> [ProgressItem] {
+        let vmDirectory = vmDirectory(id: spec.id, configuration: configuration)
+        let drives: [(id: String, total: Int64?)] = spec.drives.filter { $0.readOnly != true }.map { drive in
+            var info = stat()
+            return (drive.id, stat(drive.path, &info) == 0 ? Int64(info.st_blocks) * 512 : nil)
+        }
+        return {
+            guard let directory = vmDirectory() else { return [] }
+            return drives.compactMap { drive in
+                ProgressItem.file(drive.id, [DriveCopyFiles.copy(of: drive.id, inVMDirectory: directory)], total: drive.total)
+            }
+        }
     }
 
     /// Redrawn in place: carriage return, erase the line, the new text (no newline).

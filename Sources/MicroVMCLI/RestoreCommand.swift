@@ -55,13 +55,9 @@ struct RestoreCommand: AsyncParsableCommand {
     /// which names that directory, is written only after staging: until then, where the jail
     /// will be.
     static func progressProbe(_ snapshot: Snapshot, id: String, configuration: DriverConfiguration) -> @Sendable () -> [ProgressItem] {
-        let store = configuration.stateStore
-        let jail = (try? VMIdentifier(id)).map {
-            JailLayout(chrootBase: configuration.jailer.canonicalChrootBase, execFileName: configuration.jailer.execFileName, id: $0).rootDirectory.string
-        }
+        let vmDirectory = Progress.vmDirectory(id: id, configuration: configuration)
         return {
-            let directory = (try? store.read(id: id))?.directory ?? jail
-            guard let directory else { return [] }
+            guard let directory = vmDirectory() else { return [] }
             let work = SnapshotWorkFiles.restore(inVMDirectory: directory)
             return [
                 ProgressItem.file("memory", [work.memory], measure: .length),

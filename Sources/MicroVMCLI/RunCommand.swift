@@ -35,7 +35,10 @@ struct RunCommand: AsyncParsableCommand {
         let spec = try vm.spec()
         let keys = try console.detachSequence()
         let configuration = try global.driverConfiguration(firecracker: vm.firecracker, jailer: vm.jailer, launches: true)
-        let machine = try await MicroVM.run(spec, configuration: configuration, logger: logger)
+        let machine = try await Progress.showing("create \(spec.id)", probe: Progress.driveCopies(spec, configuration: configuration)) {
+            () async throws(MicroVMError) -> MicroVM in
+            try await MicroVM.run(spec, configuration: configuration, logger: logger)
+        }
         if detach {
             Output.line(machine.id.rawValue)
             return
