@@ -3,6 +3,7 @@
 #endif
 import Logging
 import SystemPackage
+import NetworkTestbed
 import Testing
 
 @testable import MicroVMHost
@@ -21,7 +22,7 @@ private func requireNetwork() throws {
 
 /// rx packets of tap0 and tx packets of veth0 in a VM namespace.
 private func linkCounters(_ namespace: String) throws -> (tapReceived: Int, vethSent: Int) {
-    let json = try JSONValue.parse(try sh(["ip", "-j", "-s", "link", "show"], in: namespace))
+    let json = try JSONValue.parse(try runCommand(["ip", "-j", "-s", "link", "show"], in: namespace))
     var tap = -1
     var veth = -1
     for link in json.array ?? [] {
@@ -34,7 +35,7 @@ private func linkCounters(_ namespace: String) throws -> (tapReceived: Int, veth
 /// [user, group] of a TAP from `ip -j -d link show`, as text (iproute2 6.1 prints a group that
 /// has a name by its name).
 private func tapOwner(_ name: String, in namespace: String) throws -> [String] {
-    let json = try JSONValue.parse(try sh(["ip", "-j", "-d", "link", "show", "dev", name], in: namespace))
+    let json = try JSONValue.parse(try runCommand(["ip", "-j", "-d", "link", "show", "dev", name], in: namespace))
     let data = json.array?.first?["linkinfo"]?["info_data"]
     return [data?["user"], data?["group"]].map { $0?.int.map(String.init) ?? $0?.string ?? "?" }
 }
@@ -111,8 +112,8 @@ struct NetworkIsolationTests {
     static let closedPort: UInt16 = 9
 
     static let policy = EgressPolicy(allow: [
-        EgressRule(destination: IPNetwork(NetworkTopology.internetAddress, prefixLength: 32), transport: .udp, ports: echoPort...echoPort),
-        EgressRule(destination: IPNetwork(NetworkTopology.internetAddress, prefixLength: 32), transport: .tcp, ports: echoPort...echoPort),
+        EgressRule(destination: IPNetwork(NetworkTestbed.internetAddress, prefixLength: 32), transport: .udp, ports: echoPort...echoPort),
+        EgressRule(destination: IPNetwork(NetworkTestbed.internetAddress, prefixLength: 32), transport: .tcp, ports: echoPort...echoPort),
     ])
 
     /// Allowed destinations answer; every other destination, spoofed sources, the host's and the
@@ -120,13 +121,13 @@ struct NetworkIsolationTests {
     @Test(.enabled(if: HostPrerequisite.runnable(canRunNetwork)))
     func egressFirewallFilters() throws {
         try requireNetwork()
-        let topology = try NetworkTopology("iso")
+        let topology = try NetworkTestbed("iso")
         defer { topology.remove() }
         let internet = try EchoServer(namespace: topology.internetPath, ports: [Self.echoPort, Self.closedPort])
         defer { internet.shutdown() }
         let host = try EchoServer(namespace: topology.hostPath, ports: [Self.echoPort])
         defer { host.shutdown() }
-        let network = try topology.network()
+        let network = try topology.network(logger: testLogger)
         #expect(network.preflight().problems.isEmpty, "\(network.preflight().problems)")
 
         let attachment = try network.setUp(for: vm("iso-a"), policy: Self.policy)
@@ -141,30 +142,30 @@ struct NetworkIsolationTests {
 
         // Allowed: UDP and TCP to 192.0.2.2:7.
         var answered = 0
-        for n in 0..<10 where guest.udpExchange(to: NetworkTopology.internetAddress, port: Self.echoPort, payload: Array("ping \(n)".utf8)) == Array("ping \(n)".utf8) {
+        for n in 0..<10 where guest.udpExchange(to: NetworkTestbed.internetAddress, port: Self.echoPort, payload: Array("ping \(n)".utf8)) == Array("ping \(n)".utf8) {
             answered += 1
         }
         #expect(answered == 10)
         #expect(internet.count("udp/7") == 10)
-        #expect(guest.tcpConnect(to: NetworkTopology.internetAddress, port: Self.echoPort))
+        #expect(guest.tcpConnect(to: NetworkTestbed.internetAddress, port: Self.echoPort))
 
         // Not allowed: another port, another destination, TCP to another port.
         for _ in 0..<5 {
-            #expect(guest.udpExchange(to: NetworkTopology.internetAddress, port: Self.closedPort, payload: [1], within: 150) == nil)
-            #expect(guest.udpExchange(to: NetworkTopology.otherAddress, port: Self.echoPort, payload: [2], within: 150) == nil)
+            #expect(guest.udpExchange(to: NetworkTestbed.internetAddress, port: Self.closedPort, payload: [1], within: 150) == nil)
+            #expect(guest.udpExchange(to: NetworkTestbed.otherAddress, port: Self.echoPort, payload: [2], within: 150) == nil)
         }
-        #expect(!guest.tcpConnect(to: NetworkTopology.internetAddress, port: Self.closedPort, within: 200))
-        #expect(!guest.ping(NetworkTopology.internetAddress))
+        #expect(!guest.tcpConnect(to: NetworkTestbed.internetAddress, port: Self.closedPort, within: 200))
+        #expect(!guest.ping(NetworkTestbed.internetAddress))
 
         // Spoofed source address and spoofed MAC.
         for _ in 0..<5 {
-            #expect(guest.udpExchange(to: NetworkTopology.internetAddress, port: Self.echoPort, payload: [3], from: IPv4Address(172, 16, 0, 99), within: 150) == nil)
-            let forged = guest.udp(to: NetworkTopology.internetAddress, sourcePort: 5555, port: Self.echoPort, payload: [4])
+            #expect(guest.udpExchange(to: NetworkTestbed.internetAddress, port: Self.echoPort, payload: [3], from: IPv4Address(172, 16, 0, 99), within: 150) == nil)
+            let forged = guest.udp(to: NetworkTestbed.internetAddress, sourcePort: 5555, port: Self.echoPort, payload: [4])
             guest.send(Array(forged[0..<6]) + [0x06, 0, 0, 0, 0, 0x63] + Array(forged[12...]))
         }
 
         // The host (its end of the link and its uplink address) and the namespace's own addresses.
-        for target in [attachment.hostAddress, NetworkTopology.uplinkAddress] {
+        for target in [attachment.hostAddress, NetworkTestbed.uplinkAddress] {
             #expect(guest.udpExchange(to: target, port: Self.echoPort, payload: [5], within: 150) == nil)
             #expect(!guest.ping(target, within: 150))
         }
@@ -181,7 +182,7 @@ struct NetworkIsolationTests {
         let after = try linkCounters(namespace)
         #expect(after.tapReceived - before.tapReceived == 2)
         #expect(after.vethSent == before.vethSent)
-        #expect(try sh(["ip", "-6", "addr", "show"], in: namespace).trimmingNetworkWhitespace().isEmpty)
+        #expect(try runCommand(["ip", "-6", "addr", "show"], in: namespace).trimmingNetworkWhitespace().isEmpty)
         // The TAP is owned by the VM's own uid:gid.
         #expect(try tapOwner(attachment.tapName, in: attachment.namespacePath!.string) == owner(attachment.uid, attachment.gid))
 
@@ -208,11 +209,11 @@ struct NetworkIsolationTests {
     @Test(.enabled(if: HostPrerequisite.runnable(canRunNetwork)))
     func clonesWithOneGuestAddress() throws {
         try requireNetwork()
-        let topology = try NetworkTopology("clone")
+        let topology = try NetworkTestbed("clone")
         defer { topology.remove() }
         let internet = try EchoServer(namespace: topology.internetPath, ports: [Self.echoPort])
         defer { internet.shutdown() }
-        let network = try topology.network()
+        let network = try topology.network(logger: testLogger)
         let a = try network.setUp(for: vm("clone-a"), policy: Self.policy)
         let b = try network.setUp(for: vm("clone-b"), policy: Self.policy)
         defer {
@@ -229,8 +230,8 @@ struct NetworkIsolationTests {
             let payloadA = Array("A\(n)".utf8)
             let payloadB = Array("B\(n)".utf8)
             let sourcePort: UInt16 = 41000  // the same 5-tuple in both clones
-            guestA.send(guestA.udp(to: NetworkTopology.internetAddress, sourcePort: sourcePort, port: Self.echoPort, payload: payloadA))
-            guestB.send(guestB.udp(to: NetworkTopology.internetAddress, sourcePort: sourcePort, port: Self.echoPort, payload: payloadB))
+            guestA.send(guestA.udp(to: NetworkTestbed.internetAddress, sourcePort: sourcePort, port: Self.echoPort, payload: payloadA))
+            guestB.send(guestB.udp(to: NetworkTestbed.internetAddress, sourcePort: sourcePort, port: Self.echoPort, payload: payloadB))
             let isUDP: ([UInt8]) -> Bool = { f in f.count > 42 && f[23] == 17 }
             #expect(guestA.receive(within: 500, isUDP).map { Array($0[42...]) } == payloadA)
             #expect(guestB.receive(within: 500, isUDP).map { Array($0[42...]) } == payloadB)
@@ -244,9 +245,9 @@ struct NetworkIsolationTests {
     @Test(.enabled(if: HostPrerequisite.runnable(canRunNetwork)))
     func teardownAndGarbageCollectionLeaveNothing() throws {
         try requireNetwork()
-        let topology = try NetworkTopology("gc")
+        let topology = try NetworkTestbed("gc")
         defer { topology.remove() }
-        let network = try topology.network()
+        let network = try topology.network(logger: testLogger)
 
         func leftovers(_ attachment: NetworkAttachment) throws -> [String] {
             var found: [String] = []
@@ -271,7 +272,7 @@ struct NetworkIsolationTests {
         let kept = try network.setUp(for: vm("gc-kept"), policy: Self.policy)
         let guest = try FakeGuest(killed)  // holds the TAP open like a VMM would
         _ = guest
-        let restarted = try topology.network()
+        let restarted = try topology.network(logger: testLogger)
         #expect(try restarted.attachment(for: vm("gc-killed")) == killed)
         let report = try restarted.garbageCollect(keeping: [vm("gc-kept")])
         #expect(try report.releasedVMs == [vm("gc-killed")])
@@ -291,32 +292,32 @@ struct NetworkIsolationTests {
     @Test(.enabled(if: HostPrerequisite.runnable(canRunNetwork)))
     func preflightDetectsWhatBreaksIt() throws {
         try requireNetwork()
-        let topology = try NetworkTopology("pre")
+        let topology = try NetworkTestbed("pre")
         defer { topology.remove() }
-        #expect(try topology.network().preflight().problems == [])
-        try sh(["nft", "add table ip filter; add chain ip filter FORWARD { type filter hook forward priority 0; policy drop; }"], in: topology.hostPath)
+        #expect(try topology.network(logger: testLogger).preflight().problems == [])
+        try runCommand(["nft", "add table ip filter; add chain ip filter FORWARD { type filter hook forward priority 0; policy drop; }"], in: topology.hostPath)
         try NetworkNamespace.writeSysctl("net.ipv4.ip_forward", "0", in: topology.hostPath)
-        let report = try topology.network(uplink: "nosuch0").preflight()
+        let report = try topology.network(uplink: "nosuch0", logger: testLogger).preflight()
         #expect(report.problems.contains(.foreignForwardDrop(family: "ip", table: "filter", chain: "FORWARD")))
         #expect(report.problems.contains(.forwardingDisabled(namespace: topology.hostPath)))
         #expect(report.problems.contains(.uplinkMissing(name: "nosuch0", namespace: topology.hostPath)))
         #expect(throws: NetworkError.self) { try report.requireReady() }
         // Setting up a VM does not touch the foreign table.
-        let network = try topology.network()
+        let network = try topology.network(logger: testLogger)
         _ = try network.setUp(for: vm("pre-a"), policy: .denyAll)
         try network.tearDown(vm("pre-a"))
-        #expect(try sh(["nft", "list", "table", "ip", "filter"], in: topology.hostPath).contains("policy drop"))
+        #expect(try runCommand(["nft", "list", "table", "ip", "filter"], in: topology.hostPath).contains("policy drop"))
     }
 
     /// TAP mode (no namespace): per-VM addresses on a host TAP owned by the VM's uid.
     @Test(.enabled(if: HostPrerequisite.runnable(canRunNetwork)))
     func tapModeWithoutNamespace() throws {
         try requireNetwork()
-        let topology = try NetworkTopology("tap")
+        let topology = try NetworkTestbed("tap")
         defer { topology.remove() }
         let internet = try EchoServer(namespace: topology.internetPath, ports: [Self.echoPort])
         defer { internet.shutdown() }
-        let network = try topology.network()
+        let network = try topology.network(logger: testLogger)
         let attachment = try network.setUp(for: vm("tap-a"), policy: Self.policy, mode: .tap, owner: .fixed(uid: 123, gid: 100))
         #expect(attachment.namespacePath == nil && attachment.tapName == attachment.hostInterface)
         #expect(attachment.uid == 123)
@@ -328,9 +329,9 @@ struct NetworkIsolationTests {
             hostAddress: attachment.hostAddress, outsideAddress: attachment.outsideAddress, uid: 123, gid: 100,
             guestInterface: "eth0", nameservers: []))
         try guest.resolveGateway()
-        #expect(guest.udpExchange(to: NetworkTopology.internetAddress, port: Self.echoPort, payload: [9]) == [9])
-        #expect(guest.udpExchange(to: NetworkTopology.otherAddress, port: Self.echoPort, payload: [9], within: 200) == nil)
-        #expect(guest.udpExchange(to: NetworkTopology.internetAddress, port: Self.echoPort, payload: [9], from: IPv4Address(10, 200, 0, 99), within: 200) == nil)
+        #expect(guest.udpExchange(to: NetworkTestbed.internetAddress, port: Self.echoPort, payload: [9]) == [9])
+        #expect(guest.udpExchange(to: NetworkTestbed.otherAddress, port: Self.echoPort, payload: [9], within: 200) == nil)
+        #expect(guest.udpExchange(to: NetworkTestbed.internetAddress, port: Self.echoPort, payload: [9], from: IPv4Address(10, 200, 0, 99), within: 200) == nil)
         try network.tearDown(vm("tap-a"))
         #expect(try !network.interfaceExists(attachment.tapName, in: topology.hostPath))
     }
