@@ -12,6 +12,8 @@ public final class FakeGuest {
     public let mac: [UInt8]
     public let address: IPv4Address
     public let gateway: IPv4Address
+    /// The guest's IPv6 side, when the VM network has one.
+    public let ipv6: IPv6Attachment?
     public private(set) var gatewayMAC: [UInt8] = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
     private var nextPort: UInt16 = 40000
 
@@ -22,6 +24,7 @@ public final class FakeGuest {
         mac = attachment.guestMAC.bytes
         address = attachment.guestAddress
         gateway = attachment.gatewayAddress
+        ipv6 = attachment.ipv6
     }
 
     deinit { close(fd) }
@@ -145,6 +148,33 @@ public final class FakeGuest {
             f.count >= 42 && f[12] == 0x08 && f[13] == 0 && f[23] == 1 && f[34] == 0 && Array(f[26..<30]) == destination.bytes
                 && f[38] == UInt8(identifier >> 8) && f[39] == UInt8(identifier & 0xff)
         }) != nil
+    }
+
+    /// A UDP datagram in IPv6 (from the guest's IPv6 address unless `source` says otherwise).
+    public func udp6(from source: IPv6Address? = nil, to destination: IPv6Address, sourcePort: UInt16, port: UInt16, payload: [UInt8]) -> [UInt8] {
+        let src = (source ?? ipv6?.guestAddress ?? IPv6Address(high: 0, low: 0)).bytes
+        let length = UInt16(8 + payload.count)
+        var segment = be16(sourcePort) + be16(port) + be16(length) + [0, 0] + payload
+        let computed = checksum(src + destination.bytes + be32(UInt32(length)) + [0, 0, 0, 17] + segment)
+        let sum = computed == 0 ? 0xffff : computed  // 0 means "no checksum", which IPv6 forbids
+        segment[6] = UInt8(sum >> 8)
+        segment[7] = UInt8(sum & 0xff)
+        let header: [UInt8] = [0x60, 0, 0, 0] + be16(length) + [17, 64] + src + destination.bytes
+        return gatewayMAC + mac + [0x86, 0xdd] + header + segment
+    }
+
+    /// Sends a UDP datagram over IPv6 and waits for the answer from `destination:port`.
+    public func udp6Exchange(
+        to destination: IPv6Address, port: UInt16, payload: [UInt8], from source: IPv6Address? = nil, within: Int = 400
+    ) -> [UInt8]? {
+        let sourcePort = self.port()
+        send(udp6(from: source, to: destination, sourcePort: sourcePort, port: port, payload: payload))
+        guard let frame = receive(within: within, { f in
+            f.count >= 62 && f[12] == 0x86 && f[13] == 0xdd && f[20] == 17 && Array(f[22..<38]) == destination.bytes
+                && f[54] == UInt8(port >> 8) && f[55] == UInt8(port & 0xff)
+                && f[56] == UInt8(sourcePort >> 8) && f[57] == UInt8(sourcePort & 0xff)
+        }) else { return nil }
+        return Array(frame[62...])
     }
 
     /// An ICMPv6 echo request to all nodes (ff02::1) from a link-local address; true if any

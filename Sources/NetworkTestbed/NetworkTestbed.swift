@@ -28,6 +28,9 @@ public final class NetworkTestbed: Sendable {
     public static let uplinkAddress = IPv4Address(192, 0, 2, 1)
     public static let internetAddress = IPv4Address(192, 0, 2, 2)
     public static let otherAddress = IPv4Address(198, 51, 100, 1)
+    public static let uplinkAddress6 = IPv6Address("2001:db8:2::1")!
+    public static let internetAddress6 = IPv6Address("2001:db8:2::2")!
+    public static let otherAddress6 = IPv6Address("2001:db8:3::1")!
 
     /// `owner` tells test runs ("test") from benchmark runs ("bench") apart in every name.
     public init(_ label: String, owner: String = "test") throws {
@@ -53,19 +56,26 @@ public final class NetworkTestbed: Sendable {
             try runCommand(["ip", "-n", internetName, "link", "set", "wan0", "up"])
             try runCommand(["ip", "-n", internetName, "link", "set", "lo", "up"])
             try NetworkNamespace.writeSysctl("net.ipv4.ip_forward", "1", in: hostPath)
+            // IPv6 beside IPv4 (used when a test gives the VM networks IPv6); nodad: usable at once.
+            try NetworkNamespace.writeSysctl("net.ipv6.conf.all.forwarding", "1", in: hostPath)
+            try runCommand(["ip", "-n", hostName, "addr", "add", "\(Self.uplinkAddress6)/64", "dev", "up0", "nodad"])
+            try runCommand(["ip", "-n", hostName, "route", "add", "::/0", "via", "\(Self.internetAddress6)"])
+            try runCommand(["ip", "-n", internetName, "addr", "add", "\(Self.internetAddress6)/64", "dev", "wan0", "nodad"])
+            try runCommand(["ip", "-n", internetName, "addr", "add", "\(Self.otherAddress6)/128", "dev", "lo"])
         } catch {
             remove()
             throw error
         }
     }
 
-    public func configuration(uplink: String? = "up0") -> VMNetworkConfiguration {
+    public func configuration(uplink: String? = "up0", ipv6: Bool = false) -> VMNetworkConfiguration {
         VMNetworkConfiguration(
-            stateDirectory: FilePath(stateDirectory), namePrefix: prefix, hostNamespace: FilePath(hostPath), uplink: uplink)
+            stateDirectory: FilePath(stateDirectory), namePrefix: prefix, hostNamespace: FilePath(hostPath), uplink: uplink,
+            ipv6: ipv6 ? IPv6Addressing() : nil)
     }
 
-    public func network(uplink: String? = "up0", logger: Logger) throws -> VMNetwork {
-        try VMNetwork(configuration: configuration(uplink: uplink), logger: logger)
+    public func network(uplink: String? = "up0", ipv6: Bool = false, logger: Logger) throws -> VMNetwork {
+        try VMNetwork(configuration: configuration(uplink: uplink, ipv6: ipv6), logger: logger)
     }
 
     /// Removes everything the testbed made: VM namespaces of its prefix, its two namespaces and
@@ -147,8 +157,8 @@ public final class EchoServer: @unchecked Sendable {
                         clients.append(client)
                     }
                 } else {
-                    var from = sockaddr_in()
-                    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+                    var from = sockaddr_storage()
+                    var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
                     let n = withUnsafeMutablePointer(to: &from) { pointer in
                         pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(entry.fd, &buffer, buffer.count, 0, $0, &length) }
                     }
@@ -174,17 +184,20 @@ public final class EchoServer: @unchecked Sendable {
     }
 }
 
-/// A socket made inside the namespace at `path`, bound to `port` on all its IPv4 addresses.
+/// A socket made inside the namespace at `path`, bound to `port` on all its IPv4 and IPv6
+/// addresses (one dual-stack socket).
 func boundSocket(in path: String, stream: Bool, port: UInt16) throws -> Int32 {
-    let fd = cmv_netns_socket(path, AF_INET, stream ? Int32(SOCK_STREAM.rawValue) : Int32(SOCK_DGRAM.rawValue), 0)
+    let fd = cmv_netns_socket(path, AF_INET6, stream ? Int32(SOCK_STREAM.rawValue) : Int32(SOCK_DGRAM.rawValue), 0)
     guard fd >= 0 else { throw CommandFailure(description: "socket in \(path): errno \(errno)") }
     var one: Int32 = 1
+    var zero: Int32 = 0
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_port = port.bigEndian
+    setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &zero, socklen_t(MemoryLayout<Int32>.size))
+    var address = sockaddr_in6()
+    address.sin6_family = sa_family_t(AF_INET6)
+    address.sin6_port = port.bigEndian
     let bound = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
     }
     guard bound == 0 else {
         let error = errno

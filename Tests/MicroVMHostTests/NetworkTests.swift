@@ -64,7 +64,19 @@ struct NetworkUnitTests {
         #expect(IPv4Address("256.0.0.1") == nil)
         #expect(try IPNetwork("10.1.2.3/8").description == "10.0.0.0/8")
         #expect(MACAddress(derivedFrom: IPv4Address(172, 16, 0, 2)).description == "06:00:ac:10:00:02")
-        #expect(throws: NetworkError.self) { try EgressPolicy(allow: [EgressRule(destination: IPNetwork("2001:db8::/32"))]).validate() }
+        #expect(try IPNetwork("2001:DB8:0:0:1::7/32").description == "2001:db8::/32")
+        #expect(try IPNetwork("fd00:ac10::2").description == "fd00:ac10::2/128")
+        #expect(IPv6Address("2001:db8:0:0:1:0:0:1")?.description == "2001:db8::1:0:0:1")
+        #expect(IPv6Address("::")?.description == "::")
+        #expect(IPv6Address("1::")?.adding(0x1_0000).description == "1::1:0")
+        for bad in [":::", "1::2::3", "12345::", "1:2:3:4:5:6:7:8:9", "g::1", "1.2.3.4::"] { #expect(IPv6Address(bad) == nil, "\(bad)") }
+        #expect(throws: NetworkError.self) { try IPNetwork("2001:db8::/129") }
+        #expect(EgressRule(destination: try IPNetwork("2001:db8::/32"), transport: .udp, ports: 53...53).nftMatch() == "ip6 daddr 2001:db8::/32 udp dport 53")
+        #expect(EgressRule(destination: try IPNetwork("::/0"), transport: .icmp).nftMatch() == "meta nfproto ipv6 meta l4proto ipv6-icmp")
+        #expect(throws: NetworkError.self) {
+            try VMNetworkConfiguration(stateDirectory: "/tmp/x", ipv6: IPv6Addressing(addressPool: IPNetwork("fd00:ac10::/120"))).validate()
+        }
+        #expect(VMNetworkConfiguration(stateDirectory: "/tmp/x", ipv6: IPv6Addressing()).subnet6(3)?.peer.description == "fd6d:766d::e")
         #expect(throws: NetworkError.self) {
             try EgressPolicy(allow: [EgressRule(destination: IPNetwork("1.2.3.4"), transport: .icmp, ports: 1...2)]).validate()
         }
@@ -309,6 +321,61 @@ struct NetworkIsolationTests {
         #expect(try runCommand(["nft", "list", "table", "ip", "filter"], in: topology.hostPath).contains("policy drop"))
     }
 
+    /// With IPv6 configured: the guest's IPv6 reaches exactly the allowed IPv6 destinations
+    /// (translated to the VM's unique outside address); other destinations, other ports,
+    /// spoofed IPv6 sources and the host's IPv6 addresses get nothing, counted at both ends.
+    /// Without it, an IPv6 rule is refused.
+    @Test(.enabled(if: HostPrerequisite.runnable(canRunNetwork)))
+    func ipv6EgressAllowlist() throws {
+        try requireNetwork()
+        let topology = try NetworkTestbed("six")
+        defer { topology.remove() }
+        let internet = try EchoServer(namespace: topology.internetPath, ports: [Self.echoPort, Self.closedPort])
+        defer { internet.shutdown() }
+        let host = try EchoServer(namespace: topology.hostPath, ports: [Self.echoPort])
+        defer { host.shutdown() }
+        let policy = EgressPolicy(
+            allow: Self.policy.allow + [
+                EgressRule(destination: IPNetwork(NetworkTestbed.internetAddress6, prefixLength: 128), transport: .udp, ports: Self.echoPort...Self.echoPort)
+            ])
+        #expect(throws: NetworkError.self) { try topology.network(logger: testLogger).setUp(for: vm("six-refused"), policy: policy) }
+        #expect(try topology.network(logger: testLogger).leases.lease(for: vm("six-refused")) == nil)
+
+        let network = try topology.network(ipv6: true, logger: testLogger)
+        #expect(network.preflight().problems.isEmpty, "\(network.preflight().problems)")
+        let attachment = try network.setUp(for: vm("six-a"), policy: policy)
+        defer { _ = try? network.tearDown(vm("six-a")) }
+        let v6 = try #require(attachment.ipv6)
+        #expect(v6.guestAddress.description == "fd00:ac10::2" && v6.gatewayAddress.description == "fd00:ac10::1")
+        let guest = try FakeGuest(attachment)
+        try guest.resolveGateway()
+
+        var answered = 0
+        for n in 0..<5 where guest.udp6Exchange(to: NetworkTestbed.internetAddress6, port: Self.echoPort, payload: Array("six \(n)".utf8), within: 1000) == Array("six \(n)".utf8) {
+            answered += 1
+        }
+        #expect(answered == 5)
+        // IPv4 still works beside it.
+        #expect(guest.udpExchange(to: NetworkTestbed.internetAddress, port: Self.echoPort, payload: [4]) == [4])
+        for _ in 0..<3 {
+            #expect(guest.udp6Exchange(to: NetworkTestbed.internetAddress6, port: Self.closedPort, payload: [1], within: 150) == nil)
+            #expect(guest.udp6Exchange(to: NetworkTestbed.otherAddress6, port: Self.echoPort, payload: [2], within: 150) == nil)
+            #expect(guest.udp6Exchange(to: NetworkTestbed.internetAddress6, port: Self.echoPort, payload: [3], from: IPv6Address("fd00:ac10::99"), within: 150) == nil)
+        }
+        for target in [v6.hostAddress, NetworkTestbed.uplinkAddress6, v6.gatewayAddress, v6.outsideAddress] {
+            #expect(guest.udp6Exchange(to: target, port: Self.echoPort, payload: [5], within: 150) == nil, "\(target)")
+        }
+        usleep(100_000)
+        #expect(internet.count("udp/7") == 6)
+        #expect(internet.count("udp/9") == 0)
+        #expect(host.count("udp/7") == 0)
+        let inner = try network.namespaceRuleset(of: attachment)
+        #expect(counter(inner, comment: "spoofed IPv6 source") == 3, "\(inner)")
+        let outer = try network.hostRuleset()
+        #expect(outer.contains("ip6 saddr != \(v6.outsideAddress)") && outer.contains("ip6 daddr \(NetworkTestbed.internetAddress6)"), "\(outer)")
+        #expect(counter(outer, comment: "not allowed") >= 6, "\(outer)")
+    }
+
     /// TAP mode (no namespace): per-VM addresses on a host TAP owned by the VM's uid.
     @Test(.enabled(if: HostPrerequisite.runnable(canRunNetwork)))
     func tapModeWithoutNamespace() throws {
@@ -317,21 +384,32 @@ struct NetworkIsolationTests {
         defer { topology.remove() }
         let internet = try EchoServer(namespace: topology.internetPath, ports: [Self.echoPort])
         defer { internet.shutdown() }
-        let network = try topology.network(logger: testLogger)
-        let attachment = try network.setUp(for: vm("tap-a"), policy: Self.policy, mode: .tap, owner: .fixed(uid: 123, gid: 100))
+        let network = try topology.network(ipv6: true, logger: testLogger)
+        let policy = EgressPolicy(allow: Self.policy.allow + [
+            EgressRule(destination: IPNetwork(NetworkTestbed.internetAddress6, prefixLength: 128), transport: .udp, ports: Self.echoPort...Self.echoPort)
+        ])
+        let attachment = try network.setUp(for: vm("tap-a"), policy: policy, mode: .tap, owner: .fixed(uid: 123, gid: 100))
         #expect(attachment.namespacePath == nil && attachment.tapName == attachment.hostInterface)
         #expect(attachment.uid == 123)
         #expect(try tapOwner(attachment.tapName, in: topology.hostPath) == owner(123, 100))
-        let guest = try FakeGuest(NetworkAttachment(
+        var inHost = NetworkAttachment(
             vm: attachment.vm, index: attachment.index, mode: .tap, namespacePath: FilePath(topology.hostPath),
             tapName: attachment.tapName, hostInterface: attachment.hostInterface, guestAddress: attachment.guestAddress,
             gatewayAddress: attachment.gatewayAddress, prefixLength: 30, guestMAC: attachment.guestMAC,
             hostAddress: attachment.hostAddress, outsideAddress: attachment.outsideAddress, uid: 123, gid: 100,
-            guestInterface: "eth0", nameservers: []))
+            guestInterface: "eth0", nameservers: [])
+        inHost.ipv6 = attachment.ipv6
+        let guest = try FakeGuest(inHost)
         try guest.resolveGateway()
         #expect(guest.udpExchange(to: NetworkTestbed.internetAddress, port: Self.echoPort, payload: [9]) == [9])
         #expect(guest.udpExchange(to: NetworkTestbed.otherAddress, port: Self.echoPort, payload: [9], within: 200) == nil)
         #expect(guest.udpExchange(to: NetworkTestbed.internetAddress, port: Self.echoPort, payload: [9], from: IPv4Address(10, 200, 0, 99), within: 200) == nil)
+        // IPv6: the guest's own /126 address, allowed destination only, no spoofing.
+        let v6 = try #require(attachment.ipv6)
+        #expect(v6.guestAddress == v6.outsideAddress && v6.gatewayAddress == v6.hostAddress)
+        #expect(guest.udp6Exchange(to: NetworkTestbed.internetAddress6, port: Self.echoPort, payload: [6], within: 1000) == [6])
+        #expect(guest.udp6Exchange(to: NetworkTestbed.otherAddress6, port: Self.echoPort, payload: [6], within: 200) == nil)
+        #expect(guest.udp6Exchange(to: NetworkTestbed.internetAddress6, port: Self.echoPort, payload: [6], from: v6.hostAddress.adding(2), within: 200) == nil)
         try network.tearDown(vm("tap-a"))
         #expect(try !network.interfaceExists(attachment.tapName, in: topology.hostPath))
     }

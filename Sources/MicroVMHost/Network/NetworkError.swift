@@ -19,6 +19,8 @@ public enum NetworkError: Error, Sendable, Hashable, CustomStringConvertible {
     case hostNamespaceMissing(path: String)
     /// IPv4 forwarding is off in the host namespace: VM traffic would not be routed.
     case forwardingDisabled(namespace: String)
+    /// IPv6 forwarding is off in the host namespace while guests are given IPv6.
+    case ipv6ForwardingDisabled(namespace: String)
     /// Another table's forward base chain has policy drop (Docker, ufw, firewalld): it drops VM
     /// traffic our accept lets through, because every base chain on the hook must accept.
     case foreignForwardDrop(family: String, table: String, chain: String)
@@ -57,6 +59,8 @@ public enum NetworkError: Error, Sendable, Hashable, CustomStringConvertible {
             "the host network namespace \(path) does not exist"
         case .forwardingDisabled(let namespace):
             "IPv4 forwarding is off in \(namespace) (net.ipv4.ip_forward = 0): VM traffic is not routed"
+        case .ipv6ForwardingDisabled(let namespace):
+            "IPv6 forwarding is off in \(namespace) (net.ipv6.conf.all.forwarding = 0) while VM networks have IPv6: guests' IPv6 traffic is not routed"
         case .foreignForwardDrop(let family, let table, let chain):
             "table \(family) \(table) has a forward chain \(chain) with policy drop: it drops VM traffic that our firewall accepts"
         case .legacyIptables(let tables):
@@ -106,6 +110,8 @@ public enum NetworkError: Error, Sendable, Hashable, CustomStringConvertible {
             "create it (ip netns add NAME) or leave hostNamespace nil to use this process's namespace"
         case .forwardingDisabled:
             "enable it: sysctl -w net.ipv4.ip_forward=1 (persist in /etc/sysctl.d/), in the namespace that plays the host"
+        case .ipv6ForwardingDisabled:
+            "enable it: sysctl -w net.ipv6.conf.all.forwarding=1 (persist in /etc/sysctl.d/; it stops the host's own IPv6 autoconfiguration unless accept_ra=2 on its uplink), or leave VMNetworkConfiguration.ipv6 nil"
         case .foreignForwardDrop(let family, let table, let chain):
             "accept VM traffic in that chain too, e.g. nft insert rule \(family) \(table) \(chain) iifname \"<prefix>*\" accept and oifname \"<prefix>*\" ct state established,related accept (for Docker: iptables -I DOCKER-USER ...); our own per-VM rules still filter it"
         case .legacyIptables:

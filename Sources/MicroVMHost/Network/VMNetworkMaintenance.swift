@@ -158,6 +158,9 @@ extension VMNetwork {
             if try NetworkNamespace.readSysctl("net.ipv4.ip_forward", in: hostNamespace) != "1" {
                 report.problems.append(.forwardingDisabled(namespace: namespaceLabel))
             }
+            if configuration.ipv6 != nil, try NetworkNamespace.readSysctl("net.ipv6.conf.all.forwarding", in: hostNamespace) != "1" {
+                report.problems.append(.ipv6ForwardingDisabled(namespace: namespaceLabel))
+            }
         } catch {
             report.problems.append(error)
         }
