@@ -118,6 +118,82 @@ struct NetworkUnitTests {
     }
 }
 
+/// The legacy (xtables) FORWARD chain check, on `iptables-legacy -S FORWARD` listings as Docker,
+/// ufw and hand-written rules leave them.
+@Suite("NetworkLegacyIptables")
+struct NetworkLegacyIptablesTests {
+    static let docker = """
+        -P FORWARD DROP
+        -A FORWARD -j DOCKER-USER
+        -A FORWARD -j DOCKER-ISOLATION-STAGE-1
+        -A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+        -A FORWARD -o docker0 -j DOCKER
+        -A FORWARD -i docker0 ! -o docker0 -j ACCEPT
+        -A FORWARD -i docker0 -o docker0 -j ACCEPT
+        """
+    static let ufw = """
+        -P FORWARD DROP
+        -A FORWARD -j ufw-before-logging-forward
+        -A FORWARD -j ufw-before-forward
+        -A FORWARD -j ufw-after-forward
+        """
+
+    static func isOurs(_ pattern: String) -> Bool {
+        let configuration = VMNetworkConfiguration(stateDirectory: "/tmp/unused")
+        guard pattern.hasSuffix("+") else { return configuration.index(ofName: pattern) != nil }
+        return "mvm".hasPrefix(pattern.dropLast())
+    }
+
+    @Test func policyDropOfDockerAndUfw() {
+        let docker = LegacyForwardChain(listing: Self.docker, isOurs: Self.isOurs)
+        #expect(docker.policyDrop && docker.droppingRules.isEmpty && docker.hasDockerUser && docker.dropsVMTraffic)
+        let ufw = LegacyForwardChain(listing: Self.ufw, isOurs: Self.isOurs)
+        #expect(ufw.policyDrop && !ufw.hasDockerUser)
+        #expect(!LegacyForwardChain(listing: "-P FORWARD ACCEPT\n", isOurs: Self.isOurs).dropsVMTraffic)
+        #expect(!LegacyForwardChain(listing: "", isOurs: Self.isOurs).dropsVMTraffic)
+    }
+
+    @Test func rulesThatDropEveryVMPacket() {
+        let listing = """
+            -P FORWARD ACCEPT
+            -A FORWARD -m conntrack --ctstate INVALID -j DROP
+            -A FORWARD -o docker0 -j DROP
+            -A FORWARD -i eth0 -p tcp --dport 25 -j REJECT --reject-with icmp-port-unreachable
+            -A FORWARD -i mvm+ -j REJECT --reject-with icmp-port-unreachable
+            -A FORWARD ! -i docker0 -j DROP
+            -A FORWARD -j DROP
+            """
+        let chain = LegacyForwardChain(listing: listing, isOurs: Self.isOurs)
+        // Partial drops (INVALID, port 25) and drops for other interfaces are not VM-wide.
+        #expect(chain.droppingRules == [
+            "-A FORWARD -i mvm+ -j REJECT --reject-with icmp-port-unreachable", "-A FORWARD ! -i docker0 -j DROP", "-A FORWARD -j DROP",
+        ])
+        #expect(!chain.policyDrop && chain.dropsVMTraffic)
+    }
+
+    /// What the fix inserts clears the finding, in FORWARD and in DOCKER-USER alike.
+    @Test func acceptRulesAheadClearIt() {
+        let fixed = """
+            -P FORWARD DROP
+            -A FORWARD -i mvm+ -j ACCEPT
+            -A FORWARD -o mvm+ -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+            -A FORWARD -j DROP
+            """
+        #expect(!LegacyForwardChain(listing: fixed, isOurs: Self.isOurs).dropsVMTraffic)
+        let half = "-P FORWARD DROP\n-A FORWARD -i mvm+ -j ACCEPT\n"
+        #expect(LegacyForwardChain(listing: half, isOurs: Self.isOurs).policyDrop)
+        let other = "-P FORWARD DROP\n-A FORWARD -i eth0 -j ACCEPT\n-A FORWARD -m state --state ESTABLISHED -j ACCEPT\n"
+        #expect(LegacyForwardChain(listing: other, isOurs: Self.isOurs).policyDrop)
+    }
+
+    @Test func theFixNamesTheChainAndNamespace() throws {
+        let error = NetworkError.legacyForwardDrop(
+            tool: "iptables-legacy", policyDrop: true, rules: ["-A FORWARD -j DROP"], fix: "iptables-legacy -I FORWARD 1 ...")
+        #expect(error.summary.contains("policy DROP; -A FORWARD -j DROP"))
+        #expect(error.hint.contains("iptables-legacy -I FORWARD 1"))
+    }
+}
+
 @Suite("NetworkIsolation", .serialized)
 struct NetworkIsolationTests {
     static let echoPort: UInt16 = 7
@@ -319,6 +395,47 @@ struct NetworkIsolationTests {
         _ = try network.setUp(for: vm("pre-a"), policy: .denyAll)
         try network.tearDown(vm("pre-a"))
         #expect(try runCommand(["nft", "list", "table", "ip", "filter"], in: topology.hostPath).contains("policy drop"))
+    }
+
+    /// A legacy iptables FORWARD policy DROP (Docker or ufw on iptables-legacy) drops real VM
+    /// packets and is reported with a fix; running the fix it names lets them through while our
+    /// allowlist still filters. Needs iptables-legacy (scripts/test.sh installs iptables).
+    @Test(.enabled(if: HostPrerequisite.runnable(canRunNetwork && NetworkTools.locate("iptables-legacy") != nil)))
+    func legacyForwardDropIsReportedAndFixable() throws {
+        try requireNetwork()
+        try HostPrerequisite.require(NetworkTools.locate("iptables-legacy") != nil, "iptables-legacy (apt-get install -y iptables)")
+        let topology = try NetworkTestbed("legacy")
+        defer { topology.remove() }
+        let internet = try EchoServer(namespace: topology.internetPath, ports: [Self.echoPort, Self.closedPort])
+        defer { internet.shutdown() }
+        let network = try topology.network(logger: testLogger)
+        // Nothing loaded: nothing reported, and the check does not load a table itself.
+        #expect(network.preflight().problems.isEmpty)
+        #expect(try runCommand(["cat", "/proc/net/ip_tables_names"], in: topology.hostPath).isEmpty)
+
+        try runCommand(["iptables-legacy", "-w", "5", "-P", "FORWARD", "DROP"], in: topology.hostPath)
+        let report = network.preflight()
+        let finding = try #require(report.problems.first { if case .legacyForwardDrop = $0 { true } else { false } })
+        guard case .legacyForwardDrop(let tool, let policyDrop, _, let fix) = finding else { return }
+        #expect(tool == "iptables-legacy" && policyDrop)
+        #expect(fix.hasPrefix("ip netns exec \(topology.hostName) iptables-legacy -I FORWARD 1 -i \(topology.prefix)+ -j ACCEPT"), "\(fix)")
+
+        let attachment = try network.setUp(for: vm("legacy-a"), policy: Self.policy)
+        defer { _ = try? network.tearDown(vm("legacy-a")) }
+        let guest = try FakeGuest(attachment)
+        try guest.resolveGateway()
+        #expect(guest.udpExchange(to: NetworkTestbed.internetAddress, port: Self.echoPort, payload: [1], within: 300) == nil)
+        #expect(internet.count("udp/7") == 0)
+
+        // The fix, as printed (without the `ip netns exec` part: this thread enters the namespace).
+        for command in fix.split(separator: " && ") {
+            let words = command.split(separator: " ").map(String.init)
+            try runCommand(Array(words.drop { $0 != "iptables-legacy" }), in: topology.hostPath)
+        }
+        #expect(network.preflight().problems.isEmpty, "\(network.preflight().problems)")
+        #expect(guest.udpExchange(to: NetworkTestbed.internetAddress, port: Self.echoPort, payload: [2]) == [2])
+        #expect(guest.udpExchange(to: NetworkTestbed.internetAddress, port: Self.closedPort, payload: [3], within: 200) == nil)
+        #expect(internet.count("udp/7") == 1 && internet.count("udp/9") == 0)
     }
 
     /// With IPv6 configured: the guest's IPv6 reaches exactly the allowed IPv6 destinations

@@ -160,8 +160,7 @@ public struct IPv6Address: Sendable, Hashable, Comparable, Codable, CustomString
     /// the dotted-quad tail form, which nothing here needs.
     public init?(_ text: String) {
         guard !text.isEmpty, text.utf8.count <= 39 else { return nil }
-        let halves = text.components(separatedByDoubleColon: ())
-        guard let halves, halves.count <= 2 else { return nil }
+        guard let halves = Self.splitAtDoubleColon(text) else { return nil }
         func groups(_ part: Substring) -> [UInt16]? {
             if part.isEmpty { return [] }
             var result: [UInt16] = []
@@ -182,6 +181,15 @@ public struct IPv6Address: Sendable, Hashable, Comparable, Codable, CustomString
         guard all.count == 8 else { return nil }
         high = all[0..<4].reduce(0) { $0 << 16 | UInt64($1) }
         low = all[4..<8].reduce(0) { $0 << 16 | UInt64($1) }
+    }
+
+    /// The text before and after a `::` (one element without one), or nil for more than one.
+    private static func splitAtDoubleColon(_ text: String) -> [Substring]? {
+        let ranges = text.ranges(of: "::")
+        if ranges.isEmpty { return [Substring(text)] }
+        guard ranges.count == 1, let range = ranges.first else { return nil }
+        // ":::" leaves a stray colon on one side; the group parser rejects the empty group it makes.
+        return [text[..<range.lowerBound], text[range.upperBound...]]
     }
 
     var groups: [UInt16] {
@@ -240,13 +248,3 @@ public struct IPv6Address: Sendable, Hashable, Comparable, Codable, CustomString
     }
 }
 
-extension String {
-    /// The text before and after a `::` (one element without one), or nil for more than one.
-    fileprivate func components(separatedByDoubleColon: ()) -> [Substring]? {
-        let ranges = self.ranges(of: "::")
-        if ranges.isEmpty { return [Substring(self)] }
-        guard ranges.count == 1, let range = ranges.first else { return nil }
-        // ":::" would leave a stray colon on one side; groups() rejects the empty group it makes.
-        return [self[..<range.lowerBound], self[range.upperBound...]]
-    }
-}

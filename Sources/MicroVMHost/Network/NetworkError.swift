@@ -24,7 +24,10 @@ public enum NetworkError: Error, Sendable, Hashable, CustomStringConvertible {
     /// Another table's forward base chain has policy drop (Docker, ufw, firewalld): it drops VM
     /// traffic our accept lets through, because every base chain on the hook must accept.
     case foreignForwardDrop(family: String, table: String, chain: String)
-    /// Legacy (non-nft) iptables tables exist; nft cannot see their rules.
+    /// A legacy (xtables) FORWARD chain drops VM traffic (policy DROP, or DROP/REJECT rules for
+    /// VM interfaces): Docker or ufw on iptables-legacy. `fix` is the exact command.
+    case legacyForwardDrop(tool: String, policyDrop: Bool, rules: [String], fix: String)
+    /// Legacy (non-nft) iptables tables exist and cannot be inspected (no iptables-legacy).
     case legacyIptables(tables: [String])
     /// br_netfilter is loaded and passes bridged traffic through iptables/nftables.
     case bridgeNetfilter(detail: String)
@@ -63,6 +66,10 @@ public enum NetworkError: Error, Sendable, Hashable, CustomStringConvertible {
             "IPv6 forwarding is off in \(namespace) (net.ipv6.conf.all.forwarding = 0) while VM networks have IPv6: guests' IPv6 traffic is not routed"
         case .foreignForwardDrop(let family, let table, let chain):
             "table \(family) \(table) has a forward chain \(chain) with policy drop: it drops VM traffic that our firewall accepts"
+        case .legacyForwardDrop(let tool, let policyDrop, let rules, _):
+            "the \(tool) FORWARD chain drops VM traffic ("
+                + ((policyDrop ? ["policy DROP"] : []) + rules).joined(separator: "; ")
+                + "): legacy rules are invisible to nft and a packet must pass both"
         case .legacyIptables(let tables):
             "legacy iptables tables are loaded (\(tables.joined(separator: ", "))); their rules are invisible to nft and may drop VM traffic"
         case .bridgeNetfilter(let detail):
@@ -114,8 +121,10 @@ public enum NetworkError: Error, Sendable, Hashable, CustomStringConvertible {
             "enable it: sysctl -w net.ipv6.conf.all.forwarding=1 (persist in /etc/sysctl.d/; it stops the host's own IPv6 autoconfiguration unless accept_ra=2 on its uplink), or leave VMNetworkConfiguration.ipv6 nil"
         case .foreignForwardDrop(let family, let table, let chain):
             "accept VM traffic in that chain too, e.g. nft insert rule \(family) \(table) \(chain) iifname \"<prefix>*\" accept and oifname \"<prefix>*\" ct state established,related accept (for Docker: iptables -I DOCKER-USER ...); our own per-VM rules still filter it"
+        case .legacyForwardDrop(_, _, _, let fix):
+            "let VM traffic through it (our nftables rules still filter it): \(fix)"
         case .legacyIptables:
-            "inspect them with iptables-legacy-save and make sure the FORWARD chain accepts VM traffic, or migrate to iptables-nft"
+            "install iptables (apt-get install -y iptables) so the check can read them, or inspect them with iptables-legacy-save and make sure the FORWARD chain accepts VM traffic, or migrate to iptables-nft"
         case .bridgeNetfilter:
             "VM links are routed, not bridged, so this matters only if you bridge VM interfaces yourself; unload br_netfilter or set net.bridge.bridge-nf-call-iptables=0 if bridged traffic vanishes"
         case .uplinkMissing:
