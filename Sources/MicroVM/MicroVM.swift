@@ -209,9 +209,11 @@ public actor MicroVM {
         var executor: any VMMExecutor = decision.isSandboxed ? JailedExecutor(jail: jail, limits: limits) : DirectExecutor(jail: jail)
         if let network = spec.network {
             do {
+                var snapshotIndex: Int?
+                if case .restore(let snapshot, _) = mode { snapshotIndex = snapshot.networkIndex }
                 let made = try await VMNetworking.setUp(
                     network, for: id, sandboxed: decision.isSandboxed, jailer: jailerConfiguration,
-                    configuration: configuration.networkConfiguration, logger: logger)
+                    configuration: configuration.networkConfiguration, tapIndex: snapshotIndex, logger: logger)
                 attachment = made
                 launchSpec.networkInterfaces.append(NetworkInterfaceSpec(id: network.interface, tap: made.tapName, mac: made.guestMAC.description))
                 launchSpec.boot.args.append(made.bootArgument)
@@ -780,7 +782,7 @@ public actor MicroVM {
         try outcome.get()
         let snapshot = Snapshot(
             directory: destination, type: type, spec: currentSpec, firecrackerVersion: (try? await client.serverVersion())?.description,
-            driveCopies: driveCopies, createdAt: Date())
+            driveCopies: driveCopies, createdAt: Date(), networkIndex: network?.mode == .tap ? network?.index : nil)
         try await SnapshotFiles.move(stateFile, to: snapshot.statePath, id: vmID)
         try await SnapshotFiles.move(memoryFile, to: snapshot.memoryPath, id: vmID)
         try snapshot.writeDescription()

@@ -110,6 +110,18 @@ struct NetworkUnitTests {
         #expect(again.index == leases[3].index)
         #expect(again.uid == 123 && again.gid == 100)
         #expect(try store.lease(for: vm("vm-3")) == nil)
+        // A given index (a TAP-mode restore keeps its snapshot's allocation): free, taken, or
+        // already this VM's.
+        let chosen = try store.acquire(for: vm("restored"), mode: .tap, owner: nil, index: 250).lease
+        #expect(chosen.index == 250 && chosen.uid == 200_250)
+        #expect(try store.acquire(for: vm("restored"), mode: .tap, owner: nil, index: 250).lease == chosen)
+        #expect(throws: NetworkError.leaseTaken(index: 250, holder: "restored", vm: "other")) {
+            try store.acquire(for: vm("other"), mode: .tap, owner: nil, index: 250)
+        }
+        #expect(throws: NetworkError.leaseTaken(index: 5, holder: nil, vm: "restored")) {
+            try store.acquire(for: vm("restored"), mode: .tap, owner: nil, index: 5)
+        }
+        #expect(try store.lease(for: vm("other")) == nil)
         // A small pool is exhausted with an error, not a collision.
         let tiny = NetworkLeaseStore(directory: FilePath(scratch.path + "/tiny"), capacity: 2, uidBase: 1)
         _ = try tiny.acquire(for: vm("a"), mode: .namespace, owner: nil)
@@ -491,6 +503,31 @@ struct NetworkIsolationTests {
         let outer = try network.hostRuleset()
         #expect(outer.contains("ip6 saddr != \(v6.outsideAddress)") && outer.contains("ip6 daddr \(NetworkTestbed.internetAddress6)"), "\(outer)")
         #expect(counter(outer, comment: "not allowed") >= 6, "\(outer)")
+    }
+
+    /// A TAP-mode VM restored under a new id takes the allocation its snapshot was taken with
+    /// (same TAP name, guest address and MAC), not the lowest free one; while another VM holds
+    /// it, the set-up fails with `leaseTaken` and leaves nothing.
+    @Test(.enabled(if: HostPrerequisite.runnable(canRunNetwork)))
+    func tapModeRestoreKeepsItsAllocation() throws {
+        try requireNetwork()
+        let topology = try NetworkTestbed("keep")
+        defer { topology.remove() }
+        let network = try topology.network(logger: testLogger)
+        let owner = VMNetworkOwner.fixed(uid: 123, gid: 100)
+        let first = try network.setUp(for: vm("keep-a"), policy: Self.policy, mode: .tap, owner: owner)
+        let source = try network.setUp(for: vm("keep-b"), policy: Self.policy, mode: .tap, owner: owner)
+        try network.tearDown(vm("keep-a"))
+        try network.tearDown(vm("keep-b"))
+        let restored = try network.setUp(for: vm("keep-restored"), policy: Self.policy, mode: .tap, owner: owner, index: source.index)
+        defer { _ = try? network.tearDown(vm("keep-restored")) }
+        #expect(restored.index == source.index && restored.index != first.index)
+        #expect(restored.tapName == source.tapName && restored.guestAddress == source.guestAddress && restored.guestMAC == source.guestMAC)
+        #expect(throws: NetworkError.leaseTaken(index: source.index, holder: "keep-restored", vm: "keep-clone")) {
+            try network.setUp(for: vm("keep-clone"), policy: Self.policy, mode: .tap, owner: owner, index: source.index)
+        }
+        #expect(try network.leases.lease(for: vm("keep-clone")) == nil)
+        #expect(try network.interfaceExists(restored.tapName, in: topology.hostPath))
     }
 
     /// TAP mode (no namespace): per-VM addresses on a host TAP owned by the VM's uid.

@@ -11,6 +11,9 @@ public enum NetworkError: Error, Sendable, Hashable, CustomStringConvertible {
     case unexpectedOutput(command: String, detail: String)
     /// Every index of the address pool / uid range is leased.
     case poolExhausted(capacity: Int)
+    /// `vm` needs lease `index` (a TAP-mode snapshot's guest keeps the address of its lease),
+    /// and another VM (`holder`, if readable) holds it, or `vm` holds another.
+    case leaseTaken(index: Int, holder: String?, vm: String)
     /// A lease file is damaged.
     case leaseCorrupt(path: String, detail: String)
     /// A system call failed.
@@ -54,6 +57,8 @@ public enum NetworkError: Error, Sendable, Hashable, CustomStringConvertible {
             "could not read the output of \(command): \(detail)"
         case .poolExhausted(let capacity):
             "all \(capacity) network leases are in use"
+        case .leaseTaken(let index, let holder, let vm):
+            "VM \(vm) needs network lease \(index), which " + (holder.map { "VM \($0) holds" } ?? "is taken")
         case .leaseCorrupt(let path, let detail):
             "network lease \(path) is damaged: \(detail)"
         case .system(let vm, let error):
@@ -105,6 +110,8 @@ public enum NetworkError: Error, Sendable, Hashable, CustomStringConvertible {
             "check that iproute2 and nftables are recent enough for JSON output (-j): iproute2 >= 4.13, nftables >= 0.9"
         case .poolExhausted:
             "destroy VMs you no longer need, run gc to release leases of VMs that died, or widen the address pool and uid range"
+        case .leaseTaken:
+            "a guest restored in TAP mode keeps the address of the lease it was snapshotted with: destroy (or gc) the VM holding it first; to run clones side by side use namespace mode (jailed), where every guest has the same address"
         case .leaseCorrupt:
             "remove the file after making sure its VM is gone, then run gc"
         case .system(_, let error):

@@ -47,9 +47,12 @@ public final class VMNetwork: Sendable {
 
     /// Creates (or recreates) the VM's network and returns what its launch needs. The VM's
     /// firewall rules are in place before its link exists (fail closed). On failure everything
-    /// made so far is removed again, the lease included if this call made it.
+    /// made so far is removed again, the lease included if this call made it. `index` takes
+    /// that allocation instead of the lowest free one (a TAP-mode guest restored from a snapshot
+    /// keeps its addresses); it fails with `leaseTaken` while another VM holds it.
     public func setUp(
-        for vm: VMIdentifier, policy: EgressPolicy, mode: NetworkLease.Mode = .namespace, owner: VMNetworkOwner = .leased
+        for vm: VMIdentifier, policy: EgressPolicy, mode: NetworkLease.Mode = .namespace, owner: VMNetworkOwner = .leased,
+        index: Int? = nil
     ) throws(NetworkError) -> NetworkAttachment {
         try policy.validate()
         if configuration.ipv6 == nil, let rule = (policy.allow + policy.allowHost).first(where: { $0.destination.family == .ipv6 }) {
@@ -60,7 +63,7 @@ public final class VMNetwork: Sendable {
         }
         var fixed: (uid: UInt32, gid: UInt32)?
         if case .fixed(let uid, let gid) = owner { fixed = (uid, gid) }
-        let (lease, created) = try leases.acquire(for: vm, mode: mode, owner: fixed)
+        let (lease, created) = try leases.acquire(for: vm, mode: mode, owner: fixed, index: index)
         let attachment = attachment(for: lease)
         var log = logger
         log[metadataKey: "vm"] = "\(vm)"
