@@ -19,7 +19,7 @@ public final class NetworkTestbed: Sendable {
     public let tag: String
     public let hostName: String
     public let internetName: String
-    /// The VM networks' name prefix: 8 lowercase letters, unique per process, owner and label.
+    /// The VM networks' name prefix: 8 lowercase letters, unique per process, owner and testbed.
     public let prefix: String
     /// Leases and other state of the VM networks (a fresh directory under /tmp).
     public let stateDirectory: String
@@ -28,6 +28,7 @@ public final class NetworkTestbed: Sendable {
     public static let uplinkAddress = IPv4Address(192, 0, 2, 1)
     public static let internetAddress = IPv4Address(192, 0, 2, 2)
     public static let otherAddress = IPv4Address(198, 51, 100, 1)
+    private static let made = Atomic<Int>(0)
     public static let uplinkAddress6 = IPv6Address("2001:db8:2::1")!
     public static let internetAddress6 = IPv6Address("2001:db8:2::2")!
     public static let otherAddress6 = IPv6Address("2001:db8:3::1")!
@@ -35,7 +36,10 @@ public final class NetworkTestbed: Sendable {
     /// `owner` tells test runs ("test") from benchmark runs ("bench") apart in every name.
     public init(_ label: String, owner: String = "test") throws {
         let pid = String(getpid()).map { Character(Unicode.Scalar(UInt8(ascii: "a") + UInt8(String($0))!)) }
-        prefix = String(owner.prefix(1)) + String(label.prefix(1)) + String(pid.suffix(6))
+        // The second letter counts the testbeds of this process, so two labels with one initial
+        // never share VM names.
+        let serial = Self.made.add(1, ordering: .relaxed).oldValue % 26
+        prefix = String(owner.prefix(1)) + String(Character(Unicode.Scalar(UInt8(ascii: "a") + UInt8(serial)))) + String(pid.suffix(6))
         tag = "mv\(owner)-\(label)-\(getpid())"
         hostName = tag + "-host"
         internetName = tag + "-inet"
