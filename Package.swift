@@ -52,6 +52,18 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // Network topologies in namespaces of their own, a fake guest on a TAP and packet
+        // counters: shared by the network tests and the network benchmark.
+        .target(
+            name: "NetworkTestbed",
+            dependencies: [
+                "MicroVMHost",
+                "CMicroVMSys",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
         // The driver: launching, supervising and tearing down VMMs.
         .target(
             name: "MicroVM",
@@ -96,6 +108,7 @@ let package = Package(
             dependencies: [
                 "MicroVM",
                 "MicroVMHost",
+                "NetworkTestbed",
                 "FirecrackerAPI",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Subprocess", package: "swift-subprocess"),
@@ -119,6 +132,7 @@ let package = Package(
             name: "MicroVMHostTests",
             dependencies: [
                 "MicroVMHost",
+                "NetworkTestbed",
                 "CMicroVMSys",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),

@@ -171,9 +171,12 @@ public actor MicroVM {
 
         // 3. The VM's network, before anything runs: the firewall is in place before the link
         //    is up, and a jailed VMM joins the namespace and runs as the TAP's owner.
+        // A restored TAP-mode VM takes its snapshot's allocation: the guest keeps its address.
+        var snapshotNetworkIndex: Int?
+        if case .restore(let snapshot, _) = mode { snapshotNetworkIndex = snapshot.networkIndex }
         let (launchSpec, attachment, executor) = try await attachNetwork(
             spec, id: id, decision: decision, jail: jail, limits: limits, jailerConfiguration: jailerConfiguration,
-            configuration: configuration, logger: logger, undo: {
+            tapIndex: snapshotNetworkIndex, configuration: configuration, logger: logger, undo: {
                 store.remove(id: spec.id)
                 LiveDirectories.release(directoryKey)
             })
@@ -383,7 +386,7 @@ public actor MicroVM {
     /// On failure, what was made is removed and `undo` releases the caller's claims.
     private static func attachNetwork(
         _ spec: VMSpec, id: VMIdentifier, decision: SandboxDecision, jail: Jail, limits: ResourceLimits,
-        jailerConfiguration: JailerConfiguration, configuration: DriverConfiguration, logger: Logger, undo: () -> Void
+        jailerConfiguration: JailerConfiguration, tapIndex: Int?, configuration: DriverConfiguration, logger: Logger, undo: () -> Void
     ) async throws(MicroVMError) -> (VMSpec, NetworkAttachment?, any VMMExecutor) {
         var launchSpec = spec
         var attachment: NetworkAttachment?
@@ -392,7 +395,7 @@ public actor MicroVM {
             do {
                 let made = try await VMNetworking.setUp(
                     network, for: id, sandboxed: decision.isSandboxed, jailer: jailerConfiguration,
-                    configuration: configuration.networkConfiguration, logger: logger)
+                    configuration: configuration.networkConfiguration, tapIndex: tapIndex, logger: logger)
                 attachment = made
                 launchSpec.networkInterfaces.append(NetworkInterfaceSpec(id: network.interface, tap: made.tapName, mac: made.guestMAC.description))
                 launchSpec.boot.args.append(made.bootArgument)
@@ -815,7 +818,7 @@ public actor MicroVM {
         try outcome.get()
         let snapshot = Snapshot(
             directory: destination, type: type, spec: currentSpec, firecrackerVersion: (try? await client.serverVersion())?.description,
-            driveCopies: driveCopies, createdAt: Date())
+            driveCopies: driveCopies, createdAt: Date(), networkIndex: network?.mode == .tap ? network?.index : nil)
         try await SnapshotFiles.move(stateFile, to: snapshot.statePath, id: vmID)
         try await SnapshotFiles.move(memoryFile, to: snapshot.memoryPath, id: vmID)
         try snapshot.writeDescription()

@@ -20,10 +20,18 @@ public struct Snapshot: Codable, Sendable, Hashable {
     /// Drive id to the file name (in `directory`) of that writable drive's copy.
     public var driveFiles: [String: String]
     public var createdAt: Date
+    /// The network lease index of a VM whose driver-made network was in TAP mode: its guest
+    /// keeps that allocation's address, so a restore takes the same lease (namespace mode needs
+    /// none: every guest there has the same address).
+    public var networkIndex: Int?
 
     public static let descriptionFile = "snapshot.json"
 
-    init(directory: FilePath, type: SnapshotType, spec: VMSpec, firecrackerVersion: String?, driveCopies: [String: String], createdAt: Date) {
+    init(
+        directory: FilePath, type: SnapshotType, spec: VMSpec, firecrackerVersion: String?, driveCopies: [String: String], createdAt: Date,
+        networkIndex: Int? = nil
+    ) {
+        self.networkIndex = networkIndex
         self.directory = directory.string
         self.type = type
         self.spec = spec
@@ -38,6 +46,7 @@ public struct Snapshot: Codable, Sendable, Hashable {
         case firecrackerVersion = "firecracker_version"
         case driveFiles = "drive_files"
         case createdAt = "created_at"
+        case networkIndex = "network_index"
     }
 
     public var statePath: FilePath { FilePath(directory).appending("state") }

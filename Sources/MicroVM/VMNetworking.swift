@@ -13,10 +13,11 @@ import SystemPackage
 enum VMNetworking {
     /// Makes the VM's network: namespace mode for a jailed VM unless the spec says `tap`; the
     /// TAP belongs to a uid leased for the VM unless the spec fixes the jail's uid (or the VM
-    /// runs unjailed, as this process's user).
+    /// runs unjailed, as this process's user). `tapIndex`: the lease a TAP-mode network must
+    /// take (a restored guest keeps the addresses it was snapshotted with).
     static func setUp(
         _ network: NetworkSpec, for id: VMIdentifier, sandboxed: Bool, jailer: JailerConfiguration,
-        configuration: VMNetworkConfiguration, logger: Logger
+        configuration: VMNetworkConfiguration, tapIndex: Int? = nil, logger: Logger
     ) async throws(MicroVMError) -> NetworkAttachment {
         let mode: NetworkLease.Mode =
             switch network.mode {
@@ -34,10 +35,11 @@ enum VMNetworking {
             : (jailer.uid != JailerConfiguration.defaultUID || jailer.gid != JailerConfiguration.defaultGID)
                 ? .fixed(uid: jailer.uid, gid: jailer.gid) : .leased
         let policy = network.policy().policy
+        let index = mode == .tap ? tapIndex : nil
         do {
             return try await NIOThreadPool.singleton.runIfActive {
                 do throws(NetworkError) {
-                    return try VMNetwork(configuration: configuration, logger: logger).setUp(for: id, policy: policy, mode: mode, owner: owner)
+                    return try VMNetwork(configuration: configuration, logger: logger).setUp(for: id, policy: policy, mode: mode, owner: owner, index: index)
                 } catch {
                     throw error
                 }

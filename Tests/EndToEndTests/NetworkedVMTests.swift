@@ -35,6 +35,14 @@ struct TestTopology {
         return topology
     }
 
+    /// A name prefix for VM networks that no other test process uses at the same time: VM
+    /// namespaces (`<prefix><index>`) are global, and other runs of these tests may share the
+    /// machine. `kind` is one letter.
+    static func namePrefix(_ kind: String) -> String {
+        let letters = String(getpid()).map { Character(Unicode.Scalar(UInt8(ascii: "a") + UInt8(String($0))!)) }
+        return "mv" + kind + String(letters.suffix(5))
+    }
+
     func remove() async {
         try? await Self.ip(["netns", "del", host])
         try? await Self.ip(["netns", "del", internet])
@@ -77,14 +85,14 @@ struct NetworkedVMTests {
         }
         await topology.remove()
         let left = try await Subprocess.run(.name("ip"), arguments: ["netns", "list"], output: .string(limit: 65536)).standardOutput
-        #expect(!left.contains("mvte") && !left.contains(topology.host), "namespaces left: \(left)")
+        #expect(!left.contains(TestTopology.namePrefix("e")) && !left.contains(topology.host), "namespaces left: \(left)")
     }
 
     static func run(topology: TestTopology, tag: String) async throws {
         try await EndToEnd.withDriver(.required, name: "net") { configuration, assets, directory in
             var configuration = configuration
             configuration.network = VMNetworkConfiguration(
-                stateDirectory: FilePath(directory + "/network"), namePrefix: "mvte", hostNamespace: FilePath("/var/run/netns/" + topology.host),
+                stateDirectory: FilePath(directory + "/network"), namePrefix: TestTopology.namePrefix("e"), hostNamespace: FilePath("/var/run/netns/" + topology.host),
                 uplink: "up0")
             for (port, allowed) in [(7, true), (9, false)] {
                 var spec = EndToEnd.spec(
@@ -118,5 +126,56 @@ struct NetworkedVMTests {
             let leases = (try? FileManager.default.contentsOfDirectory(atPath: directory + "/network/leases")) ?? []
             #expect(leases.isEmpty, "leases left: \(leases)")
         }
+    }
+
+    @Test("An unjailed VM on a TAP-mode network restored from its snapshot under a new id keeps its allocation; a clone beside the running source is refused")
+    func tapModeRestoreKeepsTheAllocation() async throws {
+        let tag = "r" + String(getpid() % 100_000)
+        let topology = try await TestTopology.make(tag: tag)
+        do {
+            try await EndToEnd.withDriver(.disabled, name: "net-tap") { configuration, assets, directory in
+                var configuration = configuration
+                configuration.network = VMNetworkConfiguration(
+                    stateDirectory: FilePath(directory + "/network"), namePrefix: TestTopology.namePrefix("r"), hostNamespace: FilePath("/var/run/netns/" + topology.host),
+                    uplink: "up0")
+                var spec = EndToEnd.spec(assets, id: "tapsnap-\(tag)")
+                spec.network = NetworkSpec(mode: .tap)
+                // Another VM first, so the source's lease is not the lowest free one at restore.
+                var other = EndToEnd.spec(assets, id: "tapsnap-other-\(tag)")
+                other.network = NetworkSpec(mode: .tap)
+                let first = try await MicroVM.run(other, configuration: configuration, logger: EndToEnd.logger)
+                let source = try await MicroVM.run(spec, configuration: configuration, logger: EndToEnd.logger)
+                let sourceNetwork = try #require(source.network)
+                #expect(sourceNetwork.mode == .tap && sourceNetwork.namespacePath == nil)
+                let snapshot = try await EndToEnd.using(source) { vm in
+                    _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat 2", timeout: .seconds(10))
+                    return try await vm.snapshot(to: FilePath(directory + "/snap"), type: .full)
+                }
+                #expect(snapshot.networkIndex == sourceNetwork.index)
+                // The source still holds the lease: a clone would need its address.
+                await #expect {
+                    _ = try await MicroVM.restore(snapshot, id: "tapsnap-clone-\(tag)", configuration: configuration, logger: EndToEnd.logger)
+                } throws: { error in
+                    guard case .createFailed(_, _, let cause, _) = error as? MicroVMError else { return false }
+                    return "\(cause)".contains("leaseTaken") || "\(cause)".contains("needs network lease")
+                }
+                #expect(await source.stop().kind == .guestShutdown)
+                await first.kill()
+                let restored = try await MicroVM.restore(snapshot, id: "tapsnap-restored-\(tag)", configuration: configuration, logger: EndToEnd.logger)
+                try await EndToEnd.using(restored) { vm in
+                    let network = try #require(vm.network)
+                    #expect(network.index == sourceNetwork.index && network.index != 0)
+                    #expect(network.tapName == sourceNetwork.tapName && network.guestAddress == sourceNetwork.guestAddress)
+                    _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat", timeout: .seconds(5))
+                    #expect(await vm.stop().kind == .guestShutdown)
+                }
+                let leases = (try? FileManager.default.contentsOfDirectory(atPath: directory + "/network/leases")) ?? []
+                #expect(leases.isEmpty, "leases left: \(leases)")
+            }
+        } catch {
+            await topology.remove()
+            throw error
+        }
+        await topology.remove()
     }
 }

@@ -394,7 +394,9 @@ public struct MMDSSpec: Codable, Sendable, Hashable {
 /// fixed addresses for every VM (snapshot clones need no change), joined to the host by a veth;
 /// in `tap` mode a TAP in the host namespace. Either way an nftables firewall lets the guest
 /// reach only what `allow` lists (and the host only what `allow_host` lists), drops spoofed
-/// sources and IPv6, and the guest learns its address from the `ip=` boot argument.
+/// sources, and the guest learns its address from the `ip=` boot argument. IPv6 is dropped
+/// unless the driver's network has IPv6 (`VMNetworkConfiguration.ipv6`) and a rule lists an
+/// IPv6 destination.
 public struct NetworkSpec: Codable, Sendable, Hashable {
     public enum Mode: String, Codable, Sendable, Hashable {
         case namespace, tap
@@ -434,7 +436,8 @@ public struct NetworkSpec: Codable, Sendable, Hashable {
     var interface: String { interfaceId ?? "eth0" }
 }
 
-/// One allowed destination: `destination` is an IPv4 address or CIDR (`0.0.0.0/0` for any),
+/// One allowed destination: `destination` is an IPv4 or IPv6 address or CIDR (`0.0.0.0/0`,
+/// `::/0` for any),
 /// `protocol` `tcp`, `udp`, `icmp` or `any` (default), `ports` `443` or `8000-8080`.
 public struct EgressRuleSpec: Codable, Sendable, Hashable {
     public var destination: String
@@ -453,7 +456,7 @@ public struct EgressRuleSpec: Codable, Sendable, Hashable {
         do {
             network = try IPNetwork(destination)
         } catch {
-            return .failure(SpecProblemText(field: "destination", message: "'\(destination)' is not an IPv4 address or CIDR"))
+            return .failure(SpecProblemText(field: "destination", message: "'\(destination)' is not an IPv4 or IPv6 address or CIDR"))
         }
         guard let transport = EgressRule.Transport(rawValue: (`protocol` ?? "any").lowercased()) else {
             return .failure(SpecProblemText(field: "protocol", message: "'\(`protocol` ?? "")' is not tcp, udp, icmp or any"))

@@ -7,11 +7,11 @@ import CMicroVMSys
 
 /// A minimal posix_spawn runner for short host commands (`jailer --version`). The host module
 /// does not depend on the driver's process library; this is not meant for supervising VMMs.
-enum HostCommand {
-    struct Output: Sendable {
-        var termination: ProcessTermination
-        var standardOutput: String
-        var standardError: String
+package enum HostCommand {
+    package struct Output: Sendable {
+        package var termination: ProcessTermination
+        package var standardOutput: String
+        package var standardError: String
     }
 
     /// Spawns `executable` with `arguments`, stdin from /dev/null and the given descriptors as
@@ -63,7 +63,7 @@ enum HostCommand {
 
     /// Runs a short command to completion, collecting its output (up to `limit` bytes each).
     /// Blocks the calling thread; only for commands that answer at once.
-    static func run(_ executable: String, _ arguments: [String], limit: Int = 65536) throws(SystemCallError) -> Output {
+    package static func run(_ executable: String, _ arguments: [String], limit: Int = 65536) throws(SystemCallError) -> Output {
         var out: [Int32] = [-1, -1]
         var err: [Int32] = [-1, -1]
         try SystemCallError.check("pipe2", executable) { cmv_pipe_cloexec(&out) }

@@ -1,5 +1,6 @@
 /// What a VM may reach. Everything not listed is dropped: other destinations, traffic to the
-/// host, traffic to other VMs, connections from outside into the VM, and IPv6.
+/// host, traffic to other VMs, connections from outside into the VM, and IPv6 unless an IPv6
+/// destination is listed (which needs `VMNetworkConfiguration.ipv6`: guests have no IPv6 otherwise).
 public struct EgressPolicy: Sendable, Hashable, Codable {
     /// Destinations beyond the host (through the uplink, masqueraded).
     public var allow: [EgressRule]
@@ -16,17 +17,12 @@ public struct EgressPolicy: Sendable, Hashable, Codable {
     public static let denyAll = EgressPolicy()
 
     /// Every IPv4 destination beyond the host (still no host, no other VM, no IPv6, no spoofing).
+    /// Add `EgressRule(destination: IPNetwork("::/0"))` for every IPv6 destination too.
     public static let internet = EgressPolicy(allow: [EgressRule(destination: IPNetwork(IPv4Address(0), prefixLength: 0))])
 
     /// Refuses rules the firewall cannot enforce.
     public func validate() throws(NetworkError) {
         for rule in allow + allowHost {
-            if rule.destination.family == .ipv6 {
-                throw .invalidSetting(
-                    name: "egress rule", value: rule.description,
-                    reason: "IPv6 egress is not supported: VM namespaces carry IPv4 only and drop all IPv6",
-                    fix: "remove IPv6 rules; IPv6 from the guest is always dropped")
-            }
             if let ports = rule.ports {
                 guard rule.transport == .tcp || rule.transport == .udp else {
                     throw .invalidSetting(
@@ -69,10 +65,15 @@ public struct EgressRule: Sendable, Hashable, Codable, CustomStringConvertible {
     /// which apply to any of the host's addresses unless the destination is narrower than /0.
     func nftMatch() -> String {
         var parts: [String] = []
-        if destination.prefixLength > 0 { parts.append("ip daddr \(destination)") } else { parts.append("meta nfproto ipv4") }
+        let v6 = destination.family == .ipv6
+        if destination.prefixLength > 0 {
+            parts.append("\(v6 ? "ip6" : "ip") daddr \(destination)")
+        } else {
+            parts.append("meta nfproto \(v6 ? "ipv6" : "ipv4")")
+        }
         switch transport {
         case .any: break
-        case .icmp: parts.append("meta l4proto icmp")
+        case .icmp: parts.append(v6 ? "meta l4proto ipv6-icmp" : "meta l4proto icmp")
         case .tcp, .udp:
             if let ports {
                 parts.append("\(transport.rawValue) dport \(ports.count == 1 ? "\(ports.lowerBound)" : "\(ports.lowerBound)-\(ports.upperBound)")")

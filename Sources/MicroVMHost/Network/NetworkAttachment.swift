@@ -33,6 +33,9 @@ public struct NetworkAttachment: Sendable, Hashable {
     /// The guest interface name used in `bootArgument`.
     public let guestInterface: String
     public let nameservers: [IPv4Address]
+    /// The VM's IPv6 addresses when the host's VM networks have IPv6 (`VMNetworkConfiguration.ipv6`);
+    /// the guest configures them itself (`ip=` carries only IPv4).
+    public internal(set) var ipv6: IPv6Attachment? = nil
 
     /// The kernel's `ip=` argument (`ip=<client>::<gateway>:<netmask>::<device>:off[:<dns0>[:<dns1>]]`).
     public var bootArgument: String {
@@ -41,6 +44,17 @@ public struct NetworkAttachment: Sendable, Hashable {
         for server in nameservers.prefix(2) { text += ":\(server)" }
         return text
     }
+}
+
+/// A VM's IPv6 side, laid out like its IPv4 side.
+public struct IPv6Attachment: Sendable, Hashable {
+    public let guestAddress: IPv6Address
+    public let gatewayAddress: IPv6Address
+    public let prefixLength: Int
+    /// The host's end of the VM's /126.
+    public let hostAddress: IPv6Address
+    /// The source of the VM's traffic in the host namespace (before masquerade): unique per VM.
+    public let outsideAddress: IPv6Address
 }
 
 /// Whose uid:gid a VM runs as.

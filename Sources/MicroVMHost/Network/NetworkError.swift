@@ -11,6 +11,9 @@ public enum NetworkError: Error, Sendable, Hashable, CustomStringConvertible {
     case unexpectedOutput(command: String, detail: String)
     /// Every index of the address pool / uid range is leased.
     case poolExhausted(capacity: Int)
+    /// `vm` needs lease `index` (a TAP-mode snapshot's guest keeps the address of its lease),
+    /// and another VM (`holder`, if readable) holds it, or `vm` holds another.
+    case leaseTaken(index: Int, holder: String?, vm: String)
     /// A lease file is damaged.
     case leaseCorrupt(path: String, detail: String)
     /// A system call failed.
@@ -19,10 +22,15 @@ public enum NetworkError: Error, Sendable, Hashable, CustomStringConvertible {
     case hostNamespaceMissing(path: String)
     /// IPv4 forwarding is off in the host namespace: VM traffic would not be routed.
     case forwardingDisabled(namespace: String)
+    /// IPv6 forwarding is off in the host namespace while guests are given IPv6.
+    case ipv6ForwardingDisabled(namespace: String)
     /// Another table's forward base chain has policy drop (Docker, ufw, firewalld): it drops VM
     /// traffic our accept lets through, because every base chain on the hook must accept.
     case foreignForwardDrop(family: String, table: String, chain: String)
-    /// Legacy (non-nft) iptables tables exist; nft cannot see their rules.
+    /// A legacy (xtables) FORWARD chain drops VM traffic (policy DROP, or DROP/REJECT rules for
+    /// VM interfaces): Docker or ufw on iptables-legacy. `fix` is the exact command.
+    case legacyForwardDrop(tool: String, policyDrop: Bool, rules: [String], fix: String)
+    /// Legacy (non-nft) iptables tables exist and cannot be inspected (no iptables-legacy).
     case legacyIptables(tables: [String])
     /// br_netfilter is loaded and passes bridged traffic through iptables/nftables.
     case bridgeNetfilter(detail: String)
@@ -49,6 +57,8 @@ public enum NetworkError: Error, Sendable, Hashable, CustomStringConvertible {
             "could not read the output of \(command): \(detail)"
         case .poolExhausted(let capacity):
             "all \(capacity) network leases are in use"
+        case .leaseTaken(let index, let holder, let vm):
+            "VM \(vm) needs network lease \(index), which " + (holder.map { "VM \($0) holds" } ?? "is taken")
         case .leaseCorrupt(let path, let detail):
             "network lease \(path) is damaged: \(detail)"
         case .system(let vm, let error):
@@ -57,8 +67,14 @@ public enum NetworkError: Error, Sendable, Hashable, CustomStringConvertible {
             "the host network namespace \(path) does not exist"
         case .forwardingDisabled(let namespace):
             "IPv4 forwarding is off in \(namespace) (net.ipv4.ip_forward = 0): VM traffic is not routed"
+        case .ipv6ForwardingDisabled(let namespace):
+            "IPv6 forwarding is off in \(namespace) (net.ipv6.conf.all.forwarding = 0) while VM networks have IPv6: guests' IPv6 traffic is not routed"
         case .foreignForwardDrop(let family, let table, let chain):
             "table \(family) \(table) has a forward chain \(chain) with policy drop: it drops VM traffic that our firewall accepts"
+        case .legacyForwardDrop(let tool, let policyDrop, let rules, _):
+            "the \(tool) FORWARD chain drops VM traffic ("
+                + ((policyDrop ? ["policy DROP"] : []) + rules).joined(separator: "; ")
+                + "): legacy rules are invisible to nft and a packet must pass both"
         case .legacyIptables(let tables):
             "legacy iptables tables are loaded (\(tables.joined(separator: ", "))); their rules are invisible to nft and may drop VM traffic"
         case .bridgeNetfilter(let detail):
@@ -94,6 +110,8 @@ public enum NetworkError: Error, Sendable, Hashable, CustomStringConvertible {
             "check that iproute2 and nftables are recent enough for JSON output (-j): iproute2 >= 4.13, nftables >= 0.9"
         case .poolExhausted:
             "destroy VMs you no longer need, run gc to release leases of VMs that died, or widen the address pool and uid range"
+        case .leaseTaken:
+            "a guest restored in TAP mode keeps the address of the lease it was snapshotted with: destroy (or gc) the VM holding it first; to run clones side by side use namespace mode (jailed), where every guest has the same address"
         case .leaseCorrupt:
             "remove the file after making sure its VM is gone, then run gc"
         case .system(_, let error):
@@ -106,10 +124,14 @@ public enum NetworkError: Error, Sendable, Hashable, CustomStringConvertible {
             "create it (ip netns add NAME) or leave hostNamespace nil to use this process's namespace"
         case .forwardingDisabled:
             "enable it: sysctl -w net.ipv4.ip_forward=1 (persist in /etc/sysctl.d/), in the namespace that plays the host"
+        case .ipv6ForwardingDisabled:
+            "enable it: sysctl -w net.ipv6.conf.all.forwarding=1 (persist in /etc/sysctl.d/; it stops the host's own IPv6 autoconfiguration unless accept_ra=2 on its uplink), or leave VMNetworkConfiguration.ipv6 nil"
         case .foreignForwardDrop(let family, let table, let chain):
             "accept VM traffic in that chain too, e.g. nft insert rule \(family) \(table) \(chain) iifname \"<prefix>*\" accept and oifname \"<prefix>*\" ct state established,related accept (for Docker: iptables -I DOCKER-USER ...); our own per-VM rules still filter it"
+        case .legacyForwardDrop(_, _, _, let fix):
+            "let VM traffic through it (our nftables rules still filter it): \(fix)"
         case .legacyIptables:
-            "inspect them with iptables-legacy-save and make sure the FORWARD chain accepts VM traffic, or migrate to iptables-nft"
+            "install iptables (apt-get install -y iptables) so the check can read them, or inspect them with iptables-legacy-save and make sure the FORWARD chain accepts VM traffic, or migrate to iptables-nft"
         case .bridgeNetfilter:
             "VM links are routed, not bridged, so this matters only if you bridge VM interfaces yourself; unload br_netfilter or set net.bridge.bridge-nf-call-iptables=0 if bridged traffic vanishes"
         case .uplinkMissing:

@@ -40,16 +40,31 @@ public struct NetworkLeaseStore: Sendable {
     private var leasesDirectory: String { directory.string + "/leases" }
     private var vmsDirectory: String { directory.string + "/vms" }
 
-    /// The VM's lease, created at the lowest free index if it has none. An existing lease is
-    /// returned unchanged (same index, owner and mode).
+    /// The VM's lease, created at the lowest free index (or at `index`, which must then be
+    /// free) if it has none. An existing lease is returned unchanged (same index, owner and mode).
     public func acquire(
-        for vm: VMIdentifier, mode: NetworkLease.Mode, owner: (uid: UInt32, gid: UInt32)?
+        for vm: VMIdentifier, mode: NetworkLease.Mode, owner: (uid: UInt32, gid: UInt32)?, index wanted: Int? = nil
     ) throws(NetworkError) -> (lease: NetworkLease, created: Bool) {
         try withLock { () throws(NetworkError) -> (NetworkLease, Bool) in
-            if let existing = try lookup(vm) { return (existing, false) }
+            if let existing = try lookup(vm) {
+                if let wanted, existing.index != wanted { throw .leaseTaken(index: wanted, holder: nil, vm: vm.rawValue) }
+                return (existing, false)
+            }
             let used = try usedIndices()
-            guard let index = (0..<capacity).first(where: { !used.contains($0) }) else {
-                throw .poolExhausted(capacity: capacity)
+            let index: Int
+            if let wanted {
+                guard (0..<capacity).contains(wanted) else {
+                    throw .invalidSetting(
+                        name: "lease index", value: "\(wanted)", reason: "outside the pool's \(capacity) leases",
+                        fix: "use the configuration (address pool, uid range) the index was leased under")
+                }
+                if used.contains(wanted) { throw .leaseTaken(index: wanted, holder: (try? read(index: wanted))?.vm.rawValue, vm: vm.rawValue) }
+                index = wanted
+            } else {
+                guard let free = (0..<capacity).first(where: { !used.contains($0) }) else {
+                    throw .poolExhausted(capacity: capacity)
+                }
+                index = free
             }
             let uid = owner?.uid ?? uidBase + UInt32(index)
             let gid = owner?.gid ?? uidBase + UInt32(index)

@@ -8,10 +8,10 @@ import CMicroVMSys
 /// Runs code with the calling thread inside another network namespace. Everything here blocks
 /// and must stay synchronous: the thread is moved with setns(2) and moved back before return,
 /// so no `await` may happen inside (the body is not async).
-enum NetworkNamespace {
+package enum NetworkNamespace {
     /// Runs `body` inside the namespace bound at `path` (nil: where the thread already is).
     /// Processes spawned inside start in that namespace; /proc/sys/net opened inside is its.
-    static func run<T>(in path: String?, _ body: () throws(NetworkError) -> T) throws(NetworkError) -> T {
+    package static func run<T>(in path: String?, _ body: () throws(NetworkError) -> T) throws(NetworkError) -> T {
         guard let path else { return try body() }
         let previous: Int32
         do {
@@ -27,7 +27,7 @@ enum NetworkNamespace {
     }
 
     /// Reads a /proc/sys value in the namespace at `path` (nil: this thread's).
-    static func readSysctl(_ key: String, in path: String?) throws(NetworkError) -> String {
+    package static func readSysctl(_ key: String, in path: String?) throws(NetworkError) -> String {
         try run(in: path) { () throws(NetworkError) -> String in
             let file = "/proc/sys/" + key.replacing(".", with: "/")
             do throws(SystemCallError) {
@@ -39,7 +39,7 @@ enum NetworkNamespace {
     }
 
     /// Writes a /proc/sys value in the namespace at `path` (nil: this thread's).
-    static func writeSysctl(_ key: String, _ value: String, in path: String?) throws(NetworkError) {
+    package static func writeSysctl(_ key: String, _ value: String, in path: String?) throws(NetworkError) {
         try run(in: path) { () throws(NetworkError) in
             let file = "/proc/sys/" + key.replacing(".", with: "/")
             do throws(SystemCallError) {
@@ -55,13 +55,13 @@ enum NetworkNamespace {
 }
 
 /// Finds and runs `ip` and `nft`. Blocking.
-struct NetworkTools: Sendable {
+package struct NetworkTools: Sendable {
     let ip: String
     let nft: String
 
-    static let searchDirectories = ["/usr/sbin", "/sbin", "/usr/bin", "/bin", "/usr/local/sbin", "/usr/local/bin"]
+    package static let searchDirectories = ["/usr/sbin", "/sbin", "/usr/bin", "/bin", "/usr/local/sbin", "/usr/local/bin"]
 
-    static func locate(_ tool: String) -> String? {
+    package static func locate(_ tool: String) -> String? {
         searchDirectories.map { "\($0)/\(tool)" }.first { access($0, X_OK) == 0 }
     }
 

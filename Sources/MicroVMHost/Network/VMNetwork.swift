@@ -47,14 +47,23 @@ public final class VMNetwork: Sendable {
 
     /// Creates (or recreates) the VM's network and returns what its launch needs. The VM's
     /// firewall rules are in place before its link exists (fail closed). On failure everything
-    /// made so far is removed again, the lease included if this call made it.
+    /// made so far is removed again, the lease included if this call made it. `index` takes
+    /// that allocation instead of the lowest free one (a TAP-mode guest restored from a snapshot
+    /// keeps its addresses); it fails with `leaseTaken` while another VM holds it.
     public func setUp(
-        for vm: VMIdentifier, policy: EgressPolicy, mode: NetworkLease.Mode = .namespace, owner: VMNetworkOwner = .leased
+        for vm: VMIdentifier, policy: EgressPolicy, mode: NetworkLease.Mode = .namespace, owner: VMNetworkOwner = .leased,
+        index: Int? = nil
     ) throws(NetworkError) -> NetworkAttachment {
         try policy.validate()
+        if configuration.ipv6 == nil, let rule = (policy.allow + policy.allowHost).first(where: { $0.destination.family == .ipv6 }) {
+            throw .invalidSetting(
+                name: "egress rule", value: rule.description,
+                reason: "this host's VM networks have no IPv6 (VMNetworkConfiguration.ipv6 is nil), so all IPv6 from guests is dropped",
+                fix: "set VMNetworkConfiguration.ipv6 to give guests IPv6 addresses, or remove the IPv6 rules")
+        }
         var fixed: (uid: UInt32, gid: UInt32)?
         if case .fixed(let uid, let gid) = owner { fixed = (uid, gid) }
-        let (lease, created) = try leases.acquire(for: vm, mode: mode, owner: fixed)
+        let (lease, created) = try leases.acquire(for: vm, mode: mode, owner: fixed, index: index)
         let attachment = attachment(for: lease)
         var log = logger
         log[metadataKey: "vm"] = "\(vm)"
@@ -89,6 +98,24 @@ public final class VMNetwork: Sendable {
     }
 
     func attachment(for lease: NetworkLease) -> NetworkAttachment {
+        var attachment = ipv4Attachment(for: lease)
+        if let ipv6 = configuration.ipv6, let subnet = configuration.subnet6(lease.index) {
+            attachment.ipv6 =
+                switch lease.mode {
+                case .namespace:
+                    IPv6Attachment(
+                        guestAddress: ipv6.guestAddress, gatewayAddress: ipv6.gateway, prefixLength: ipv6.prefixLength,
+                        hostAddress: subnet.host, outsideAddress: subnet.peer)
+                case .tap:
+                    IPv6Attachment(
+                        guestAddress: subnet.peer, gatewayAddress: subnet.host, prefixLength: 126, hostAddress: subnet.host,
+                        outsideAddress: subnet.peer)
+                }
+        }
+        return attachment
+    }
+
+    private func ipv4Attachment(for lease: NetworkLease) -> NetworkAttachment {
         let subnet = configuration.subnet(lease.index)
         let guest = configuration.guest
         switch lease.mode {
@@ -116,38 +143,62 @@ public final class VMNetwork: Sendable {
         let guest = configuration.guest
         try NetworkTools.run(tools.ip, ["netns", "add", name], vm: vm)
         // A fresh namespace forwards nothing and has IPv6 on; set both before any link exists.
-        try NetworkNamespace.writeSysctl("net.ipv6.conf.all.disable_ipv6", "1", in: path)
-        try NetworkNamespace.writeSysctl("net.ipv6.conf.default.disable_ipv6", "1", in: path)
+        if attachment.ipv6 == nil {
+            try NetworkNamespace.writeSysctl("net.ipv6.conf.all.disable_ipv6", "1", in: path)
+            try NetworkNamespace.writeSysctl("net.ipv6.conf.default.disable_ipv6", "1", in: path)
+        } else {
+            // Router, not host: no autoconfiguration from whatever a guest advertises.
+            try NetworkNamespace.writeSysctl("net.ipv6.conf.default.accept_ra", "0", in: path)
+            try NetworkNamespace.writeSysctl("net.ipv6.conf.default.autoconf", "0", in: path)
+            try NetworkNamespace.writeSysctl("net.ipv6.conf.all.forwarding", "1", in: path)
+        }
         try NetworkNamespace.writeSysctl("net.ipv4.ip_forward", "1", in: path)
         try NetworkTools.run(tools.nft, [namespaceRules(attachment)], in: path, vm: vm)
-        try runBatch(
-            [
-                "link add \(attachment.hostInterface) type veth peer name \(Self.innerVeth) netns \(name)",
-                "addr add \(attachment.hostAddress)/30 dev \(attachment.hostInterface)",
-                "link set \(attachment.hostInterface) up",
-            ], in: hostNamespace, lease: lease, label: "host")
-        try runBatch(
-            [
-                "link set lo up",
-                "addr add \(attachment.outsideAddress)/30 dev \(Self.innerVeth)",
-                "link set \(Self.innerVeth) up",
-                "route add default via \(attachment.hostAddress) dev \(Self.innerVeth)",
-                "tuntap add dev \(guest.tapName) mode tap user \(lease.uid) group \(lease.gid) vnet_hdr",
-                "addr add \(guest.gateway)/\(guest.prefixLength) dev \(guest.tapName)",
-                "link set \(guest.tapName) up",
-                "neigh replace \(guest.address) lladdr \(attachment.guestMAC) dev \(guest.tapName) nud permanent",
-            ], in: path, lease: lease, label: "vm")
+        var host = [
+            "link add \(attachment.hostInterface) type veth peer name \(Self.innerVeth) netns \(name)",
+            "addr add \(attachment.hostAddress)/30 dev \(attachment.hostInterface)",
+            "link set \(attachment.hostInterface) up",
+        ]
+        var inside = [
+            "link set lo up",
+            "addr add \(attachment.outsideAddress)/30 dev \(Self.innerVeth)",
+            "link set \(Self.innerVeth) up",
+            "route add default via \(attachment.hostAddress) dev \(Self.innerVeth)",
+            "tuntap add dev \(guest.tapName) mode tap user \(lease.uid) group \(lease.gid) vnet_hdr",
+            "addr add \(guest.gateway)/\(guest.prefixLength) dev \(guest.tapName)",
+            "link set \(guest.tapName) up",
+            "neigh replace \(guest.address) lladdr \(attachment.guestMAC) dev \(guest.tapName) nud permanent",
+        ]
+        if let v6 = attachment.ipv6 {
+            // nodad: duplicate address detection would hold each address back for a second or
+            // more, and these links have exactly one peer with a leased address.
+            host.insert("addr add \(v6.hostAddress)/126 dev \(attachment.hostInterface) nodad", at: 2)
+            inside += [
+                "addr add \(v6.outsideAddress)/126 dev \(Self.innerVeth) nodad",
+                "route add ::/0 via \(v6.hostAddress) dev \(Self.innerVeth)",
+                "addr add \(v6.gatewayAddress)/\(v6.prefixLength) dev \(guest.tapName) nodad",
+                "neigh replace \(v6.guestAddress) lladdr \(attachment.guestMAC) dev \(guest.tapName) nud permanent",
+            ]
+        }
+        try runBatch(host, in: hostNamespace, lease: lease, label: "host")
+        try runBatch(inside, in: path, lease: lease, label: "vm")
     }
 
     private func buildTap(_ lease: NetworkLease, attachment: NetworkAttachment) throws(NetworkError) {
         let tap = attachment.tapName
-        try runBatch(
-            [
-                "tuntap add dev \(tap) mode tap user \(lease.uid) group \(lease.gid) vnet_hdr",
-                "addr add \(attachment.hostAddress)/30 dev \(tap)",
-                "link set \(tap) up",
-                "neigh replace \(attachment.guestAddress) lladdr \(attachment.guestMAC) dev \(tap) nud permanent",
-            ], in: hostNamespace, lease: lease, label: "host")
+        var lines = [
+            "tuntap add dev \(tap) mode tap user \(lease.uid) group \(lease.gid) vnet_hdr",
+            "addr add \(attachment.hostAddress)/30 dev \(tap)",
+            "link set \(tap) up",
+            "neigh replace \(attachment.guestAddress) lladdr \(attachment.guestMAC) dev \(tap) nud permanent",
+        ]
+        if let v6 = attachment.ipv6 {
+            lines += [
+                "addr add \(v6.hostAddress)/126 dev \(tap) nodad",
+                "neigh replace \(v6.guestAddress) lladdr \(attachment.guestMAC) dev \(tap) nud permanent",
+            ]
+        }
+        try runBatch(lines, in: hostNamespace, lease: lease, label: "host")
     }
 
     /// `ip -batch FILE` inside `namespace`: one process for many link changes.
@@ -188,19 +239,25 @@ public final class VMNetwork: Sendable {
         if let uplink = configuration.uplink {
             lines.append("add rule \(t) forward iifname \(wildcard) oifname != \"\(uplink)\" counter drop comment \"not the uplink\"")
         }
+        if let pool6 = configuration.ipv6?.addressPool {
+            lines.append("add rule \(t) forward iifname \(wildcard) ip6 daddr \(pool6) counter drop comment \"VM link addresses (IPv6)\"")
+        }
         lines += [
             "add rule \(t) forward iifname \(wildcard) ip daddr \(pool) counter drop comment \"VM link addresses\"",
             "add rule \(t) forward iifname vmap @vm_out",
             "add rule \(t) forward iifname \(wildcard) counter drop comment \"VM without rules\"",
             "add rule \(t) forward oifname \(wildcard) counter drop comment \"into VMs\"",
             "add rule \(t) input iifname \(wildcard) ct state established,related accept",
+            // Neighbour discovery is IPv6's ARP: without it no VM link resolves its peer. Hop
+            // limit 255 proves it was not routed from elsewhere (RFC 4861).
+            "add rule \(t) input iifname \(wildcard) icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept",
             "add rule \(t) input iifname vmap @vm_in",
             "add rule \(t) input iifname \(wildcard) counter drop comment \"VM to host\"",
         ]
-        if let uplink = configuration.uplink {
-            lines.append("add rule \(t) postrouting ip saddr \(pool) oifname \"\(uplink)\" masquerade")
-        } else {
-            lines.append("add rule \(t) postrouting ip saddr \(pool) oifname != \(wildcard) masquerade")
+        let out = configuration.uplink.map { "oifname \"\($0)\"" } ?? "oifname != \(wildcard)"
+        lines.append("add rule \(t) postrouting ip saddr \(pool) \(out) masquerade")
+        if let pool6 = configuration.ipv6?.addressPool {
+            lines.append("add rule \(t) postrouting ip6 saddr \(pool6) \(out) masquerade")
         }
         return lines
     }
@@ -217,7 +274,11 @@ public final class VMNetwork: Sendable {
             "flush chain \(t) \(into)",
         ]
         for chain in [out, into] {
-            lines.append("add rule \(t) \(chain) meta nfproto ipv6 counter drop comment \"IPv6\"")
+            if let v6 = attachment.ipv6 {
+                lines.append("add rule \(t) \(chain) ip6 saddr != \(v6.outsideAddress) counter drop comment \"spoofed IPv6 source\"")
+            } else {
+                lines.append("add rule \(t) \(chain) meta nfproto ipv6 counter drop comment \"IPv6\"")
+            }
             lines.append("add rule \(t) \(chain) ip saddr != \(attachment.outsideAddress) counter drop comment \"spoofed source\"")
         }
         for rule in policy.allow { lines.append("add rule \(t) \(out) \(rule.nftMatch()) counter accept") }
@@ -259,23 +320,32 @@ public final class VMNetwork: Sendable {
         try NetworkTools.run(tools.nft, [removeHostRulesScript(index: lease.index)], in: hostNamespace, vm: lease.vm.rawValue)
     }
 
-    /// The VM namespace's own table: guest source and IPv6 checks, the namespace's addresses
+    /// The VM namespace's own table: guest source checks (IPv6 dropped when the VM has none), the namespace's addresses
     /// closed to the guest, forwarding only between the TAP and the veth, SNAT to the
     /// namespace's outer address (so clones with one guest address differ outside).
     func namespaceRules(_ attachment: NetworkAttachment) -> String {
         let guest = configuration.guest
         let tap = "\"\(guest.tapName)\""
         let veth = "\"\(Self.innerVeth)\""
+        // Link-local sources stay allowed: the guest's neighbour discovery uses them, and the
+        // kernel never forwards them.
+        let ipv6Source =
+            attachment.ipv6.map { "iifname \(tap) ip6 saddr != { \($0.guestAddress), fe80::/10 } counter drop comment \"spoofed IPv6 source\"" }
+            ?? "iifname \(tap) meta nfproto ipv6 counter drop comment \"IPv6\""
+        let neighbourDiscovery =
+            attachment.ipv6 == nil ? "" : "iifname \(tap) icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept"
+        let ipv6NAT = attachment.ipv6.map { "oifname \(veth) ip6 saddr \($0.guestAddress) snat ip6 to \($0.outsideAddress)" } ?? ""
         return """
             table \(table) {
                 chain prerouting {
                     type filter hook prerouting priority raw; policy accept;
-                    iifname \(tap) meta nfproto ipv6 counter drop comment "IPv6"
+                    \(ipv6Source)
                     iifname \(tap) ip saddr != \(guest.address) counter drop comment "spoofed source"
                     iifname \(tap) ether saddr != \(attachment.guestMAC) counter drop comment "spoofed MAC"
                 }
                 chain input {
                     type filter hook input priority filter; policy accept;
+                    \(neighbourDiscovery)
                     iifname \(tap) counter drop comment "namespace addresses"
                 }
                 chain forward {
@@ -287,6 +357,7 @@ public final class VMNetwork: Sendable {
                 chain postrouting {
                     type nat hook postrouting priority srcnat; policy accept;
                     oifname \(veth) ip saddr \(guest.address) snat ip to \(attachment.outsideAddress)
+                    \(ipv6NAT)
                 }
             }
             """

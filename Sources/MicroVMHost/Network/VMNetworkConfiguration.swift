@@ -24,6 +24,8 @@ public struct VMNetworkConfiguration: Sendable, Hashable {
     /// What the guest sees in namespace mode; the same for every VM, so snapshot clones need
     /// no change.
     public var guest: GuestAddressing
+    /// IPv6 for the guests; nil (the default): guests have none and all IPv6 from them is dropped.
+    public var ipv6: IPv6Addressing?
 
     public init(
         stateDirectory: FilePath,
@@ -33,7 +35,8 @@ public struct VMNetworkConfiguration: Sendable, Hashable {
         addressPool: IPNetwork = IPNetwork(IPv4Address(10, 200, 0, 0), prefixLength: 16),
         uidRange: ClosedRange<UInt32> = 200_000...265_535,
         tableName: String = "microvm",
-        guest: GuestAddressing = GuestAddressing()
+        guest: GuestAddressing = GuestAddressing(),
+        ipv6: IPv6Addressing? = nil
     ) {
         self.stateDirectory = stateDirectory
         self.namePrefix = namePrefix
@@ -43,13 +46,18 @@ public struct VMNetworkConfiguration: Sendable, Hashable {
         self.uidRange = uidRange
         self.tableName = tableName
         self.guest = guest
+        self.ipv6 = ipv6
     }
 
     /// How many VMs fit: the smallest of the /30s in the pool, the uid range and 100,000 (names
     /// stay within 15 characters).
     public var capacity: Int {
         let subnets = Int(min((addressPool.ipv4Range?.count ?? 0) / 4, 1 << 20))
-        return min(subnets, Int(uidRange.upperBound - uidRange.lowerBound) + 1, 100_000)
+        var result = min(subnets, Int(uidRange.upperBound - uidRange.lowerBound) + 1, 100_000)
+        if let ipv6, ipv6.addressPool.family == .ipv6 {
+            result = min(result, 1 << min(20, max(0, 126 - ipv6.addressPool.prefixLength)))
+        }
+        return result
     }
 
     public func validate() throws(NetworkError) {
@@ -92,6 +100,7 @@ public struct VMNetworkConfiguration: Sendable, Hashable {
                 reason: "the gateway and the guest must be two addresses of one subnet of /8 to /30",
                 fix: "use the default 172.16.0.2/30 via 172.16.0.1")
         }
+        if let ipv6 { try ipv6.validate() }
         guard capacity > 0 else {
             throw .invalidSetting(
                 name: "uidRange", value: "\(uidRange)", reason: "leaves no room for a VM", fix: "use e.g. 200000...265535")
@@ -118,6 +127,11 @@ public struct VMNetworkConfiguration: Sendable, Hashable {
     func subnet(_ index: Int) -> (host: IPv4Address, peer: IPv4Address) {
         let first = addressPool.ipv4Range!.first.value + UInt32(index) * 4
         return (IPv4Address(first + 1), IPv4Address(first + 2))
+    }
+    func subnet6(_ index: Int) -> (host: IPv6Address, peer: IPv6Address)? {
+        guard let first = ipv6?.addressPool.ipv6Prefix else { return nil }
+        let base = first.adding(UInt64(index) * 4)
+        return (base.adding(1), base.adding(2))
     }
     func uid(_ index: Int) -> UInt32 { uidRange.lowerBound + UInt32(index) }
 
@@ -154,5 +168,53 @@ public struct GuestAddressing: Sendable, Hashable {
         self.tapName = tapName
         self.guestInterface = guestInterface
         self.nameservers = nameservers
+    }
+}
+
+/// IPv6 for VM networks. Each VM gets a /126 of `addressPool` on its link to the host (::1 the
+/// host's end, ::2 the namespace's end, or the guest's own address in TAP mode); in namespace
+/// mode the guest has the same `guestAddress` in every VM, translated to the namespace's end on
+/// the way out (as for IPv4). The kernel's `ip=` argument carries no IPv6: the guest configures
+/// `NetworkAttachment.ipv6` itself (e.g. `ip -6 addr add fd00:ac10::2/126 dev eth0` and a
+/// default route via the gateway).
+public struct IPv6Addressing: Sendable, Hashable {
+    /// A unique local or routed network of /108 or wider (room for 2^18 VMs).
+    public var addressPool: IPNetwork
+    public var guestAddress: IPv6Address
+    public var gateway: IPv6Address
+    public var prefixLength: Int
+
+    public init(
+        addressPool: IPNetwork = IPNetwork(IPv6Address(high: 0xfd6d_766d_0000_0000, low: 0), prefixLength: 64),
+        guestAddress: IPv6Address = IPv6Address(high: 0xfd00_ac10_0000_0000, low: 2),
+        gateway: IPv6Address = IPv6Address(high: 0xfd00_ac10_0000_0000, low: 1),
+        prefixLength: Int = 126
+    ) {
+        self.addressPool = addressPool
+        self.guestAddress = guestAddress
+        self.gateway = gateway
+        self.prefixLength = prefixLength
+    }
+
+    func validate() throws(NetworkError) {
+        guard addressPool.family == .ipv6, addressPool.prefixLength <= 108, let pool = addressPool.ipv6Prefix else {
+            throw .invalidSetting(
+                name: "ipv6.addressPool", value: addressPool.description, reason: "must be an IPv6 network of /108 or wider",
+                fix: "use a unique local /64 such as fd6d:766d::/64")
+        }
+        guard (64...126).contains(prefixLength), gateway != guestAddress,
+            gateway.masked(to: prefixLength) == guestAddress.masked(to: prefixLength)
+        else {
+            throw .invalidSetting(
+                name: "ipv6", value: "\(guestAddress)/\(prefixLength) via \(gateway)",
+                reason: "the gateway and the guest must be two addresses of one subnet of /64 to /126",
+                fix: "use the default fd00:ac10::2/126 via fd00:ac10::1")
+        }
+        let shorter = min(addressPool.prefixLength, prefixLength)
+        guard guestAddress.masked(to: shorter) != pool.masked(to: shorter) else {
+            throw .invalidSetting(
+                name: "ipv6.addressPool", value: addressPool.description, reason: "overlaps the guest network \(guestAddress)/\(prefixLength)",
+                fix: "pick disjoint ranges, e.g. pool fd6d:766d::/64 and guest fd00:ac10::2/126")
+        }
     }
 }

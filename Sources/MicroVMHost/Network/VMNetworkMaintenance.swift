@@ -141,8 +141,9 @@ extension VMNetwork {
 
     /// Checks what makes VM networking fail or leak in the host namespace: the tools, the host
     /// namespace itself, /dev/net/tun, IPv4 forwarding, a foreign forward chain with policy drop
-    /// (it drops what our chain accepts: every base chain on a hook must accept), legacy
-    /// iptables tables nft cannot see, br_netfilter, and the uplink. Blocks.
+    /// (it drops what our chain accepts: every base chain on a hook must accept), a legacy
+    /// iptables FORWARD chain that drops VM traffic (nft cannot see it), br_netfilter, and the
+    /// uplink. Blocks.
     public func preflight() -> NetworkPreflightReport {
         var report = NetworkPreflightReport()
         let namespaceLabel = hostNamespace ?? "the host namespace"
@@ -157,6 +158,9 @@ extension VMNetwork {
         do {
             if try NetworkNamespace.readSysctl("net.ipv4.ip_forward", in: hostNamespace) != "1" {
                 report.problems.append(.forwardingDisabled(namespace: namespaceLabel))
+            }
+            if configuration.ipv6 != nil, try NetworkNamespace.readSysctl("net.ipv6.conf.all.forwarding", in: hostNamespace) != "1" {
+                report.problems.append(.ipv6ForwardingDisabled(namespace: namespaceLabel))
             }
         } catch {
             report.problems.append(error)
@@ -183,12 +187,7 @@ extension VMNetwork {
         } catch {
             report.problems.append(error)
         }
-        if let names = try? NetworkNamespace.run(in: hostNamespace, { () throws(NetworkError) -> String in
-            (try? readSmallFile("/proc/net/ip_tables_names", limit: 4096)) ?? ""
-        }) {
-            let tables = names.split(separator: "\n").map(String.init).filter { !$0.isEmpty }
-            if !tables.isEmpty { report.warnings.append(.legacyIptables(tables: tables)) }
-        }
+        checkLegacyIptables(into: &report)
         if FileSystem.exists("/sys/module/br_netfilter") {
             let value = (try? NetworkNamespace.readSysctl("net.bridge.bridge-nf-call-iptables", in: hostNamespace)) ?? "?"
             report.warnings.append(

@@ -2,47 +2,48 @@
     import Glibc
 #endif
 import CMicroVMSys
-import Testing
-
-@testable import MicroVMHost
+public import MicroVMHost
 
 /// A stand-in for a guest: attaches to the VM's TAP from inside the VM's namespace exactly as
 /// Firecracker does (`/dev/net/tun`, TUNSETIFF with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, 12-byte
 /// virtio-net header) and speaks raw Ethernet: ARP, IPv4 UDP/TCP/ICMP, and an IPv6 probe.
-final class FakeGuest {
-    let fd: Int32
-    let mac: [UInt8]
-    let address: IPv4Address
-    let gateway: IPv4Address
-    private(set) var gatewayMAC: [UInt8] = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
+public final class FakeGuest {
+    public let fd: Int32
+    public let mac: [UInt8]
+    public let address: IPv4Address
+    public let gateway: IPv4Address
+    /// The guest's IPv6 side, when the VM network has one.
+    public let ipv6: IPv6Attachment?
+    public private(set) var gatewayMAC: [UInt8] = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
     private var nextPort: UInt16 = 40000
 
-    init(_ attachment: NetworkAttachment) throws {
+    public init(_ attachment: NetworkAttachment) throws {
         let namespace = attachment.namespacePath?.string ?? "/proc/self/ns/net"
         fd = cmv_netns_tap_attach(namespace, attachment.tapName)
         guard fd >= 0 else { throw CommandFailure(description: "attach to \(attachment.tapName) in \(namespace): errno \(errno)") }
         mac = attachment.guestMAC.bytes
         address = attachment.guestAddress
         gateway = attachment.gatewayAddress
+        ipv6 = attachment.ipv6
     }
 
     deinit { close(fd) }
 
-    func port() -> UInt16 {
+    public func port() -> UInt16 {
         nextPort += 1
         return nextPort
     }
 
     // MARK: Frames
 
-    func send(_ frame: [UInt8]) {
+    public func send(_ frame: [UInt8]) {
         let packet = [UInt8](repeating: 0, count: 12) + frame
         _ = packet.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
     }
 
     /// The next frame (without the virtio-net header) that `accept` takes, within `milliseconds`.
     /// Answers ARP requests for the guest's address on the way.
-    func receive(within milliseconds: Int, _ accept: ([UInt8]) -> Bool) -> [UInt8]? {
+    public func receive(within milliseconds: Int, _ accept: ([UInt8]) -> Bool) -> [UInt8]? {
         var buffer = [UInt8](repeating: 0, count: 65536)
         let deadline = monotonicMilliseconds() + milliseconds
         while true {
@@ -65,7 +66,7 @@ final class FakeGuest {
     }
 
     /// ARP for the gateway (the TAP's address in the namespace).
-    func resolveGateway() throws {
+    public func resolveGateway() throws {
         let request = [UInt8](repeating: 0xff, count: 6) + mac + [0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1] + mac + address.bytes
             + [UInt8](repeating: 0, count: 6) + gateway.bytes
         for _ in 0..<3 {
@@ -80,7 +81,7 @@ final class FakeGuest {
         throw CommandFailure(description: "no ARP reply from the gateway \(gateway)")
     }
 
-    func ipv4(protocol proto: UInt8, from source: IPv4Address? = nil, to destination: IPv4Address, payload: [UInt8], sourceMAC: [UInt8]? = nil) -> [UInt8] {
+    public func ipv4(protocol proto: UInt8, from source: IPv4Address? = nil, to destination: IPv4Address, payload: [UInt8], sourceMAC: [UInt8]? = nil) -> [UInt8] {
         let src = source ?? address
         var header: [UInt8] = [0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, proto, 0, 0] + src.bytes + destination.bytes
         let total = UInt16(20 + payload.count)
@@ -92,14 +93,14 @@ final class FakeGuest {
         return gatewayMAC + (sourceMAC ?? mac) + [0x08, 0x00] + header + payload
     }
 
-    func udp(from source: IPv4Address? = nil, to destination: IPv4Address, sourcePort: UInt16, port: UInt16, payload: [UInt8]) -> [UInt8] {
+    public func udp(from source: IPv4Address? = nil, to destination: IPv4Address, sourcePort: UInt16, port: UInt16, payload: [UInt8]) -> [UInt8] {
         let length = UInt16(8 + payload.count)
         let segment = be16(sourcePort) + be16(port) + be16(length) + [0, 0] + payload  // checksum 0: none (IPv4)
         return ipv4(protocol: 17, from: source, to: destination, payload: segment)
     }
 
     /// Sends a UDP datagram and waits for the answer from `destination:port` to our port.
-    func udpExchange(to destination: IPv4Address, port: UInt16, payload: [UInt8], from source: IPv4Address? = nil, within: Int = 400) -> [UInt8]? {
+    public func udpExchange(to destination: IPv4Address, port: UInt16, payload: [UInt8], from source: IPv4Address? = nil, within: Int = 400) -> [UInt8]? {
         let sourcePort = self.port()
         send(udp(from: source, to: destination, sourcePort: sourcePort, port: port, payload: payload))
         guard let frame = receive(within: within, { f in
@@ -112,7 +113,7 @@ final class FakeGuest {
 
     /// Sends a TCP SYN; true when a SYN-ACK comes back (the destination accepted the connection,
     /// so the server counts it only if we complete the handshake: we do, then reset).
-    func tcpConnect(to destination: IPv4Address, port: UInt16, within: Int = 400) -> Bool {
+    public func tcpConnect(to destination: IPv4Address, port: UInt16, within: Int = 400) -> Bool {
         let sourcePort = self.port()
         let sequence: UInt32 = 1000
         send(tcp(to: destination, sourcePort: sourcePort, port: port, sequence: sequence, acknowledgement: 0, flags: 0x02))
@@ -126,7 +127,7 @@ final class FakeGuest {
         return true
     }
 
-    func tcp(to destination: IPv4Address, sourcePort: UInt16, port: UInt16, sequence: UInt32, acknowledgement: UInt32, flags: UInt8) -> [UInt8] {
+    public func tcp(to destination: IPv4Address, sourcePort: UInt16, port: UInt16, sequence: UInt32, acknowledgement: UInt32, flags: UInt8) -> [UInt8] {
         var segment = be16(sourcePort) + be16(port) + be32(sequence) + be32(acknowledgement) + [0x50, flags] + be16(65535) + [0, 0, 0, 0]
         let pseudo = address.bytes + destination.bytes + [0, 6] + be16(UInt16(segment.count))
         let sum = checksum(pseudo + segment)
@@ -136,7 +137,7 @@ final class FakeGuest {
     }
 
     /// ICMP echo; true when the reply comes.
-    func ping(_ destination: IPv4Address, within: Int = 300) -> Bool {
+    public func ping(_ destination: IPv4Address, within: Int = 300) -> Bool {
         let identifier = port()
         var message: [UInt8] = [8, 0, 0, 0] + be16(identifier) + [0, 1] + Array("microvm".utf8)
         let sum = checksum(message)
@@ -149,9 +150,36 @@ final class FakeGuest {
         }) != nil
     }
 
+    /// A UDP datagram in IPv6 (from the guest's IPv6 address unless `source` says otherwise).
+    public func udp6(from source: IPv6Address? = nil, to destination: IPv6Address, sourcePort: UInt16, port: UInt16, payload: [UInt8]) -> [UInt8] {
+        let src = (source ?? ipv6?.guestAddress ?? IPv6Address(high: 0, low: 0)).bytes
+        let length = UInt16(8 + payload.count)
+        var segment = be16(sourcePort) + be16(port) + be16(length) + [0, 0] + payload
+        let computed = checksum(src + destination.bytes + be32(UInt32(length)) + [0, 0, 0, 17] + segment)
+        let sum = computed == 0 ? 0xffff : computed  // 0 means "no checksum", which IPv6 forbids
+        segment[6] = UInt8(sum >> 8)
+        segment[7] = UInt8(sum & 0xff)
+        let header: [UInt8] = [0x60, 0, 0, 0] + be16(length) + [17, 64] + src + destination.bytes
+        return gatewayMAC + mac + [0x86, 0xdd] + header + segment
+    }
+
+    /// Sends a UDP datagram over IPv6 and waits for the answer from `destination:port`.
+    public func udp6Exchange(
+        to destination: IPv6Address, port: UInt16, payload: [UInt8], from source: IPv6Address? = nil, within: Int = 400
+    ) -> [UInt8]? {
+        let sourcePort = self.port()
+        send(udp6(from: source, to: destination, sourcePort: sourcePort, port: port, payload: payload))
+        guard let frame = receive(within: within, { f in
+            f.count >= 62 && f[12] == 0x86 && f[13] == 0xdd && f[20] == 17 && Array(f[22..<38]) == destination.bytes
+                && f[54] == UInt8(port >> 8) && f[55] == UInt8(port & 0xff)
+                && f[56] == UInt8(sourcePort >> 8) && f[57] == UInt8(sourcePort & 0xff)
+        }) else { return nil }
+        return Array(frame[62...])
+    }
+
     /// An ICMPv6 echo request to all nodes (ff02::1) from a link-local address; true if any
     /// IPv6 frame comes back.
-    func pingIPv6(within: Int = 300) -> Bool {
+    public func pingIPv6(within: Int = 300) -> Bool {
         let source: [UInt8] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0] + [mac[0] ^ 2, mac[1], mac[2], 0xff, 0xfe, mac[3], mac[4], mac[5]]
         let destination: [UInt8] = [0xff, 0x02] + [UInt8](repeating: 0, count: 13) + [1]
         var message: [UInt8] = [128, 0, 0, 0, 0, 1, 0, 1]
@@ -165,10 +193,10 @@ final class FakeGuest {
     }
 }
 
-func be16(_ value: UInt16) -> [UInt8] { [UInt8(value >> 8), UInt8(value & 0xff)] }
-func be32(_ value: UInt32) -> [UInt8] { [UInt8(value >> 24), UInt8((value >> 16) & 0xff), UInt8((value >> 8) & 0xff), UInt8(value & 0xff)] }
+public func be16(_ value: UInt16) -> [UInt8] { [UInt8(value >> 8), UInt8(value & 0xff)] }
+public func be32(_ value: UInt32) -> [UInt8] { [UInt8(value >> 24), UInt8((value >> 16) & 0xff), UInt8((value >> 8) & 0xff), UInt8(value & 0xff)] }
 
-func checksum(_ bytes: [UInt8]) -> UInt16 {
+public func checksum(_ bytes: [UInt8]) -> UInt16 {
     var sum: UInt32 = 0
     var index = 0
     while index + 1 < bytes.count {
@@ -180,8 +208,14 @@ func checksum(_ bytes: [UInt8]) -> UInt16 {
     return ~UInt16(sum)
 }
 
-func monotonicMilliseconds() -> Int {
+public func monotonicMilliseconds() -> Int {
     var now = timespec()
     clock_gettime(CLOCK_MONOTONIC, &now)
     return Int(now.tv_sec) * 1000 + Int(now.tv_nsec) / 1_000_000
+}
+
+public func monotonicNanoseconds() -> Int64 {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
 }
