@@ -778,6 +778,11 @@ public actor MicroVM {
             }
         }
         try SnapshotFiles.prepareDestination(destination, id: vmID)
+        do {
+            try executor.makeDirectory(VMFiles.snapshots, logger: logger)
+        } catch {
+            throw .snapshotFailed(id: vmID, step: "making the VM's snapshot directory", detail: error.description)
+        }
         let stateFile = executor.hostPath(VMFiles.snapshotState)
         let memoryFile = executor.hostPath(VMFiles.snapshotMemory)
         unlink(stateFile.string)

@@ -29,7 +29,8 @@ enum VMFiles {
     /// What to stage for `spec`. `driveSources` replaces drive images (a restore takes the
     /// snapshot's copies of writable drives); `boot` is false for a restore (no kernel needed).
     static func staging(for spec: VMSpec, driveSources: [String: String] = [:], boot: Bool = true) -> [StagingRequest] {
-        var requests: [StagingRequest] = [.directory(at: directory), .fifo(at: log), .directory(at: snapshots)]
+        // `snapshots` is made when a snapshot is taken: a directory less for every launch.
+        var requests: [StagingRequest] = [.directory(at: directory), .fifo(at: log)]
         if boot {
             requests.append(.readOnly(FilePath(spec.boot.kernel), at: kernel))
             if let initrd = spec.boot.initrd { requests.append(.readOnly(FilePath(initrd), at: self.initrd)) }

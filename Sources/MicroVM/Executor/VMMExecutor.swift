@@ -73,6 +73,15 @@ extension VMMExecutor {
         }
     }
 
+    /// Makes a directory under the VM's root after the launch (owned by the VM's user when
+    /// jailed, so the VMM can write in it); nothing when it exists.
+    func makeDirectory(_ path: FilePath, logger: Logger) throws(JailError) {
+        var status = stat()
+        if lstat(hostPath(path).string, &status) == 0, (status.st_mode & S_IFMT) == S_IFDIR { return }
+        let owner = isSandboxed ? (jail.configuration.uid, jail.configuration.gid) : (getuid(), getgid())
+        _ = try JailStager(layout: jail.layout, uid: owner.0, gid: owner.1, logger: logger).stage(.directory(at: path))
+    }
+
     /// Starts `executable` under the VM's monitor (which becomes its parent and child
     /// subreaper), and supervises the VMM it reports. On failure, the launcher's exit and stderr
     /// as the monitor recorded them, once it has exited.

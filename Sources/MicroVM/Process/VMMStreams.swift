@@ -392,32 +392,57 @@ final class VMMStreams: Sendable {
         return channel
     }
 
-    /// Hands what arrives on a pipe, in order, to the stream's consumer.
-    private final class PipeReader: ChannelInboundHandler, Sendable {
+    /// Hands what arrives on a pipe, in order, to the stream's consumer, a line at a time.
+    ///
+    /// Firecracker writes the serial console one byte per write(2), so a reader wakes once per
+    /// byte; handing each byte to the consumer's actor cost more CPU than the guest's boot
+    /// could spare on a small host. Bytes are held until a line ends (what every line waiter
+    /// needs), 16 KiB gather, or 2 ms pass (a prompt without a newline still shows at once).
+    private final class PipeReader: ChannelInboundHandler {
         typealias InboundIn = ByteBuffer
         let continuation: AsyncStream<[UInt8]>.Continuation
+        private var pending: [UInt8] = []
+        private var scheduledFlush: Scheduled<Void>?
 
         init(continuation: AsyncStream<[UInt8]>.Continuation) {
             self.continuation = continuation
         }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-            var buffer = unwrapInboundIn(data)
-            continuation.yield(buffer.readBytes(length: buffer.readableBytes) ?? [])
+            let buffer = unwrapInboundIn(data)
+            let bytes = buffer.readableBytesView
+            pending.append(contentsOf: bytes)
+            if bytes.contains(UInt8(ascii: "\n")) || pending.count >= 16 * 1024 {
+                flush()
+            } else if scheduledFlush == nil {
+                let reader = NIOLoopBound(self, eventLoop: context.eventLoop)
+                scheduledFlush = context.eventLoop.scheduleTask(in: .milliseconds(2)) { reader.value.flush() }
+            }
+        }
+
+        private func flush() {
+            scheduledFlush?.cancel()
+            scheduledFlush = nil
+            guard !pending.isEmpty else { return }
+            continuation.yield(pending)
+            pending = []
         }
 
         func channelInactive(context: ChannelHandlerContext) {
+            flush()
             continuation.finish()
         }
 
         func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
             if case .inputClosed = event as? ChannelEvent {
+                flush()
                 continuation.finish()
                 context.close(promise: nil)
             }
         }
 
         func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            flush()
             continuation.finish()
             context.close(promise: nil)
         }

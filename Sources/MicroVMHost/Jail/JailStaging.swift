@@ -114,9 +114,12 @@ public struct JailStager: Sendable {
     /// the jail holds nothing half-made.
     public func stage(_ requests: [StagingRequest]) throws(JailError) -> [StagedFile] {
         var staged: [StagedFile] = []
+        // The root is opened (and the path to it walked) once for all of them.
+        let root = try openRoot()
+        defer { close(root) }
         for request in requests {
             do {
-                staged.append(try stage(request))
+                staged.append(try stage(request, root: root))
             } catch {
                 for item in staged.reversed() { unstage(item) }
                 throw error
@@ -127,6 +130,13 @@ public struct JailStager: Sendable {
 
     /// Stages one request and returns where it is.
     public func stage(_ request: StagingRequest) throws(JailError) -> StagedFile {
+        let root = try openRoot()
+        defer { close(root) }
+        return try stage(request, root: root)
+    }
+
+    /// Stages one request under the jail root open at `root`.
+    private func stage(_ request: StagingRequest, root: Int32) throws(JailError) -> StagedFile {
         let jailPath = try layout.validatedJailPath(request.jailPath)
         let hostPath = try layout.hostPath(forJailPath: jailPath)
         let id = layout.id.rawValue
@@ -135,8 +145,6 @@ public struct JailStager: Sendable {
         }
         let parents = jailPath.removingLastComponent().components.map(\.string)
 
-        let root = try openRoot()
-        defer { close(root) }
         let directory: Int32
         do {
             directory = try JailFileSystem.openOrCreateDirectories(
