@@ -45,10 +45,14 @@ struct DetachedBenchmark: AsyncParsableCommand {
             await launch.termination.value
         }
 
-        // 2. Launch to the banner, jailed, in-process vs under the monitor, interleaved.
+        // 2. Launch to the banner, jailed: the raw jailer, in-process, under the monitor, interleaved.
+        let (_, rawConfig) = try LaunchBenchmark.writeRawConfigurations(in: directory, kernel: kernel)
+        var launchRaw = Samples()
         var launchInProcess = Samples()
         var launchMonitored = Samples()
         for round in 0..<runs {
+            launchRaw.append(
+                try await LaunchBenchmark.rawJailedLaunch(id: "raw-\(round)", configuration: inProcess, kernel: kernel, configFile: rawConfig, logger: logger))
             for (configuration, name) in [(inProcess, "in"), (monitored, "mon")] {
                 let spec = VMSpec(
                     id: "det-\(name)-\(round)", machine: .init(vcpus: 1, memoryMiB: 64), boot: .init(kernel: kernel, args: LaunchBenchmark.bootArgs),
@@ -110,7 +114,8 @@ struct DetachedBenchmark: AsyncParsableCommand {
 
         print("per-VM monitor, \(runs) runs (ms)                         p50      p95")
         for (name, samples) in [
-            ("monitor exec to its first line", monitorStart), ("jailed launch to banner, in-process", launchInProcess),
+            ("monitor exec to its first line", monitorStart), ("raw jailer -- --config-file to banner", launchRaw),
+            ("jailed launch to banner, in-process", launchInProcess),
             ("jailed launch to banner, under the monitor", launchMonitored),
         ] {
             print("\(name.padding(toLength: 52, withPad: " ", startingAt: 0)) \(Samples.milliseconds(samples.percentile(50)).leftPad(8)) \(Samples.milliseconds(samples.percentile(95)).leftPad(8))")

@@ -1,6 +1,7 @@
 import ArgumentParser
 import FirecrackerAPI
 import Foundation
+import Logging
 import MicroVM
 import MicroVMHost
 import SystemPackage
@@ -32,21 +33,7 @@ struct LaunchBenchmark: AsyncParsableCommand {
             removeBenchCgroups()
             try? FileManager.default.removeItem(atPath: directory)
         }
-        let bootArgs = Self.bootArgs.joined(separator: " ")
-        let configPath = directory + "/vm.json"
-        try Data(
-            """
-            {"boot-source":{"kernel_image_path":"\(kernel)","boot_args":"\(bootArgs)"},
-             "machine-config":{"vcpu_count":1,"mem_size_mib":64},"drives":[]}
-            """.utf8
-        ).write(to: URL(fileURLWithPath: configPath))
-        let jailedConfig = directory + "/vm-jailed.json"
-        try Data(
-            """
-            {"boot-source":{"kernel_image_path":"/guest.elf","boot_args":"\(bootArgs)"},
-             "machine-config":{"vcpu_count":1,"mem_size_mib":64},"drives":[]}
-            """.utf8
-        ).write(to: URL(fileURLWithPath: jailedConfig))
+        let (configPath, jailedConfig) = try Self.writeRawConfigurations(in: directory, kernel: kernel)
 
         var rawUnjailed = Samples()
         var rawJailed = Samples()
@@ -67,23 +54,9 @@ struct LaunchBenchmark: AsyncParsableCommand {
                 await launch.termination.value
             }
             // 2. Raw jailer: files staged beforehand (as a script would), then exec the jailer.
-            do {
-                let jail = try Jail(configuration: jailed.jailer, id: try VMIdentifier("raw-\(round)"))
-                try await jail.prepare(logger: logger)
-                _ = try jail.stage(
-                    [.readOnly(FilePath(kernel), at: "/guest.elf"), .readOnly(FilePath(jailedConfig), at: "/vm.json"),
-                     .emptyFile(at: "/fc.log")], logger: logger)
-                let command = try jail.command(
-                    limits: Self.limits, guest: Self.guest,
-                    firecrackerArguments: JailerCommand.firecrackerArguments(
-                        apiSocket: nil, configFile: "/vm.json", logPath: "/fc.log"))
-                let launch = try await RawLaunch.untilBanner(
-                    executable: command.executable.string, arguments: command.arguments, banner: Self.banner)
-                rawJailed.append(launch.elapsed)
-                let report = await jail.teardown(logger: logger)
-                await launch.termination.value
-                if !report.isComplete { print("raw jail teardown incomplete: \(report.failures)") }
-            }
+            rawJailed.append(
+                try await Self.rawJailedLaunch(
+                    id: "raw-\(round)", configuration: jailed, kernel: kernel, configFile: jailedConfig, logger: logger))
             // 3 and 4. The library: validate, stage, launch (config file), banner on the console.
             for (configuration, samples) in [(unjailed, 0), (jailed, 1)] {
                 let spec = VMSpec(
@@ -113,6 +86,44 @@ struct LaunchBenchmark: AsyncParsableCommand {
         let jailedRatio = seconds(libraryJailed.percentile(50)) / max(seconds(rawJailed.percentile(50)), 1e-9)
         print(String(format: "library unjailed / raw firecracker (p50): %.2fx (target <= 1.1x)", unjailedRatio))
         print(String(format: "library jailed / raw jailer (p50): %.2fx (target <= 1.1x)", jailedRatio))
+    }
+
+    /// The raw baselines' config files: one naming the kernel by its host path (unjailed), one
+    /// by the path the raw jailer launch stages it at.
+    static func writeRawConfigurations(in directory: String, kernel: String) throws -> (unjailed: String, jailed: String) {
+        let bootArgs = Self.bootArgs.joined(separator: " ")
+        var paths: [String] = []
+        for (name, kernelPath) in [("vm.json", kernel), ("vm-jailed.json", "/guest.elf")] {
+            let path = directory + "/" + name
+            try Data(
+                """
+                {"boot-source":{"kernel_image_path":"\(kernelPath)","boot_args":"\(bootArgs)"},
+                 "machine-config":{"vcpu_count":1,"mem_size_mib":64},"drives":[]}
+                """.utf8
+            ).write(to: URL(fileURLWithPath: path))
+            paths.append(path)
+        }
+        return (paths[0], paths[1])
+    }
+
+    /// The raw jailer baseline: the kernel and config staged beforehand (not timed, as a script
+    /// would have done), then `jailer ... -- --no-api --config-file` timed to the banner line.
+    static func rawJailedLaunch(
+        id: String, configuration: DriverConfiguration, kernel: String, configFile: String, logger: Logger
+    ) async throws -> Duration {
+        let jail = try Jail(configuration: configuration.jailer, id: try VMIdentifier(id))
+        try await jail.prepare(logger: logger)
+        _ = try jail.stage(
+            [.readOnly(FilePath(kernel), at: "/guest.elf"), .readOnly(FilePath(configFile), at: "/vm.json"), .emptyFile(at: "/fc.log")],
+            logger: logger)
+        let command = try jail.command(
+            limits: Self.limits, guest: Self.guest,
+            firecrackerArguments: JailerCommand.firecrackerArguments(apiSocket: nil, configFile: "/vm.json", logPath: "/fc.log"))
+        let launch = try await RawLaunch.untilBanner(executable: command.executable.string, arguments: command.arguments, banner: Self.banner)
+        let report = await jail.teardown(logger: logger)
+        await launch.termination.value
+        if !report.isComplete { print("raw jail teardown incomplete: \(report.failures)") }
+        return launch.elapsed
     }
 
     private func seconds(_ value: Duration) -> Double {

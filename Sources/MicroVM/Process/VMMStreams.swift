@@ -271,7 +271,7 @@ final class VMMStreams: Sendable {
         let channel = try await ClientBootstrap(group: group)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    if reads { try channel.pipeline.syncOperations.addHandler(MonitorStreamReader(continuation: continuation)) }
+                    if reads { try channel.pipeline.syncOperations.addHandler(PipeReader(continuation: continuation, answeredByMonitor: true)) }
                 }
             }
             .connect(unixDomainSocketPath: socket)
@@ -283,44 +283,6 @@ final class VMMStreams: Sendable {
             continuation.finish()
         }
         return channel
-    }
-
-    /// Reads one stream from the monitor: its `ok OFFSET` line, then the stream's bytes.
-    private final class MonitorStreamReader: ChannelInboundHandler {
-        typealias InboundIn = ByteBuffer
-        let continuation: AsyncStream<[UInt8]>.Continuation
-        private var header: [UInt8]? = []
-
-        init(continuation: AsyncStream<[UInt8]>.Continuation) {
-            self.continuation = continuation
-        }
-
-        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-            var buffer = unwrapInboundIn(data)
-            var bytes = buffer.readBytes(length: buffer.readableBytes) ?? []
-            if header != nil {
-                header! += bytes
-                guard let newline = header!.firstIndex(of: UInt8(ascii: "\n")) else { return }
-                let line = header![..<newline]
-                bytes = Array(header![(newline + 1)...])
-                header = nil
-                guard line.starts(with: Array("ok ".utf8)) else {
-                    continuation.finish()
-                    context.close(promise: nil)
-                    return
-                }
-            }
-            if !bytes.isEmpty { continuation.yield(bytes) }
-        }
-
-        func channelInactive(context: ChannelHandlerContext) {
-            continuation.finish()
-        }
-
-        func errorCaught(context: ChannelHandlerContext, error: any Error) {
-            continuation.finish()
-            context.close(promise: nil)
-        }
     }
 
     /// Starts reading the console (on-demand reading: the first time anyone asks for it; what
@@ -398,20 +360,40 @@ final class VMMStreams: Sendable {
     /// byte; handing each byte to the consumer's actor cost more CPU than the guest's boot
     /// could spare on a small host. Bytes are held until a line ends (what every line waiter
     /// needs), 16 KiB gather, or 2 ms pass (a prompt without a newline still shows at once).
+    ///
+    /// A stream from the VM's monitor starts with its answer, `ok OFFSET`, which is not the
+    /// stream's: it is checked and dropped (anything else ends the stream).
     private final class PipeReader: ChannelInboundHandler {
         typealias InboundIn = ByteBuffer
         let continuation: AsyncStream<[UInt8]>.Continuation
         private var pending: [UInt8] = []
         private var scheduledFlush: Scheduled<Void>?
+        /// Until the monitor's answer line is in.
+        private var awaitingAnswer: Bool
 
-        init(continuation: AsyncStream<[UInt8]>.Continuation) {
+        init(continuation: AsyncStream<[UInt8]>.Continuation, answeredByMonitor: Bool = false) {
             self.continuation = continuation
+            self.awaitingAnswer = answeredByMonitor
         }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             let buffer = unwrapInboundIn(data)
-            let bytes = buffer.readableBytesView
-            pending.append(contentsOf: bytes)
+            var bytes = Array(buffer.readableBytesView)
+            if awaitingAnswer {
+                pending += bytes
+                guard let newline = pending.firstIndex(of: UInt8(ascii: "\n")) else { return }
+                let answer = pending[..<newline]
+                bytes = Array(pending[(newline + 1)...])
+                pending = []
+                awaitingAnswer = false
+                guard answer.starts(with: Array("ok ".utf8)) else {
+                    continuation.finish()
+                    context.close(promise: nil)
+                    return
+                }
+                guard !bytes.isEmpty else { return }
+            }
+            pending += bytes
             if bytes.contains(UInt8(ascii: "\n")) || pending.count >= 16 * 1024 {
                 flush()
             } else if scheduledFlush == nil {
@@ -423,7 +405,7 @@ final class VMMStreams: Sendable {
         private func flush() {
             scheduledFlush?.cancel()
             scheduledFlush = nil
-            guard !pending.isEmpty else { return }
+            guard !pending.isEmpty, !awaitingAnswer else { return }
             continuation.yield(pending)
             pending = []
         }
