@@ -41,36 +41,43 @@ struct LaunchBenchmark: AsyncParsableCommand {
         var libraryJailed = Samples()
         var jailedTeardown = Samples()
 
+        // The four series run in a rotating order (each takes each place in turn): what one
+        // launch leaves to the kernel (a VM's memory freed, a jail's inodes) would otherwise
+        // always fall on the same next series.
         for round in 0..<runs {
-            // 1. Raw: exec firecracker with a config file, read stdout until the banner.
-            do {
-                let log = directory + "/raw.log"
-                _ = FileManager.default.createFile(atPath: log, contents: nil)
-                let launch = try await RawLaunch.untilBanner(
-                    executable: firecracker, arguments: ["--no-api", "--config-file", configPath, "--log-path", log],
-                    banner: Self.banner)
-                rawUnjailed.append(launch.elapsed)
-                kill(launch.pid, SIGKILL)
-                await launch.termination.value
-            }
-            // 2. Raw jailer: files staged beforehand (as a script would), then exec the jailer.
-            rawJailed.append(
-                try await Self.rawJailedLaunch(
-                    id: "raw-\(round)", configuration: jailed, kernel: kernel, configFile: jailedConfig, logger: logger))
-            // 3 and 4. The library: validate, stage, launch (config file), banner on the console.
-            for (configuration, samples) in [(unjailed, 0), (jailed, 1)] {
-                let spec = VMSpec(
-                    id: "lib-\(samples)-\(round)", machine: .init(vcpus: 1, memoryMiB: 64),
-                    boot: .init(kernel: kernel, args: Self.bootArgs), limits: .init(pids: 64))
-                let start = ContinuousClock.now
-                let vm = try await MicroVM.run(spec, configuration: configuration, logger: logger)
-                _ = try await vm.console.waitForLine(containing: Self.banner, timeout: .seconds(10))
-                let elapsed = ContinuousClock.now - start
-                if samples == 0 { libraryUnjailed.append(elapsed) } else { libraryJailed.append(elapsed) }
-                let teardownStart = ContinuousClock.now
-                await vm.kill()
-                if samples == 1 { jailedTeardown.append(ContinuousClock.now - teardownStart) }
-                if let report = await vm.teardown, !report.isComplete { print("teardown incomplete: \(report.failures)") }
+            for series in (0..<4).map({ ($0 + round) % 4 }) {
+                switch series {
+                case 0:
+                    // Raw: exec firecracker with a config file, read stdout until the banner.
+                    let log = directory + "/raw.log"
+                    _ = FileManager.default.createFile(atPath: log, contents: nil)
+                    let launch = try await RawLaunch.untilBanner(
+                        executable: firecracker, arguments: ["--no-api", "--config-file", configPath, "--log-path", log],
+                        banner: Self.banner)
+                    rawUnjailed.append(launch.elapsed)
+                    kill(launch.pid, SIGKILL)
+                    await launch.termination.value
+                case 1:
+                    // Raw jailer: files staged beforehand (as a script would), then exec the jailer.
+                    rawJailed.append(
+                        try await Self.rawJailedLaunch(
+                            id: "raw-\(round)", configuration: jailed, kernel: kernel, configFile: jailedConfig, logger: logger))
+                default:
+                    // The library: validate, stage, launch (config file), banner on the console.
+                    let isJailed = series == 3
+                    let spec = VMSpec(
+                        id: "lib-\(series)-\(round)", machine: .init(vcpus: 1, memoryMiB: 64),
+                        boot: .init(kernel: kernel, args: Self.bootArgs), limits: .init(pids: 64))
+                    let start = ContinuousClock.now
+                    let vm = try await MicroVM.run(spec, configuration: isJailed ? jailed : unjailed, logger: logger)
+                    _ = try await vm.console.waitForLine(containing: Self.banner, timeout: .seconds(10))
+                    let elapsed = ContinuousClock.now - start
+                    if isJailed { libraryJailed.append(elapsed) } else { libraryUnjailed.append(elapsed) }
+                    let teardownStart = ContinuousClock.now
+                    await vm.kill()
+                    if isJailed { jailedTeardown.append(ContinuousClock.now - teardownStart) }
+                    if let report = await vm.teardown, !report.isComplete { print("teardown incomplete: \(report.failures)") }
+                }
             }
         }
 
