@@ -54,6 +54,7 @@ enum DoctorChecks {
         let firecrackerVersion = binary(context, name: "firecracker", path: context.firecracker, variable: "MICROVM_FIRECRACKER_BIN", into: &findings)
         findings.append(versionsMatch(jailer: jailerVersion, firecracker: firecrackerVersion, context))
         findings.append(execFileName(context, jailerVersion: jailerVersion))
+        findings.append(monitor(context))
         findings.append(kvm(context))
         findings.append(tun(context))
         findings.append(userfaultfd(context))
@@ -208,6 +209,27 @@ enum DoctorChecks {
         }
         close(vm)
         return Finding(check: "kvm", status: .ok, seen: "\(path) opens read-write; KVM API 12; KVM_CREATE_VM works")
+    }
+
+    /// The per-VM monitor every VM `microvm` launches runs under (its parent, the reader of
+    /// its console, the keeper of its exit status).
+    static func monitor(_ context: DoctorContext) -> Finding {
+        let why = "microvm run, create and restore start each VM under it, so the VM outlives the command; without it they refuse"
+        guard let settings = context.configuration.monitor else {
+            return Finding(
+                check: "monitor", status: .fail, seen: "microvm-monitor is not beside microvm, on PATH, or in $\(MonitorSettings.environmentVariable)",
+                why: why, fix: "install -m 0755 .build/release/microvm-monitor /usr/local/bin/   (swift build -c release builds it beside microvm)")
+        }
+        let path = settings.binary.string
+        guard access(path, F_OK) == 0 else {
+            return Finding(
+                check: "monitor", status: .fail, seen: "\(path) (from $\(MonitorSettings.environmentVariable)) does not exist", why: why,
+                fix: "unset \(MonitorSettings.environmentVariable), or set it to the microvm-monitor that swift build puts beside microvm")
+        }
+        guard access(path, X_OK) == 0 else {
+            return Finding(check: "monitor", status: .fail, seen: "\(path) is not executable", why: why, fix: "chmod 0755 \(path)")
+        }
+        return Finding(check: "monitor", status: .ok, seen: "\(path)")
     }
 
     static func tun(_ context: DoctorContext) -> Finding {

@@ -9,7 +9,8 @@ struct DoctorCommand: AsyncParsableCommand {
         abstract: "Check this host for what Firecracker and the jailer need; each finding says what was seen, why it matters and the fix.",
         discussion: """
             Checks: privileges; jailer and firecracker binaries (found, executable, --version) and \
-            matching versions; the exec file name the jailer accepts; /dev/kvm (opens, KVM API 12, \
+            matching versions; the exec file name the jailer accepts; the per-VM monitor \
+            (microvm-monitor); /dev/kvm (opens, KVM API 12, \
             KVM_CREATE_VM); /dev/net/tun; /dev/userfaultfd; the cgroup version, the controllers the \
             limits need (cpu, memory, pids, cpuset) and, on v2, cgroup.subtree_control; the chroot \
             base (owner root, not group/other-writable, exec and dev allowed); images on the chroot \

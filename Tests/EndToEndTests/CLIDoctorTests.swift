@@ -11,8 +11,8 @@ import Testing
 struct CLIDoctorTests {
     typealias Checks = [String: [String: Any]]
 
-    static func doctor(_ arguments: [String]) async throws -> (status: Int32, checks: Checks, result: CLI.Result) {
-        let result = try await CLI.run(["doctor", "--json"] + arguments)
+    static func doctor(_ arguments: [String], environment: [String: String] = [:]) async throws -> (status: Int32, checks: Checks, result: CLI.Result) {
+        let result = try await CLI.run(["doctor", "--json"] + arguments, environment: environment)
         let body = try #require(try result.json() as? [String: Any], "\(result)")
         let list = try #require(body["checks"] as? [[String: Any]])
         var checks: Checks = [:]
@@ -68,7 +68,7 @@ struct CLIDoctorTests {
         }
     }
 
-    @Test("Each failure on a fake cgroup v2 host: not root, binaries missing or not executable, /dev/kvm not a device, no TUN, controllers, subtree_control, chroot base, SMT/KSM/swap/mitigations; exit 3")
+    @Test("Each failure on a fake cgroup v2 host: not root, binaries and the monitor missing or not executable, /dev/kvm not a device, no TUN, controllers, subtree_control, chroot base, SMT/KSM/swap/mitigations; exit 3")
     func fakeV2Host() async throws {
         try await EndToEnd.withScratchDirectory { directory in
             let root = directory + "/host"
@@ -82,7 +82,7 @@ struct CLIDoctorTests {
             let (status, checks, result) = try await Self.doctor([
                 "--host-root", root, "--firecracker", firecracker, "--jailer", directory + "/bin/no-jailer", "--chroot-base", base,
                 "--state-dir", directory + "/state",
-            ])
+            ], environment: ["MICROVM_MONITOR_BIN": directory + "/bin/no-monitor"])
             #expect(status == 3, "any failure exits 3: \(result)")
             func expect(_ name: String, _ state: String, fix: String? = nil, seen: String? = nil, sourceLocation: SourceLocation = #_sourceLocation) {
                 let check = checks[name]
@@ -96,6 +96,7 @@ struct CLIDoctorTests {
             expect("firecracker-binary", "fail", fix: "chmod 0755 \(firecracker)", seen: "not executable")
             expect("versions-match", "warn")
             expect("exec-file-name", "fail", fix: "firecracker", seen: "'fc'")
+            expect("monitor", "fail", fix: "unset MICROVM_MONITOR_BIN", seen: "does not exist")
             expect("kvm", "fail", seen: "not a character device")
             expect("tun", "fail", fix: "mknod /dev/net/tun c 10 200")
             expect("userfaultfd", "warn", fix: "mknod /dev/userfaultfd c 10 124")
