@@ -56,7 +56,9 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
             // names the VM once and its hint is the cause's.
             var causeText = (cause as? JailError)?.summary ?? "\(cause)"
             while causeText.hasPrefix(vm), !vm.isEmpty { causeText.removeFirst(vm.count) }
-            if let hint = (cause as? MicroVMError)?.hint ?? (cause as? JailError)?.hint, causeText.hasSuffix(". Hint: \(hint)") {
+            if let hint = (cause as? MicroVMError)?.hint ?? (cause as? JailError)?.hint ?? (cause as? LaunchFailure)?.hint,
+                causeText.hasSuffix(". Hint: \(hint)")
+            {
                 causeText.removeLast(". Hint: \(hint)".count)
             }
             return "\(vm)create failed while \(step): \(causeText)\(exitText); everything it had made was removed"
@@ -87,7 +89,7 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
         case .api(_, _, let error): error.hint
         case .createFailed(_, _, let cause, _):
             (cause as? MicroVMError)?.hint ?? (cause as? JailError)?.hint ?? (cause as? FirecrackerAPIError)?.hint
-                ?? "see the cause above"
+                ?? (cause as? LaunchFailure)?.hint ?? "see the cause above"
         case .snapshotFailed: "check the destination's free space and permissions"
         case .file: "check the path and its permissions"
         case .network(_, let error): error.hint

@@ -150,4 +150,20 @@ struct MonitorTests {
             }
         }
     }
+
+    @Test("A monitor that cannot be started: the create fails naming it, with its hint, and leaves nothing", arguments: [SandboxPolicy.required, .disabled])
+    func monitorMissing(policy: SandboxPolicy) async throws {
+        try await EndToEnd.withDriver(policy, name: "mon-missing-\(policy.rawValue)") { configuration, assets, _ in
+            var configuration = configuration
+            configuration.monitor = MonitorSettings(binary: "/etc/hostname")
+            await #expect {
+                _ = try await MicroVM.run(EndToEnd.spec(assets, id: "mon-missing-\(getpid())"), configuration: configuration, logger: EndToEnd.logger)
+            } throws: { error in
+                guard let error = error as? MicroVMError, case .createFailed(_, let step, _, _) = error else { return false }
+                return step == "starting the VM's monitor" && error.description.contains("/etc/hostname")
+                    && error.hint == "check that the file exists and is executable"
+            }
+            #expect(MicroVM.list(configuration: configuration).isEmpty)
+        }
+    }
 }

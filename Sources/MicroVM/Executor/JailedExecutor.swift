@@ -59,7 +59,8 @@ struct JailedExecutor: VMMExecutor {
                     monitor, executable: command.executable, arguments: command.arguments, workingDirectory: nil,
                     pidFile: exitsEarly ? jail.layout.pidFile : nil, logger: logger)
             } catch {
-                throw .sandbox(id: id, .jailerMissing(path: monitor.settings.binary.string, reason: error.message))
+                // The monitor itself could not be started: neither Firecracker's nor the jailer's fault.
+                throw .createFailed(id: id, step: "starting the VM's monitor", cause: error, exit: nil)
             }
             switch result {
             case .success(let process):

@@ -187,7 +187,8 @@ struct DirectExecutor: VMMExecutor {
                     monitor, executable: binary, arguments: ["--api-sock", vmmPath(JailLayout.defaultAPISocket)] + arguments,
                     workingDirectory: jail.layout.rootDirectory, pidFile: nil, logger: logger)
             } catch {
-                throw .sandbox(id: jail.id.rawValue, .firecrackerMissing(path: monitor.settings.binary.string, reason: error.message))
+                // The monitor itself could not be started: neither Firecracker's nor the jailer's fault.
+                throw .createFailed(id: jail.id.rawValue, step: "starting the VM's monitor", cause: error, exit: nil)
             }
             switch result {
             case .success(let process):

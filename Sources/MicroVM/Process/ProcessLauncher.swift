@@ -75,6 +75,8 @@ public struct LaunchFailure: Error, Sendable, Hashable, CustomStringConvertible 
     public let executable: String
     public let message: String
     public var description: String {
-        "could not start \(executable): \(message). Hint: check that the file exists and is executable"
+        "could not start \(executable): \(message). Hint: \(hint)"
     }
+
+    public var hint: String { "check that the file exists and is executable" }
 }
