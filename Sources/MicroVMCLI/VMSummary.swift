@@ -13,6 +13,8 @@ struct VMSummary: Encodable {
     var process: String
     /// Whether a live microvm process (or other driver) is attached to it.
     var attached: Bool
+    /// Its per-VM monitor: alive, or gone (killed, or exited with its VM); nil without one.
+    var monitor: String?
     var sandboxed: Bool?
     var directory: String?
     var createdAt: Date?
@@ -21,7 +23,7 @@ struct VMSummary: Encodable {
     var problem: String?
 
     enum CodingKeys: String, CodingKey {
-        case id, state, detail, pid, process, attached, sandboxed, directory
+        case id, state, detail, pid, process, attached, monitor, sandboxed, directory
         case createdAt = "created_at"
         case exitReason = "exit_reason"
         case problem
@@ -39,6 +41,7 @@ struct VMSummary: Encodable {
         case .neverStarted: process = "never-started"
         }
         attached = listing.supervised
+        monitor = listing.record.flatMap { record in record.monitorPID.map { _ in record.monitorIsAlive ? "alive" : "gone" } }
         sandboxed = listing.record?.sandboxed
         directory = listing.record?.directory
         createdAt = listing.record?.createdAt

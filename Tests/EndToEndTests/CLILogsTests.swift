@@ -164,6 +164,13 @@ struct CLILogsTests {
                 #expect(await follow.waitForLine(containing: "microvm-guest: heartbeat") != nil)
                 for pid in monitors.values { kill(pid, SIGKILL) }
                 #expect(await follow.exitStatus(timeout: .seconds(10)) == 0, "nothing records the console any more: logs -f ends")
+                // ls says so: the VMs run, their monitors are gone.
+                let listed = try await CLI.run(["ls", "--json"] + flags)
+                let rows = try #require(try listed.json() as? [[String: Any]], "\(listed)")
+                for id in monitors.keys {
+                    let row = rows.first { $0["id"] as? String == id }
+                    #expect(row?["process"] as? String == "alive" && row?["monitor"] as? String == "gone", "\(id): \(row ?? [:])")
+                }
 
                 let stopped = try await CLI.run(["stop", stopID, "--timeout", "5"] + flags)
                 #expect(stopped.status == 0 && stopped.stdout.contains("the guest shut down"), "a graceful stop still works: \(stopped.stdout)")

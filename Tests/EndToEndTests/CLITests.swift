@@ -55,6 +55,7 @@ struct CLITests {
                 #expect(entries.first?["state"] as? String == "running")
                 #expect(entries.first?["process"] as? String == "alive")
                 #expect(entries.first?["attached"] as? Bool == false, "run -d leaves no process attached")
+                #expect(entries.first?["monitor"] as? String == "alive", "run -d leaves the VM to its monitor")
 
                 let inspected = try await CLI.run(["inspect", id, "--json"] + flags)
                 let body = try #require(try inspected.json() as? [String: Any], "\(inspected)")
