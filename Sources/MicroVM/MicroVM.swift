@@ -318,7 +318,8 @@ public actor MicroVM {
             streams?.closeChildEnds()
             await streams?.close()
             await process?.monitor?.ended(within: .seconds(2))
-            let report = await executor.cleanup(logger: logger)
+            // Without a process (the launch failed before its pid was known) the jail is searched.
+            let report = await executor.cleanup(vmmExited: process != nil, logger: logger)
             if spec.network != nil { await VMNetworking.tearDown(id, configuration: configuration.networkConfiguration, logger: logger) }
             store.remove(id: spec.id)
             LiveDirectories.release(directoryKey)
@@ -606,7 +607,7 @@ public actor MicroVM {
         await streams.close()
         await client.close()
         await process.monitor?.ended(within: .seconds(2))
-        let report = await executor.cleanup(logger: logger)
+        let report = await executor.cleanup(vmmExited: status != .unknown, logger: logger)
         if spec.network != nil, let networkConfiguration {
             await VMNetworking.tearDown(id, configuration: networkConfiguration, logger: logger)
         }

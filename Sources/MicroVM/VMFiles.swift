@@ -6,21 +6,23 @@ import SystemPackage
 /// for an unjailed VM). Firecracker is given these paths (translated by the executor); the host
 /// reaches them under the root.
 enum VMFiles {
-    static let kernel: FilePath = "/boot/kernel"
-    static let initrd: FilePath = "/boot/initrd"
+    // Flat: every directory a launch creates is an inode allocated and freed per VM, and on a
+    // journal-less ext4 each freed inode slows the next allocations for 30 s (ext4 skips
+    // recently deleted inodes), so a launch makes none beyond the jail's own.
+    static let kernel: FilePath = "/kernel"
+    static let initrd: FilePath = "/initrd"
     /// The driver's own files: Firecracker's log FIFO, metrics, vsock socket, config file.
-    static let directory: FilePath = "/microvm"
-    static let log: FilePath = "/microvm/firecracker.log"
-    static let metrics: FilePath = "/microvm/metrics.json"
-    static let vsock: FilePath = "/microvm/vsock.sock"
-    static let configFile: FilePath = "/microvm/vm.json"
+    static let log: FilePath = "/firecracker.log"
+    static let metrics: FilePath = "/metrics.json"
+    static let vsock: FilePath = "/vsock.sock"
+    static let configFile: FilePath = "/vm.json"
     /// Where Firecracker writes a snapshot before the driver moves it to its destination.
-    static let snapshots: FilePath = "/microvm/snapshots"
-    static let snapshotState: FilePath = "/microvm/snapshots/state"
-    static let snapshotMemory: FilePath = "/microvm/snapshots/memory"
+    static let snapshots: FilePath = "/snapshots"
+    static let snapshotState: FilePath = "/snapshots/state"
+    static let snapshotMemory: FilePath = "/snapshots/memory"
     /// A snapshot being restored.
-    static let restoreState: FilePath = "/microvm/restore/state"
-    static let restoreMemory: FilePath = "/microvm/restore/memory"
+    static let restoreState: FilePath = "/restore.state"
+    static let restoreMemory: FilePath = "/restore.memory"
 
     static func drive(_ id: String) -> FilePath {
         FilePath("/drives").appending(id)
@@ -30,7 +32,7 @@ enum VMFiles {
     /// snapshot's copies of writable drives); `boot` is false for a restore (no kernel needed).
     static func staging(for spec: VMSpec, driveSources: [String: String] = [:], boot: Bool = true) -> [StagingRequest] {
         // `snapshots` is made when a snapshot is taken: a directory less for every launch.
-        var requests: [StagingRequest] = [.directory(at: directory), .fifo(at: log)]
+        var requests: [StagingRequest] = [.fifo(at: log)]
         if boot {
             requests.append(.readOnly(FilePath(spec.boot.kernel), at: kernel))
             if let initrd = spec.boot.initrd { requests.append(.readOnly(FilePath(initrd), at: self.initrd)) }

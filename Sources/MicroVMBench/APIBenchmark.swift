@@ -32,7 +32,7 @@ struct APIBenchmark: AsyncParsableCommand {
                 id: "bench-api-\(getpid())", machine: .init(vcpus: 1, memoryMiB: 128), boot: .init(kernel: try assets.kernelPath),
                 logging: .init(vmmLevel: vmmLevel)),
             configuration: try assets.driverConfiguration(policy: .disabled, chrootBase: directory), logger: quietLogger())
-        let socket = vm.directory.string + "/run/firecracker.socket"
+        let socket = vm.client.socketPath
         do {
             let client = vm.client
             let config = MachineConfiguration(vcpuCount: 1, memSizeMiB: 128)

@@ -235,12 +235,12 @@ struct DeviceTests {
         }
     }
 
-    @Test("vsock: a listener socket path over the 103 bytes SwiftNIO allows is refused with the path named")
-    func vsockPathTooLong() async throws {
+    @Test("vsock: at the longest VM directory a launch accepts, a listener on the highest port fits; one byte more is refused before anything runs")
+    func vsockPathAtTheLimit() async throws {
         try await EndToEnd.withDriver(.disabled, name: "vsock-long") { configuration, assets, scratch in
-            // The API socket (<root>/run/firecracker.socket) is exactly 103 bytes, the most
-            // SwiftNIO connects to; the listener for port 6000 (<root>/microvm/vsock.sock_6000)
-            // would be 104.
+            // A launch refuses a VM whose jailed API socket (<root>/run/firecracker.socket) would
+            // pass the 103 bytes SwiftNIO connects to; the vsock listeners (<root>/vsock.sock_PORT,
+            // at most 10 digits) are shorter, so every port works at that limit.
             let base = scratch + "/jails/" + FilePath(assets.firecracker).lastComponent!.string + "/"
             let length = 103 - (base.utf8.count + "/root/run/firecracker.socket".utf8.count)
             let prefix = "vl\(getpid())-"
@@ -249,13 +249,19 @@ struct DeviceTests {
             spec.vsock = VsockSpec(guestCid: 3)
             let vm = try await MicroVM.create(spec, configuration: configuration, logger: EndToEnd.logger)
             try await EndToEnd.using(vm) { vm in
-                #expect(vm.layout.apiSocketHostPath.string.utf8.count == 103)
-                await #expect { try await vm.listenVsock(port: 6000) } throws: { error in
-                    guard case .sandbox(_, .socketPathTooLong(let path, 104, 103)) = error as? MicroVMError else { return false }
-                    return path == vm.vsockPath!.string + "_6000"
-                }
+                let listener = try await vm.listenVsock(port: UInt32.max)
+                #expect(listener.path.string == vm.vsockPath!.string + "_\(UInt32.max)")
+                #expect(listener.path.string.utf8.count <= 103)
                 await vm.stop()
             }
+
+            var tooLong = EndToEnd.spec(assets, id: id + "y")
+            tooLong.vsock = VsockSpec(guestCid: 3)
+            await #expect { _ = try await MicroVM.create(tooLong, configuration: configuration, logger: EndToEnd.logger) } throws: { error in
+                guard case .sandbox(_, .socketPathTooLong(_, 104, 103)) = error as? MicroVMError else { return false }
+                return true
+            }
+            #expect(!FileManager.default.fileExists(atPath: base + id + "y"), "nothing is made for a refused VM")
         }
     }
 

@@ -42,7 +42,7 @@ struct JailedLaunchTests {
                     let root = vm.directory.string
                     let exec = vm.layout.execFileName
                     let entries = Set(try FileManager.default.contentsOfDirectory(atPath: root))
-                    #expect(entries == [exec, exec + ".pid", "dev", "run", "boot", "drives", "microvm"])
+                    #expect(entries == [exec, exec + ".pid", "dev", "run", "kernel", "drives", "firecracker.log", "vm.json"])
                     let copy = try FileManager.default.attributesOfItem(atPath: root + "/drives/rootfs")
                     #expect((copy[.ownerAccountID] as? NSNumber)?.uint32Value == EndToEnd.uid)
                     vm.write("jailed hello\n")

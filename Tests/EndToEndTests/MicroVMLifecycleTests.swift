@@ -32,7 +32,7 @@ struct MicroVMLifecycleTests {
                 #expect(await vm.state == .created)
                 #expect(try await vm.client.describeInstance().state == .notStarted)
                 let config = try await vm.client.getVMConfiguration()
-                #expect(config.bootSource?.kernelImagePath == vm.vmmPath("/boot/kernel"))
+                #expect(config.bootSource?.kernelImagePath == vm.vmmPath("/kernel"))
                 #expect(config.bootSource?.bootArgs == spec.boot.args.joined(separator: " "))
                 #expect(config.machineConfig?.memSizeMiB == 64)
                 let root = try #require(config.drives?.first { $0.driveId == "rootfs" })

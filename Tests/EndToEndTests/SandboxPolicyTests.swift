@@ -36,7 +36,7 @@ struct SandboxPolicyTests {
                     return
                 }
                 #expect(!reasons.isEmpty)
-                #expect(vm.vmmPath("/boot/kernel") == "boot/kernel")
+                #expect(vm.vmmPath("/kernel") == "kernel")
                 _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat 1", timeout: .seconds(10))
                 #expect(await vm.stop().kind == .guestShutdown)
             }

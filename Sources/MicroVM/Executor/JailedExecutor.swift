@@ -19,6 +19,8 @@ struct JailedExecutor: VMMExecutor {
     let jail: Jail
     let limits: ResourceLimits
     var isSandboxed: Bool { true }
+    /// Firecracker's default, in the `run/` the jailer makes for it.
+    var apiSocket: FilePath { JailLayout.defaultAPISocket }
 
     /// Makes this process the reaper of orphaned descendants, once. The errno on failure.
     static let becomeSubreaper: Int32 = cmv_set_child_subreaper() == 0 ? 0 : errno
@@ -45,7 +47,7 @@ struct JailedExecutor: VMMExecutor {
         do {
             command = try jail.command(
                 limits: limits, guest: guest,
-                firecrackerArguments: ["--api-sock", JailLayout.defaultAPISocket.string] + arguments)
+                firecrackerArguments: ["--api-sock", apiSocket.string] + arguments)
         } catch {
             throw .sandbox(id: id, error)
         }

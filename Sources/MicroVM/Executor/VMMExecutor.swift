@@ -13,10 +13,12 @@ import SystemPackage
 /// How a VMM is started and what it sees: the seam between the VM handle and the sandbox.
 ///
 /// Both executors use the same directory for the VM (`<chroot base>/<exec name>/<id>/root`) and
-/// the same paths inside it; they differ in how Firecracker is started and how it names those
-/// paths. The sandbox policy picks one; nothing else in the driver asks whether a VM is jailed.
+/// the same paths inside it (the API socket aside); they differ in how Firecracker is started
+/// and how it names those paths. The sandbox policy picks one; nothing else in the driver asks whether a VM is jailed.
 protocol VMMExecutor: Sendable {
     var isSandboxed: Bool { get }
+    /// The API socket, as Firecracker is told it (under the VM's root).
+    var apiSocket: FilePath { get }
     /// The VM's directory layout (jail or not) and its teardown.
     var jail: Jail { get }
     /// What Firecracker must be told for the file at `path` under the VM's root.
@@ -31,8 +33,8 @@ protocol VMMExecutor: Sendable {
 }
 
 extension VMMExecutor {
-    /// The host path of the API socket (the same place for both executors).
-    var apiSocketHostPath: FilePath { jail.layout.apiSocketHostPath }
+    /// The host path of the API socket.
+    var apiSocketHostPath: FilePath { hostPath(apiSocket) }
 
     /// The host path of a path under the VM's root.
     func hostPath(_ path: FilePath) -> FilePath {
@@ -111,9 +113,10 @@ extension VMMExecutor {
     }
 
     /// Removes the VM's directory and cgroups. The process must be gone already (the VM handle
-    /// kills and reaps it first); pids found in the jail are stopped anyway.
-    func cleanup(logger: Logger) async -> TeardownReport {
-        await jail.teardown(logger: logger)
+    /// kills and reaps it first). When its exit was not seen (`vmmExited` false), the jail is
+    /// searched for processes, which are stopped.
+    func cleanup(vmmExited: Bool, logger: Logger) async -> TeardownReport {
+        await jail.teardown(options: TeardownOptions(searchForProcesses: !vmmExited), logger: logger)
     }
 }
 
@@ -157,21 +160,18 @@ func onThreadPool<T: Sendable>(_ body: @escaping @Sendable () throws(JailError) 
 struct DirectExecutor: VMMExecutor {
     let jail: Jail
     var isSandboxed: Bool { false }
+    /// At the root: no `run/` to make (the jailer makes it for a jailed VMM, and fails if it
+    /// exists), so a launch creates one directory less.
+    var apiSocket: FilePath { "/firecracker.socket" }
 
     func vmmPath(_ path: FilePath) -> String {
         path.removingRoot().string
     }
 
     func prepare(staging: [StagingRequest], logger: Logger) async throws(JailError) -> [StagedFile] {
-        // The jailer would make run/ for the socket; without it the directory is ours to make.
-        let run = hostPath(JailLayout.defaultAPISocket.removingLastComponent()).string
-        let id = jail.id.rawValue
+        let jail = self.jail
         return try await prepareDirectory(staging, logger: logger) { () throws(JailError) in
-            let staged = try JailStager(layout: jail.layout, uid: getuid(), gid: getgid(), logger: logger).stage(staging)
-            if mkdir(run, 0o700) != 0 && errno != EEXIST {
-                throw .system(id: id, SystemCallError(call: "mkdir", subject: run, errno: errno))
-            }
-            return staged
+            try JailStager(layout: jail.layout, uid: getuid(), gid: getgid(), logger: logger).stage(staging)
         }
     }
 
@@ -184,7 +184,7 @@ struct DirectExecutor: VMMExecutor {
             let result: Result<SupervisedProcess, MonitoredLaunchFailure>
             do {
                 result = try await launchMonitored(
-                    monitor, executable: binary, arguments: ["--api-sock", vmmPath(JailLayout.defaultAPISocket)] + arguments,
+                    monitor, executable: binary, arguments: ["--api-sock", vmmPath(apiSocket)] + arguments,
                     workingDirectory: jail.layout.rootDirectory, pidFile: nil, logger: logger)
             } catch {
                 // The monitor itself could not be started: neither Firecracker's nor the jailer's fault.
@@ -200,7 +200,7 @@ struct DirectExecutor: VMMExecutor {
         do {
             let spawned = try await ProcessLauncher.spawn(
                 executable: binary,
-                arguments: ["--api-sock", vmmPath(JailLayout.defaultAPISocket)] + arguments,
+                arguments: ["--api-sock", vmmPath(apiSocket)] + arguments,
                 workingDirectory: jail.layout.rootDirectory,
                 standardInput: streams.childInput, standardOutput: streams.childOutput, standardError: streams.childError)
             logger.debug("started Firecracker (unjailed)", metadata: ["pid": "\(spawned.pid)"])

@@ -29,16 +29,22 @@ public struct TeardownOptions: Sendable, Hashable {
     /// Also remove `<base>/<exec file name>` when it is left empty. Off by default: another VM
     /// being staged at the same moment could lose its freshly created directory.
     public var removeEmptyExecDirectory: Bool
+    /// Look through `/proc` for any other process whose root or working directory is the jail.
+    /// A caller that supervised the VMM and has seen it exit can skip it (the scan is most of a
+    /// teardown's CPU time): Firecracker does not fork, a `--new-pid-ns` VMM's namespace dies
+    /// with it, and a process left in the VM's cgroup still makes its removal fail, reported.
+    public var searchForProcesses: Bool
 
     public init(
         grace: Duration = .milliseconds(500), killTimeout: Duration = .seconds(5), cgroupTimeout: Duration = .seconds(2),
-        reap: Bool = true, removeEmptyExecDirectory: Bool = false
+        reap: Bool = true, removeEmptyExecDirectory: Bool = false, searchForProcesses: Bool = true
     ) {
         self.grace = grace
         self.killTimeout = killTimeout
         self.cgroupTimeout = cgroupTimeout
         self.reap = reap
         self.removeEmptyExecDirectory = removeEmptyExecDirectory
+        self.searchForProcesses = searchForProcesses
     }
 }
 
@@ -80,7 +86,9 @@ public enum JailTeardown {
         } catch {
             report.failures.append(error)
         }
-        for jailed in JailedVMM.processesInJail(layout: layout) where !pids.contains(jailed) { pids.append(jailed) }
+        if options.searchForProcesses {
+            for jailed in JailedVMM.processesInJail(layout: layout) where !pids.contains(jailed) { pids.append(jailed) }
+        }
         for candidate in pids {
             do {
                 let outcome = try await JailedVMM(pid: candidate, layout: layout).stop(
