@@ -545,8 +545,13 @@ public actor MicroVM {
     // MARK: The record
 
     /// Writes the VM's record, first at create (any failure undoes the create).
-    func record() throws(MicroVMError) {
-        try stateStore.write(currentRecord)
+    /// Writes the first record, on the thread pool: the write is fsync'd (file and directory),
+    /// milliseconds on a disk during which a cooperative thread, of which a small machine has
+    /// two, would serve no other VM's console or supervision.
+    func record() async throws(MicroVMError) {
+        let record = currentRecord
+        let store = stateStore
+        try await Self.deviceOffPool(id: id.rawValue) { () throws(MicroVMError) in try store.write(record) }
     }
 
     /// Writes the record after a change of state. A failure is logged, not thrown: the VM did
