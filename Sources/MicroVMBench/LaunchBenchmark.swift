@@ -56,6 +56,10 @@ struct LaunchBenchmark: AsyncParsableCommand {
         var libraryUnjailed = Samples()
         var libraryJailed = Samples()
         var jailedTeardown = Samples()
+        var phases = [
+            LaunchPhases(name: "library unjailed"), LaunchPhases(name: "raw firecracker --api-sock"),
+            LaunchPhases(name: "raw jailer"), LaunchPhases(name: "library jailed"),
+        ]
 
         // The series run in a new random order each round. A fixed or rotating order gives each
         // series the same predecessor every time, and what a launch leaves to the kernel (a
@@ -72,10 +76,12 @@ struct LaunchBenchmark: AsyncParsableCommand {
                     let socket = directory + "/raw-api.socket"
                     unlink(socket)
                     _ = FileManager.default.createFile(atPath: log, contents: nil)
+                    let wallStart = Date()
                     let launch = try await RawLaunch.untilBanner(
                         executable: firecracker, arguments: ["--api-sock", socket, "--config-file", configPath, "--log-path", log],
                         banner: Self.banner)
                     rawWithAPI.append(launch.elapsed)
+                    phases[1].append(start: wallStart, banner: launch.elapsed, log: (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
                     kill(launch.pid, SIGKILL)
                     await launch.termination.value
                     unlink(socket)
@@ -93,18 +99,22 @@ struct LaunchBenchmark: AsyncParsableCommand {
                     // Raw jailer: files staged beforehand (as a script would), then exec the jailer.
                     rawJailed.append(
                         try await Self.rawJailedLaunch(
-                            id: "raw-\(round)", configuration: jailed, kernel: kernel, configFile: jailedConfig, logger: logger))
+                            id: "raw-\(round)", configuration: jailed, kernel: kernel, configFile: jailedConfig, logger: logger,
+                            firecrackerLog: { phases[2].append(start: $0, banner: $1, log: $2) }))
                 default:
                     // The library: validate, stage, launch (config file), banner on the console.
                     let isJailed = series == 3
                     let spec = VMSpec(
                         id: "lib-\(series)-\(round)", machine: .init(vcpus: 1, memoryMiB: 64),
                         boot: .init(kernel: kernel, args: Self.bootArgs), limits: .init(pids: 64))
+                    let wallStart = Date()
                     let start = ContinuousClock.now
                     let vm = try await MicroVM.run(spec, configuration: isJailed ? jailed : unjailed, logger: logger)
                     _ = try await vm.console.waitForLine(containing: Self.banner, timeout: .seconds(10))
                     let elapsed = ContinuousClock.now - start
                     if isJailed { libraryJailed.append(elapsed) } else { libraryUnjailed.append(elapsed) }
+                    phases[isJailed ? 3 : 0].append(
+                        start: wallStart, banner: elapsed, log: await vm.firecrackerLog.recentLines.map(\.raw).joined(separator: "\n"))
                     let teardownStart = ContinuousClock.now
                     await vm.kill()
                     if isJailed { jailedTeardown.append(ContinuousClock.now - teardownStart) }
@@ -129,6 +139,7 @@ struct LaunchBenchmark: AsyncParsableCommand {
         print(String(format: "library unjailed / raw firecracker (p50): %.2fx (target <= 1.1x)", unjailedRatio))
         print(String(format: "  raw --api-sock / raw --no-api %.2fx (Firecracker's API server); library / raw --api-sock %.2fx", apiRatio, overAPIRatio))
         print(String(format: "library jailed / raw jailer (p50): %.2fx (target <= 1.1x)", jailedRatio))
+        LaunchPhases.printTable(phases)
     }
 
     /// The raw baselines' config files: one naming the kernel by its host path (unjailed), one
@@ -152,7 +163,8 @@ struct LaunchBenchmark: AsyncParsableCommand {
     /// The raw jailer baseline: the kernel and config staged beforehand (not timed, as a script
     /// would have done), then `jailer ... -- --no-api --config-file` timed to the banner line.
     static func rawJailedLaunch(
-        id: String, configuration: DriverConfiguration, kernel: String, configFile: String, logger: Logger
+        id: String, configuration: DriverConfiguration, kernel: String, configFile: String, logger: Logger,
+        firecrackerLog: (_ start: Date, _ elapsed: Duration, _ log: String) -> Void = { _, _, _ in }
     ) async throws -> Duration {
         let jail = try Jail(configuration: configuration.jailer, id: try VMIdentifier(id))
         try await jail.prepare(logger: logger)
@@ -162,7 +174,10 @@ struct LaunchBenchmark: AsyncParsableCommand {
         let command = try jail.command(
             limits: Self.limits, guest: Self.guest,
             firecrackerArguments: JailerCommand.firecrackerArguments(apiSocket: nil, configFile: "/vm.json", logPath: "/fc.log"))
+        let wallStart = Date()
         let launch = try await RawLaunch.untilBanner(executable: command.executable.string, arguments: command.arguments, banner: Self.banner)
+        firecrackerLog(
+            wallStart, launch.elapsed, (try? String(contentsOfFile: jail.layout.rootDirectory.appending("fc.log").string, encoding: .utf8)) ?? "")
         let report = await jail.teardown(logger: logger)
         await launch.termination.value
         if !report.isComplete { print("raw jail teardown incomplete: \(report.failures)") }
@@ -171,5 +186,51 @@ struct LaunchBenchmark: AsyncParsableCommand {
 
     private func seconds(_ value: Duration) -> Double {
         Double(value.components.seconds) + Double(value.components.attoseconds) / 1e18
+    }
+}
+
+/// Where a launch's time goes, from Firecracker's own log timestamps (wall clock, local time, as
+/// Firecracker writes them): from the call to Firecracker's first line ("Running Firecracker"),
+/// the VM's build (to "Artificially kick devices", just before the vCPUs run), and the guest's
+/// run to the end of its banner line as the caller read it.
+struct LaunchPhases {
+    let name: String
+    var toFirecracker = Samples()
+    var build = Samples()
+    var guest = Samples()
+
+    mutating func append(start: Date, banner: Duration, log: String) {
+        let lines = log.split(separator: "\n")
+        func offset(_ needle: String) -> Duration? {
+            guard let line = lines.first(where: { $0.contains(needle) }), let stamp = line.split(separator: " ").first,
+                let time = Self.parse(stamp)
+            else { return nil }
+            return .nanoseconds(Int64((time.timeIntervalSince1970 - start.timeIntervalSince1970) * 1e9))
+        }
+        guard let running = offset("Running Firecracker"), let kick = offset("Artificially kick devices") else { return }
+        toFirecracker.append(running)
+        build.append(kick - running)
+        guest.append(banner - kick)
+    }
+
+    /// `2026-12-01T18:13:16.781185846`, in the local time zone.
+    static func parse(_ stamp: Substring) -> Date? {
+        let halves = stamp.split(separator: ".")
+        guard halves.count == 2, let fraction = Double("0." + halves[1]) else { return nil }
+        let fields = halves[0].split(whereSeparator: { "-T:".contains($0) }).compactMap { Int($0) }
+        guard fields.count == 6 else { return nil }
+        let components = DateComponents(
+            calendar: Calendar(identifier: .gregorian), timeZone: .current, year: fields[0], month: fields[1], day: fields[2],
+            hour: fields[3], minute: fields[4], second: fields[5])
+        return components.date.map { $0.addingTimeInterval(fraction) }
+    }
+
+    static func printTable(_ all: [LaunchPhases]) {
+        print("where the time goes (p50 ms; Firecracker's log timestamps)   to Firecracker    build    guest to banner")
+        for phases in all.sorted(by: { $0.name < $1.name }) where !phases.toFirecracker.values.isEmpty {
+            print(
+                "\(phases.name.padding(toLength: 58, withPad: " ", startingAt: 0)) \(Samples.milliseconds(phases.toFirecracker.percentile(50)).leftPad(12)) \(Samples.milliseconds(phases.build.percentile(50)).leftPad(8)) \(Samples.milliseconds(phases.guest.percentile(50)).leftPad(18))"
+            )
+        }
     }
 }

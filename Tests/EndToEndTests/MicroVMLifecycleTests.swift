@@ -142,6 +142,30 @@ struct MicroVMLifecycleTests {
         }
     }
 
+    @Test("Readiness: from Firecracker's log at Info, by GET / when its log is quieter; the API answers either way", arguments: [LogLevel.info, .warning])
+    func readiness(vmmLevel: LogLevel) async throws {
+        try await EndToEnd.withDriver(.disabled, name: "ready-\(vmmLevel.rawValue)") { configuration, assets, _ in
+            var spec = EndToEnd.spec(assets, id: "ready-\(vmmLevel.rawValue.lowercased())-\(getpid())")
+            spec.logging = .init(vmmLevel: vmmLevel)
+            let vm = try await MicroVM.run(spec, configuration: configuration, logger: EndToEnd.logger)
+            try await EndToEnd.using(vm) { vm in
+                // Returned: the guest runs and the API answers at once, without a retry.
+                #expect(try await vm.client.describeInstance().state == .running)
+                _ = try await vm.console.waitForLine(containing: "microvm-guest: banner", timeout: .seconds(10))
+                #expect(await vm.stop().kind == .guestShutdown)
+            }
+            var createdSpec = EndToEnd.spec(assets, id: "ready-c-\(vmmLevel.rawValue.lowercased())-\(getpid())")
+            createdSpec.logging = .init(vmmLevel: vmmLevel)
+            let created = try await MicroVM.create(createdSpec, configuration: configuration, logger: EndToEnd.logger)
+            try await EndToEnd.using(created) { vm in
+                #expect(try await vm.client.describeInstance().state == .notStarted)
+                try await vm.start()
+                _ = try await vm.console.waitForLine(containing: "microvm-guest: banner", timeout: .seconds(10))
+                #expect(await vm.stop().kind == .guestShutdown)
+            }
+        }
+    }
+
     @Test("A guest that ignores Ctrl-Alt-Del is killed after the grace period", arguments: policies)
     func stopEscalation(policy: SandboxPolicy) async throws {
         try await EndToEnd.withDriver(policy, name: "esc-\(policy.rawValue)") { configuration, assets, _ in
