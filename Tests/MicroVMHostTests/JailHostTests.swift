@@ -177,6 +177,37 @@ struct JailHostTests {
         #expect(!exists(layout.jailDirectory.string))
     }
 
+    @Test("the last teardown removes the empty exec directory; VMs staged meanwhile make it again and lose nothing")
+    func execDirectoryRace() async throws {
+        try HostPrerequisite.require(HostPrerequisite.isRoot, "root")
+        let scratch = ScratchDirectory("exec-race")
+        defer { scratch.remove() }
+        let base = scratch.file("base")
+        mkdir(base, 0o755)
+        let kernel = scratch.file("kernel.bin")
+        try writeFile(kernel, "kernel-bytes", mode: 0o644)
+        let host = emptyHost()
+        // Four workers stage and tear down jails of their own ids under one base, so a
+        // teardown that empties the exec directory races the others' staging.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for worker in 0..<4 {
+                group.addTask {
+                    for round in 0..<150 {
+                        let layout = try layout(base: base, id: "race-\(worker)-\(round)")
+                        let stager = JailStager(layout: layout, uid: uid, gid: gid, logger: testLogger)
+                        let staged = try stager.stage([.readOnly(FilePath(kernel), at: "/kernel"), .fifo(at: "/firecracker.log")])
+                        #expect(staged.count == 2)
+                        let report = await JailTeardown.run(layout: layout, parentCgroup: "microvm", cgroupHost: host, logger: testLogger)
+                        #expect(report.isComplete, "\(report.failures)")
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        #expect(!exists(base + "/firecracker"), "the last teardown leaves the chroot base as it found it")
+        #expect(exists(base))
+    }
+
     @Test("a stale jail is removed before a launch; a pid of another process does not make it live")
     func staleJail() async throws {
         try HostPrerequisite.require(HostPrerequisite.isRoot, "root")

@@ -228,15 +228,23 @@ public struct JailStager: Sendable {
             throw .chrootBaseUnusable(path: layout.chrootBase.string, reason: error.description)
         }
         defer { close(base) }
-        do {
-            let jail = try JailFileSystem.openOrCreateDirectories(
-                at: base, [layout.execFileName, id], display: layout.chrootBase.string, mode: 0o755, owner: nil)
-            defer { close(jail) }
-            // The jailer chmods root/ to 0700 and chowns it to the VM user when it runs.
-            return try JailFileSystem.openOrCreateDirectories(
-                at: jail, ["root"], display: layout.jailDirectory.string, mode: 0o700, owner: nil)
-        } catch {
-            throw .system(id: id, error)
+        // A teardown removes `<base>/<exec>` when it leaves it empty. If that happens between
+        // this making (or finding) it and making `<id>` in it, `<id>` fails with ENOENT: the
+        // directory is made again.
+        var attempt = 0
+        while true {
+            attempt += 1
+            do {
+                let jail = try JailFileSystem.openOrCreateDirectories(
+                    at: base, [layout.execFileName, id], display: layout.chrootBase.string, mode: 0o755, owner: nil)
+                defer { close(jail) }
+                // The jailer chmods root/ to 0700 and chowns it to the VM user when it runs.
+                return try JailFileSystem.openOrCreateDirectories(
+                    at: jail, ["root"], display: layout.jailDirectory.string, mode: 0o700, owner: nil)
+            } catch {
+                if error.errno == ENOENT, attempt < 5 { continue }
+                throw .system(id: id, error)
+            }
         }
     }
 

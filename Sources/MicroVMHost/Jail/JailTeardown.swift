@@ -26,8 +26,10 @@ public struct TeardownOptions: Sendable, Hashable {
     public var cgroupTimeout: Duration
     /// Reap the VMM's zombie when this process is its parent or child subreaper.
     public var reap: Bool
-    /// Also remove `<base>/<exec file name>` when it is left empty. Off by default: another VM
-    /// being staged at the same moment could lose its freshly created directory.
+    /// Also remove `<base>/<exec file name>` when it is left empty, so the last VM leaves the
+    /// chroot base as it found it. A VM being staged at that moment makes the directory again
+    /// (the stager retries on ENOENT); turn this off when other tools make jails under the same
+    /// base without retrying.
     public var removeEmptyExecDirectory: Bool
     /// Look through `/proc` for any other process whose root or working directory is the jail.
     /// A caller that supervised the VMM and has seen it exit can skip it (the scan is most of a
@@ -37,7 +39,7 @@ public struct TeardownOptions: Sendable, Hashable {
 
     public init(
         grace: Duration = .milliseconds(500), killTimeout: Duration = .seconds(5), cgroupTimeout: Duration = .seconds(2),
-        reap: Bool = true, removeEmptyExecDirectory: Bool = false, searchForProcesses: Bool = true
+        reap: Bool = true, removeEmptyExecDirectory: Bool = true, searchForProcesses: Bool = true
     ) {
         self.grace = grace
         self.killTimeout = killTimeout
