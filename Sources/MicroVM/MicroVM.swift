@@ -561,10 +561,9 @@ public actor MicroVM {
 
     // MARK: The record
 
-    /// Writes the VM's record, first at create (any failure undoes the create).
-    /// Writes the first record, on the thread pool: the write is fsync'd (file and directory),
-    /// milliseconds on a disk during which a cooperative thread, of which a small machine has
-    /// two, would serve no other VM's console or supervision.
+    /// Writes the VM's first record (a failure undoes the create), on the thread pool: the
+    /// write is fsync'd (file and directory), milliseconds on a disk during which a cooperative
+    /// thread, of which a small machine has two, would serve no other VM's console or supervision.
     func record() async throws(MicroVMError) {
         let record = currentRecord
         let store = stateStore

@@ -6,9 +6,9 @@ import SystemPackage
 /// for an unjailed VM). Firecracker is given these paths (translated by the executor); the host
 /// reaches them under the root.
 enum VMFiles {
-    // Flat: every directory a launch creates is an inode allocated and freed per VM, and on a
-    // journal-less ext4 each freed inode slows the next allocations for 30 s (ext4 skips
-    // recently deleted inodes), so a launch makes none beyond the jail's own.
+    // Flat: each directory is an inode made and freed per VM (and an ext4 without a journal
+    // skips inodes freed in the last minute or more when it allocates), so a launch makes no
+    // directory beyond the jail's own.
     static let kernel: FilePath = "/kernel"
     static let initrd: FilePath = "/initrd"
     /// The driver's own files: Firecracker's log FIFO, metrics, vsock socket, config file.

@@ -14,7 +14,8 @@ import SystemPackage
 ///
 /// Both executors use the same directory for the VM (`<chroot base>/<exec name>/<id>/root`) and
 /// the same paths inside it (the API socket aside); they differ in how Firecracker is started
-/// and how it names those paths. The sandbox policy picks one; nothing else in the driver asks whether a VM is jailed.
+/// and how it names those paths. The sandbox policy picks one; nothing else in the driver asks
+/// whether a VM is jailed.
 protocol VMMExecutor: Sendable {
     var isSandboxed: Bool { get }
     /// The API socket, as Firecracker is told it (under the VM's root).
