@@ -56,6 +56,8 @@ struct LaunchBenchmark: AsyncParsableCommand {
         var libraryUnjailed = Samples()
         var libraryJailed = Samples()
         var jailedTeardown = Samples()
+        /// The driver's CPU time (user + system, all its threads) from the call to the banner.
+        var driverCPU = [Samples(), Samples()]
         var phases = [
             LaunchPhases(name: "library unjailed"), LaunchPhases(name: "raw firecracker --api-sock"),
             LaunchPhases(name: "raw jailer"), LaunchPhases(name: "library jailed"),
@@ -108,10 +110,12 @@ struct LaunchBenchmark: AsyncParsableCommand {
                         id: "lib-\(series)-\(round)", machine: .init(vcpus: 1, memoryMiB: 64),
                         boot: .init(kernel: kernel, args: Self.bootArgs), limits: .init(pids: 64))
                     let wallStart = Date()
+                    let cpuBefore = FleetBenchmark.cpuMilliseconds()
                     let start = ContinuousClock.now
                     let vm = try await MicroVM.run(spec, configuration: isJailed ? jailed : unjailed, logger: logger)
                     _ = try await vm.console.waitForLine(containing: Self.banner, timeout: .seconds(10))
                     let elapsed = ContinuousClock.now - start
+                    driverCPU[isJailed ? 1 : 0].append(.nanoseconds(Int64((FleetBenchmark.cpuMilliseconds() - cpuBefore) * 1e6)))
                     if isJailed { libraryJailed.append(elapsed) } else { libraryUnjailed.append(elapsed) }
                     phases[isJailed ? 3 : 0].append(
                         start: wallStart, banner: elapsed, log: await vm.firecrackerLog.recentLines.map(\.raw).joined(separator: "\n"))
@@ -139,6 +143,8 @@ struct LaunchBenchmark: AsyncParsableCommand {
         print(String(format: "library unjailed / raw firecracker (p50): %.2fx (target <= 1.1x)", unjailedRatio))
         print(String(format: "  raw --api-sock / raw --no-api %.2fx (Firecracker's API server); library / raw --api-sock %.2fx", apiRatio, overAPIRatio))
         print(String(format: "library jailed / raw jailer (p50): %.2fx (target <= 1.1x)", jailedRatio))
+        print(
+            "driver CPU time per launch, call to banner (p50 ms): unjailed \(Samples.milliseconds(driverCPU[0].percentile(50))), jailed \(Samples.milliseconds(driverCPU[1].percentile(50)))")
         LaunchPhases.printTable(phases)
     }
 

@@ -378,23 +378,23 @@ final class VMMStreams: Sendable {
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             let buffer = unwrapInboundIn(data)
-            var bytes = Array(buffer.readableBytesView)
+            // Appended straight from NIO's buffer: most reads are one byte of the console.
+            var start = pending.count
+            pending.append(contentsOf: buffer.readableBytesView)
             if awaitingAnswer {
-                pending += bytes
                 guard let newline = pending.firstIndex(of: UInt8(ascii: "\n")) else { return }
-                let answer = pending[..<newline]
-                bytes = Array(pending[(newline + 1)...])
-                pending = []
-                awaitingAnswer = false
-                guard answer.starts(with: Array("ok ".utf8)) else {
+                guard pending[..<newline].starts(with: Array("ok ".utf8)) else {
+                    pending = []
                     continuation.finish()
                     context.close(promise: nil)
                     return
                 }
-                guard !bytes.isEmpty else { return }
+                pending.removeSubrange(...newline)
+                awaitingAnswer = false
+                guard !pending.isEmpty else { return }
+                start = 0
             }
-            pending += bytes
-            if bytes.contains(UInt8(ascii: "\n")) || pending.count >= 16 * 1024 {
+            if pending[start...].contains(UInt8(ascii: "\n")) || pending.count >= 16 * 1024 {
                 flush()
             } else if scheduledFlush == nil {
                 let reader = NIOLoopBound(self, eventLoop: context.eventLoop)
