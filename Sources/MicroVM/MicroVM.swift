@@ -163,7 +163,7 @@ public actor MicroVM {
         // same root cannot create the same id.
         let store = configuration.stateStore
         do {
-            try store.create(id: spec.id)
+            try store.create(id: spec.id, monitored: configuration.monitor != nil)
         } catch {
             LiveDirectories.release(directoryKey)
             throw error

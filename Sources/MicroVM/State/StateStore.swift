@@ -36,8 +36,9 @@ public struct StateStore: Sendable, Hashable {
 
     /// Creates the VM's directory with its FIFOs, under the root's lock. Fails when the id
     /// already has a directory: live VMs are never replaced, and a dead one's leftovers are
-    /// `gc`'s to remove.
-    func create(id: String) throws(MicroVMError) {
+    /// `gc`'s to remove. Under a monitor (`monitored`), which holds the VMM's stdout and stderr
+    /// itself, only `stdin` is made.
+    func create(id: String, monitored: Bool = false) throws(MicroVMError) {
         try ensureRoot(id: id)
         try withLock(root, id: id) { () throws(MicroVMError) in
             let directory = directory(for: id).string
@@ -52,7 +53,7 @@ public struct StateStore: Sendable, Hashable {
                 throw .file(id: id, SystemCallError(call: "mkdir", subject: directory, errno: errno))
             }
             let streams = streamPaths(for: id)
-            for path in [streams.input, streams.output, streams.error] where mkfifo(path, 0o600) != 0 {
+            for path in monitored ? [streams.input] : [streams.input, streams.output, streams.error] where mkfifo(path, 0o600) != 0 {
                 let error = SystemCallError(call: "mkfifo", subject: path, errno: errno)
                 remove(id: id)
                 throw .file(id: id, error)
