@@ -142,6 +142,29 @@ struct MicroVMLifecycleTests {
         }
     }
 
+    @Test("What the VMM (or the jailer) wrote on stderr before it exited explains the failed create", arguments: policies)
+    func standardErrorExplainsExit(policy: SandboxPolicy) async throws {
+        try await EndToEnd.withDriver(policy, name: "stderr-\(policy.rawValue)") { configuration, assets, directory in
+            // A "firecracker" that complains and exits. Jailed, it cannot even start (the jail
+            // has no /bin/sh): the jailer's own complaint explains that.
+            var broken = configuration
+            let fake = directory + "/firecracker"
+            try "#!/bin/sh\necho 'firecracker: no VM today' >&2\nexit 3\n".write(toFile: fake, atomically: true, encoding: .utf8)
+            chmod(fake, 0o755)
+            broken.jailer.firecrackerBinary = FilePath(fake)
+            await #expect {
+                try await MicroVM.run(EndToEnd.spec(assets, id: "stderr-\(policy.rawValue)-\(getpid())"), configuration: broken, logger: EndToEnd.logger)
+            } throws: { error in
+                if policy == .disabled {
+                    guard case .createFailed(_, _, _, let exit?) = error as? MicroVMError else { return false }
+                    return exit.exit == .exited(code: 3) && exit.evidence.contains { $0.contains("no VM today") }
+                }
+                guard case .createFailed(_, _, _, let exit?) = error as? MicroVMError else { return false }
+                return exit.evidence.contains { $0.contains("Failed to exec into Firecracker") }
+            }
+        }
+    }
+
     @Test("Readiness: from Firecracker's log at Info, by GET / when its log is quieter; the API answers either way", arguments: [LogLevel.info, .warning])
     func readiness(vmmLevel: LogLevel) async throws {
         try await EndToEnd.withDriver(.disabled, name: "ready-\(vmmLevel.rawValue)") { configuration, assets, _ in

@@ -98,6 +98,7 @@ struct JailedExecutor: VMMExecutor {
         let pid = try await waitForVMM(launcher: launcher, streams: streams)
         let pidfd = cmv_pidfd_open(pid)
         if pidfd < 0 {
+            await streams.drainStandardError()
             throw .sandbox(
                 id: id,
                 .vmmExitedEarly(id: id, termination: nil, detail: "pid \(pid) was gone at once; stderr: \(await streams.standardError.recentLines.suffix(5).map(\.text))"))
@@ -143,6 +144,7 @@ struct JailedExecutor: VMMExecutor {
                     if let pid = try? JailedVMM.readPIDFile(layout: jail.layout) {
                         return .success(pid)
                     }
+                    await streams.drainStandardError()
                     let stderr = await streams.standardError.recentLines.map(\.text).joined(separator: "\n")
                     let termination: ProcessTermination =
                         switch exit {

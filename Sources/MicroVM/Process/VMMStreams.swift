@@ -40,6 +40,10 @@ final class VMMStreams: Sendable {
         var error: Int32
         var log: Int32
         var inputChannel: (any Channel)?
+        /// Input written while the input channel is being set up (it is set up on the first
+        /// write: most VMs are never written to, and a channel costs CPU while the VM boots).
+        var pendingInput: [UInt8] = []
+        var inputStarting = false
         var readers: [any Channel] = []
         var closed = false
     }
@@ -125,13 +129,16 @@ final class VMMStreams: Sendable {
             ends: Ends(input: -1, output: -1, error: -1, log: fd), consoleOnDemand: false, logFIFO: logFIFO)
     }
 
-    /// Sets up the NIO channels, all at once. On failure every descriptor is closed.
+    /// Sets up the NIO channels that read, all at once: the console's (unless it is read on
+    /// demand) and Firecracker's log. The guest's input gets its channel on the first write
+    /// (``write(_:)``); stderr is never read live (``drainStandardError()``). On failure every
+    /// descriptor is closed.
     func start() async throws(SystemCallError) {
         if let monitor {
             try await startMonitored(socket: monitor.socket)
             return
         }
-        let (input, output, error, logFD) = ends.withLock { ($0.input, $0.output, $0.error, $0.log) }
+        let (input, output, logFD) = ends.withLock { ($0.input, $0.output, $0.log) }
         if input < 0 {
             // A VM whose monitor is gone: only Firecracker's log can still be read.
             await console.finish()
@@ -147,24 +154,14 @@ final class VMMStreams: Sendable {
             return
         }
         let console = self.console
-        let standardError = self.standardError
         let log = self.log
         let group = MultiThreadedEventLoopGroup.singleton
-        async let inputChannel = NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(output: input).get()
         async let outputChannel: (any Channel)? =
             consoleOnDemand ? nil : Self.reader(fd: output, group: group) { await console.consume($0) }
-        async let errorChannel = Self.reader(fd: error, group: group) { await standardError.consume($0) }
         async let logChannel: (any Channel)? =
             logFD >= 0 ? Self.reader(fd: logFD, group: group) { await log.consume($0) } : nil
         // Every one is awaited, so none is left open when another failed.
         var failure: (any Error)?
-        do {
-            let channel = try await inputChannel
-            ends.withLock {
-                $0.inputChannel = channel
-                $0.input = -1
-            }
-        } catch { failure = error }
         do {
             if let channel = try await outputChannel {
                 ends.withLock {
@@ -172,14 +169,7 @@ final class VMMStreams: Sendable {
                     $0.output = -1
                 }
             }
-        } catch { failure = failure ?? error }
-        do {
-            let channel = try await errorChannel
-            ends.withLock {
-                $0.readers.append(channel)
-                $0.error = -1
-            }
-        } catch { failure = failure ?? error }
+        } catch { failure = error }
         do {
             if let channel = try await logChannel {
                 ends.withLock {
@@ -205,16 +195,84 @@ final class VMMStreams: Sendable {
         for fd in [childInput, childOutput, childError] where fd >= 0 { Glibc.close(fd) }
     }
 
-    /// Writes bytes to the guest's serial input.
+    /// Writes bytes to the guest's serial input, in order. The first write sets up the input's
+    /// channel; what is written meanwhile waits and goes first.
     func write(_ bytes: [UInt8]) {
-        guard let channel = ends.withLock({ $0.inputChannel }) else { return }
+        let unstarted: Int32? = ends.withLock { ends in
+            guard !ends.closed else { return nil }
+            if let channel = ends.inputChannel {
+                // Enqueued under the lock: a write never overtakes the one before it.
+                Self.enqueue(bytes, on: channel)
+                return nil
+            }
+            guard ends.input >= 0 || ends.inputStarting else { return nil }
+            ends.pendingInput += bytes
+            guard !ends.inputStarting else { return nil }
+            ends.inputStarting = true
+            defer { ends.input = -1 }  // the channel owns it now
+            return ends.input
+        }
+        if let fd = unstarted {
+            Task { await self.startInput(fd: fd) }
+        }
+    }
+
+    private static func enqueue(_ bytes: [UInt8], on channel: any Channel) {
         channel.eventLoop.execute {
             channel.writeAndFlush(channel.allocator.buffer(bytes: bytes), promise: nil)
         }
     }
 
+    /// The input's channel, on the first write: the pending input goes first.
+    private func startInput(fd: Int32) async {
+        let channel: any Channel
+        do {
+            channel = try await NIOPipeBootstrap(group: MultiThreadedEventLoopGroup.singleton).takingOwnershipOfDescriptor(output: fd).get()
+        } catch {
+            Glibc.close(fd)
+            ends.withLock {
+                $0.pendingInput = []
+                $0.inputStarting = false
+            }
+            return
+        }
+        let closedMeanwhile = ends.withLock { ends in
+            ends.inputStarting = false
+            guard !ends.closed else { return true }
+            ends.inputChannel = channel
+            if !ends.pendingInput.isEmpty { Self.enqueue(ends.pendingInput, on: channel) }
+            ends.pendingInput = []
+            return false
+        }
+        if closedMeanwhile { try? await channel.close() }
+    }
+
+    /// Reads what the VMM has written to stderr so far into ``standardError``. Nothing reads it
+    /// live: Firecracker (and the jailer) write there only about their command line, or when
+    /// they cannot log (a panic), and then exit; the FIFO keeps it until the exit is handled.
+    /// Called when the VMM or the launcher has exited, and before stderr explains a failure.
+    func drainStandardError() async {
+        let bytes: [UInt8] = ends.withLock { ends in
+            guard ends.error >= 0 else { return [] }
+            var collected: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let count = buffer.withUnsafeMutableBytes { Glibc.read(ends.error, $0.baseAddress, $0.count) }
+                if count > 0 {
+                    collected += buffer[0..<count]
+                } else if count < 0, errno == EINTR {
+                    continue
+                } else {
+                    return collected  // EAGAIN: all read; 0: no writer left
+                }
+            }
+        }
+        if !bytes.isEmpty { await standardError.append(bytes) }
+    }
+
     /// The VMM has exited: mark the end of its log and wait until everything before is read.
     func vmmExited() async {
+        await drainStandardError()
         if monitor != nil {
             // The monitor ends the log's connection once it has drained the FIFO.
         } else if let logFIFO {
