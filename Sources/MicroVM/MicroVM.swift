@@ -202,6 +202,7 @@ public actor MicroVM {
         var process: SupervisedProcess?
         var command: JailerCommand?
         var streams: VMMStreams?
+        var recording: Task<MicroVMError?, Never>?
         var step = "writing the config file"
         do {
             // 5. Firecracker's arguments: its log always goes to the driver's FIFO, never to
@@ -240,7 +241,6 @@ public actor MicroVM {
                 streams: streams!, logger: logger)
 
             // 7. The API, raced against an early exit (then Firecracker's own words explain it).
-            //    The record is written meanwhile: it is off the launch's critical path.
             step = "waiting for Firecracker's API"
             let client = FirecrackerClient(socketPath: executor.apiSocketHostPath.string, logger: logger)
             let initialState: VMState =
@@ -262,7 +262,18 @@ public actor MicroVM {
                 throw MicroVMError.file(id: spec.id, error)
             }
             step = "waiting for Firecracker's API"
-            let recording = Task { () -> MicroVMError? in
+            var bootsFromConfigFile = false
+            if case .bootFromConfigFile = mode { bootsFromConfigFile = true }
+            try await waitUntilReady(
+                client: client, process: process!, log: firecrackerLevel.swiftLogLevel <= .info ? streams!.log : nil,
+                guestStarts: bootsFromConfigFile, timeout: configuration.readinessTimeout, id: spec.id)
+
+            // 8. The record, written once Firecracker is ready, while it is configured (or the
+            //    guest boots), not while it builds the VM: on a small host that build is fast
+            //    only while Firecracker's threads have the CPUs to themselves, and a record
+            //    written meanwhile (its JSON, its fsync) made the slow build far more frequent
+            //    (BENCHMARKS.md). create still returns only once the record is on disk.
+            recording = Task { () -> MicroVMError? in
                 do throws(MicroVMError) {
                     try await vm.record()
                     return nil
@@ -270,20 +281,8 @@ public actor MicroVM {
                     return error
                 }
             }
-            do {
-                var bootsFromConfigFile = false
-                if case .bootFromConfigFile = mode { bootsFromConfigFile = true }
-                try await waitUntilReady(
-                    client: client, process: process!, log: firecrackerLevel.swiftLogLevel <= .info ? streams!.log : nil,
-                    guestStarts: bootsFromConfigFile, timeout: configuration.readinessTimeout, id: spec.id)
-            } catch {
-                _ = await recording.value
-                throw error
-            }
-            step = "recording the VM"
-            if let error = await recording.value { throw error }
 
-            // 8. Configure (or load the snapshot).
+            // 9. Configure (or load the snapshot).
             switch mode {
             case .bootFromConfigFile:
                 step = "putting MMDS data"
@@ -301,6 +300,8 @@ public actor MicroVM {
                             networkOverrides: overrides.isEmpty ? nil : overrides))
                 }
             }
+            step = "recording the VM"
+            if let error = await recording?.value { throw error }
             await vm.superviseExit()
             let state = await vm.state
             logger.info(
@@ -308,7 +309,9 @@ public actor MicroVM {
                 metadata: ["pid": "\(vm.pid)", "sandboxed": "\(vm.isSandboxed)", "directory": "\(vm.directory)"])
             return vm
         } catch {
-            // Undo everything: the process, the streams, the directory and cgroups.
+            // Undo everything: the process, the streams, the directory and cgroups (once the
+            // record's write, if it started, is over).
+            _ = await recording?.value
             var exit: ExitReason?
             if let process {
                 process.send(signal: SIGKILL)

@@ -60,6 +60,10 @@ struct Samples {
 
     var total: Duration { values.reduce(.zero, +) }
 
+    /// The arithmetic mean: beside the median where a distribution has two modes (a launch's
+    /// build on a 2-CPU host), whose median jumps between them from run to run.
+    var mean: Duration { values.isEmpty ? .zero : total / values.count }
+
     static func milliseconds(_ value: Duration) -> String {
         let (seconds, attoseconds) = value.components
         let ms = Double(seconds) * 1000 + Double(attoseconds) / 1e15

@@ -127,22 +127,24 @@ struct LaunchBenchmark: AsyncParsableCommand {
             }
         }
 
-        print("launch to guest banner, \(runs) runs each (ms)        p50      p95")
+        print("launch to guest banner, \(runs) runs each (ms)        p50      p95     mean")
         for (name, samples) in [
             ("raw firecracker --no-api --config-file", rawUnjailed),
             ("raw firecracker --api-sock --config-file", rawWithAPI), ("raw jailer -- --config-file", rawJailed),
             ("library unjailed (MicroVM.run)", libraryUnjailed), ("library jailed (MicroVM.run)", libraryJailed),
             ("library jailed teardown (kill+clean)", jailedTeardown),
         ] {
-            print("\(name.padding(toLength: 44, withPad: " ", startingAt: 0)) \(Samples.milliseconds(samples.percentile(50)).leftPad(8)) \(Samples.milliseconds(samples.percentile(95)).leftPad(8))")
+            print("\(name.padding(toLength: 44, withPad: " ", startingAt: 0)) \(Samples.milliseconds(samples.percentile(50)).leftPad(8)) \(Samples.milliseconds(samples.percentile(95)).leftPad(8)) \(Samples.milliseconds(samples.mean).leftPad(8))")
         }
         let unjailedRatio = seconds(libraryUnjailed.percentile(50)) / max(seconds(rawUnjailed.percentile(50)), 1e-9)
         let jailedRatio = seconds(libraryJailed.percentile(50)) / max(seconds(rawJailed.percentile(50)), 1e-9)
         let apiRatio = seconds(rawWithAPI.percentile(50)) / max(seconds(rawUnjailed.percentile(50)), 1e-9)
         let overAPIRatio = seconds(libraryUnjailed.percentile(50)) / max(seconds(rawWithAPI.percentile(50)), 1e-9)
-        print(String(format: "library unjailed / raw firecracker (p50): %.2fx (target <= 1.1x)", unjailedRatio))
+        print(String(format: "library unjailed / raw firecracker (p50): %.2fx (target <= 1.1x); means: %.2fx", unjailedRatio,
+            seconds(libraryUnjailed.mean) / max(seconds(rawUnjailed.mean), 1e-9)))
         print(String(format: "  raw --api-sock / raw --no-api %.2fx (Firecracker's API server); library / raw --api-sock %.2fx", apiRatio, overAPIRatio))
-        print(String(format: "library jailed / raw jailer (p50): %.2fx (target <= 1.1x)", jailedRatio))
+        print(String(format: "library jailed / raw jailer (p50): %.2fx (target <= 1.1x); means: %.2fx", jailedRatio,
+            seconds(libraryJailed.mean) / max(seconds(rawJailed.mean), 1e-9)))
         print(
             "driver CPU time per launch, call to banner (p50 ms): unjailed \(Samples.milliseconds(driverCPU[0].percentile(50))), jailed \(Samples.milliseconds(driverCPU[1].percentile(50)))")
         LaunchPhases.printTable(phases)
@@ -232,10 +234,13 @@ struct LaunchPhases {
     }
 
     static func printTable(_ all: [LaunchPhases]) {
-        print("where the time goes (p50 ms; Firecracker's log timestamps)   to Firecracker    build    guest to banner")
+        print("where the time goes (p50 ms; Firecracker's log timestamps)   to Firecracker    build    guest to banner    build p25 / p75")
         for phases in all.sorted(by: { $0.name < $1.name }) where !phases.toFirecracker.values.isEmpty {
+            // The build's quartiles show its two modes on a small host: fast while Firecracker's
+            // threads have the CPUs to themselves, about 3 ms slower when they share one.
+            let quartiles = "\(Samples.milliseconds(phases.build.percentile(25))) / \(Samples.milliseconds(phases.build.percentile(75)))"
             print(
-                "\(phases.name.padding(toLength: 58, withPad: " ", startingAt: 0)) \(Samples.milliseconds(phases.toFirecracker.percentile(50)).leftPad(12)) \(Samples.milliseconds(phases.build.percentile(50)).leftPad(8)) \(Samples.milliseconds(phases.guest.percentile(50)).leftPad(18))"
+                "\(phases.name.padding(toLength: 58, withPad: " ", startingAt: 0)) \(Samples.milliseconds(phases.toFirecracker.percentile(50)).leftPad(12)) \(Samples.milliseconds(phases.build.percentile(50)).leftPad(8)) \(Samples.milliseconds(phases.guest.percentile(50)).leftPad(18)) \(quartiles.leftPad(18))"
             )
         }
     }
