@@ -43,7 +43,9 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
         let vm = id.map { "VM \($0): " } ?? ""
         switch self {
         case .invalidSpec(_, let problems):
-            return "\(vm)invalid spec: " + problems.map(\.description).joined(separator: "; ")
+            // A problem with the file itself (no field) has its hint as the error's hint.
+            let fileLevel = problems.allSatisfy(\.field.isEmpty)
+            return "\(vm)invalid spec: " + problems.map { fileLevel ? $0.message : $0.description }.joined(separator: "; ")
         case .invalidState(_, let operation, let state, let allowed):
             return "\(vm)cannot \(operation) while \(state.name) (only when \(allowed.joined(separator: " or ")))"
         case .sandbox(_, let error):
@@ -82,7 +84,8 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
     /// What to do about it.
     public var hint: String {
         switch self {
-        case .invalidSpec: "correct the fields named above"
+        case .invalidSpec(_, let problems):
+            problems.allSatisfy(\.field.isEmpty) ? (problems.first?.hint ?? "correct the spec file") : "correct the fields named above"
         case .invalidState(_, _, let state, _):
             state.isLive ? "wait for or bring about the state the operation needs" : "the VM has ended; create a new one (or restore a snapshot)"
         case .sandbox(_, let error): error.hint

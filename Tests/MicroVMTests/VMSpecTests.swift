@@ -2,6 +2,7 @@ import FirecrackerAPI
 import Foundation
 import MicroVM
 import MicroVMHost
+import SystemPackage
 import Testing
 
 @Suite("VM spec: strict decoding and validation")
@@ -112,6 +113,33 @@ struct VMSpecTests {
         try Data("id: y\nmachine: {vcpus: 1, memory_mib: 8}\nboot: {kernel: /k}\n".utf8).write(to: URL(fileURLWithPath: directory + "/vm.yaml"))
         #expect(try VMSpec.load(from: .init(directory + "/vm.yaml")).id == "y")
         #expect(throws: MicroVMError.self) { try VMSpec.load(from: .init(directory + "/missing.json")) }
+    }
+
+    @Test("A file that cannot be read, an empty one and broken JSON are each said plainly, with where it broke")
+    func unreadableAndBroken() throws {
+        let directory = FilePath(NSTemporaryDirectory()).appending("microvm-spec-broken-\(getpid())").string
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        func failure(_ body: () throws -> VMSpec) -> MicroVMError? {
+            do {
+                _ = try body()
+                return nil
+            } catch {
+                return error as? MicroVMError
+            }
+        }
+        let missing = failure { try VMSpec.load(from: .init(directory + "/missing.json")) }
+        #expect(missing?.description == "invalid spec: cannot read the spec file \(directory)/missing.json: no such file or directory")
+        #expect(missing?.hint == "check the path")
+        #expect(failure { try VMSpec.load(from: .init(directory)) }?.description.hasSuffix("it is a directory") == true)
+
+        try Data("  \n".utf8).write(to: URL(fileURLWithPath: directory + "/empty.json"))
+        #expect(failure { try VMSpec.load(from: .init(directory + "/empty.json")) }?.description == "invalid spec: the document is empty")
+
+        try Data("{\n  \"id\": \"x\",\n  \"machine\": {\"vcpus\": 1 \"memory_mib\": 64}\n}\n".utf8).write(to: URL(fileURLWithPath: directory + "/broken.json"))
+        let broken = failure { try VMSpec.load(from: .init(directory + "/broken.json")) }
+        #expect(broken?.description.contains("not valid JSON") == true && broken?.description.contains("line 3, column 26") == true, "\(String(describing: broken))")
+        #expect(broken?.hint == "correct the spec file")
     }
 
     @Test("Validation names every problem's field")

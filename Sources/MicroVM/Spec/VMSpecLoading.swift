@@ -16,7 +16,7 @@ public struct SpecProblem: Sendable, Hashable, CustomStringConvertible {
     }
 
     public var description: String {
-        "\(field.isEmpty ? "(spec)" : field): \(message)\(hint.map { ". Hint: \($0)" } ?? "")"
+        "\(field.isEmpty ? "" : "\(field): ")\(message)\(hint.map { ". Hint: \($0)" } ?? "")"
     }
 }
 
@@ -29,9 +29,20 @@ extension VMSpec {
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: path.string))
         } catch {
+            // The system's words (no such file, permission denied, is a directory), not Foundation's.
+            var status = stat()
+            let reason: String
+            if stat(path.string, &status) != 0 {
+                reason = String(cString: strerror(errno)).lowercased()
+            } else if (status.st_mode & S_IFMT) == S_IFDIR {
+                reason = "it is a directory"
+            } else if access(path.string, R_OK) != 0 {
+                reason = String(cString: strerror(errno)).lowercased()
+            } else {
+                reason = error.localizedDescription
+            }
             throw .invalidSpec(
-                id: nil,
-                problems: [SpecProblem(field: "", message: "cannot read \(path): \(error.localizedDescription)", hint: "check the path")])
+                id: nil, problems: [SpecProblem(field: "", message: "cannot read the spec file \(path): \(reason)", hint: "check the path")])
         }
         let name = path.lastComponent?.extension?.lowercased()
         if name == "yaml" || name == "yml" {
@@ -51,7 +62,10 @@ extension VMSpec {
         do {
             tree = try JSONDecoder().decode(JSONValue.self, from: data)
         } catch {
-            throw .invalidSpec(id: nil, problems: [SpecProblem(field: "", message: "not valid JSON: \(Self.describe(error))")])
+            if data.allSatisfy({ [0x20, 0x09, 0x0A, 0x0D].contains($0) }) {
+                throw .invalidSpec(id: nil, problems: [SpecProblem(field: "", message: "the document is empty")])
+            }
+            throw .invalidSpec(id: nil, problems: [SpecProblem(field: "", message: "not valid JSON: \(Self.syntaxError(in: data, decoding: error))")])
         }
         return try decode(tree: tree)
     }
@@ -147,10 +161,29 @@ extension VMSpec {
         }
     }
 
-    private static func describe(_ error: any Error) -> String {
-        if let decoding = error as? DecodingError, case .dataCorrupted(let context) = decoding {
-            return (context.underlyingError as? NSError)?.userInfo[NSDebugDescriptionErrorKey] as? String ?? context.debugDescription
+    /// Where JSON is broken: `JSONDecoder` only says that it is, `JSONSerialization` gives the
+    /// character, which is turned into a line and column.
+    private static func syntaxError(in data: Data, decoding error: any Error) -> String {
+        do {
+            _ = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
+        } catch {
+            let message = (error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String ?? "\(error)"
+            guard let range = message.range(of: "around character "),
+                let offset = Int(message[range.upperBound...].prefix { $0.isNumber })
+            else { return message }
+            var line = 1
+            var column = 1
+            for byte in data.prefix(offset) {
+                if byte == UInt8(ascii: "\n") {
+                    line += 1
+                    column = 1
+                } else {
+                    column += 1
+                }
+            }
+            return "\(message.prefix(upTo: range.lowerBound).trimmingCharacters(in: .whitespaces)) at line \(line), column \(column)"
         }
+        if let decoding = error as? DecodingError, case .dataCorrupted(let context) = decoding { return context.debugDescription }
         return "\(error)"
     }
 }
