@@ -228,9 +228,8 @@ public actor MicroVM {
                     logFIFO: executor.hostPath(VMFiles.log).string, consoleOnDemand: consoleOnDemand)
             } else {
                 do {
-                    streams = try VMMStreams.open(
-                        console: console, log: log, streams: store.streamPaths(for: spec.id), logFIFO: executor.hostPath(VMFiles.log).string,
-                        forLaunch: true, consoleOnDemand: consoleOnDemand)
+                    streams = try VMMStreams.pipes(
+                        console: console, log: log, logFIFO: executor.hostPath(VMFiles.log).string, consoleOnDemand: consoleOnDemand)
                 } catch {
                     throw MicroVMError.file(id: spec.id, error)
                 }
@@ -253,7 +252,7 @@ public actor MicroVM {
                 spec: spec, id: id, executor: executor, decision: decision, process: process!, command: command, streams: streams!,
                 client: client, state: initialState, stateStore: store, logger: logger,
                 networkConfiguration: configuration.networkConfiguration, network: attachment)
-            // The console and log channels start while the VM boots (the FIFOs hold what it
+            // The console and log channels start while the VM boots (the pipes hold what it
             // writes meanwhile).
             step = "reading the console and log"
             do {

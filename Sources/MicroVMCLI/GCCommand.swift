@@ -6,7 +6,7 @@ import MicroVMHost
 struct GCCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gc",
-        abstract: "Remove what dead VMs left: jail or VM directory, cgroups, record and FIFOs.",
+        abstract: "Remove what dead VMs left: jail or VM directory, cgroups, record and state directory.",
         discussion: "Live VMs, VMs another process is attached to, and unreadable records are left alone (and listed)."
     )
 

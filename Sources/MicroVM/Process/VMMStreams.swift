@@ -11,9 +11,10 @@ import SystemPackage
 #endif
 
 /// The VMM's standard streams and Firecracker's log FIFO, owned by the driver and read with
-/// SwiftNIO. They are FIFOs in the VM's state directory, not pipes of swift-subprocess: a
-/// jailed VMM is the jailer's grandchild and writes its console long after the process that was
-/// spawned has exited, and the console must outlive the driver itself so a new driver can attach.
+/// SwiftNIO. The streams are pipes the driver makes, not swift-subprocess's: a jailed VMM is
+/// the jailer's grandchild and writes its console long after the process that was spawned has
+/// exited, and the console must outlive the driver itself so a new driver can attach (through
+/// `/proc/<pid>/fd`). Under a monitor they come from the monitor's socket instead.
 ///
 /// - stdout is the guest's serial console (``Console``), stdin its serial input;
 /// - stderr holds Firecracker's (or the jailer's) complaints about its command line;
@@ -75,17 +76,56 @@ final class VMMStreams: Sendable {
         self.logFIFO = logFIFO
     }
 
-    /// Opens the descriptors of the VMM's streams: the FIFOs of its state directory and
-    /// Firecracker's log FIFO. ``start()`` then reads them.
+    /// The streams of a launch: three pipes, and Firecracker's log FIFO. ``start()`` then reads
+    /// them.
     ///
-    /// For a launch (`forLaunch`), the child's ends are opened too: read-write, so Firecracker
-    /// itself holds a reader of its stdout (it never dies of SIGPIPE when no driver reads: its
-    /// console writes wait for the next driver to attach, and nothing the guest wrote is lost)
-    /// and a writer of its stdin (it never sees end of file). To attach to a running VM, only the
-    /// driver's ends are opened.
-    static func open(
-        console: Console, log: FirecrackerLog, streams paths: (input: String, output: String, error: String), logFIFO: String?,
-        forLaunch: Bool, consoleOnDemand: Bool = false
+    /// The VMM's end of each pipe is opened again read-write through `/proc/self/fd`, as a
+    /// FIFO opened read-write: Firecracker itself holds a reader of its stdout (it never dies
+    /// of SIGPIPE when no driver reads: its console writes wait for the next driver to attach,
+    /// and nothing the guest wrote is lost) and a writer of its stdin (it never sees end of
+    /// file). Pipes rather than FIFOs in the state directory: a filesystem inode made and
+    /// removed per stream costs up to a few hundred microseconds each on a busy ext4 without
+    /// a journal, on the launch's critical path.
+    static func pipes(
+        console: Console, log: FirecrackerLog, logFIFO: String, consoleOnDemand: Bool = false
+    ) throws(SystemCallError) -> VMMStreams {
+        var fds: [Int32] = []  // closed on failure
+        /// A pipe: the driver's end (non-blocking), and the VMM's end, read-write.
+        func pipe(driverReads: Bool) throws(SystemCallError) -> (driver: Int32, vmm: Int32) {
+            var ends: [Int32] = [-1, -1]
+            _ = try SystemCallError.check("pipe2", "the VMM's standard streams") { cmv_pipe_cloexec(&ends) }
+            fds += ends
+            let (driver, other) = driverReads ? (ends[0], ends[1]) : (ends[1], ends[0])
+            let path = "/proc/self/fd/\(other)"
+            let vmm = try SystemCallError.check("open", path) { Glibc.open(path, O_RDWR | O_CLOEXEC) }
+            fds.append(vmm)
+            Glibc.close(other)
+            fds.removeAll { $0 == other }
+            let flags = fcntl(driver, F_GETFL)
+            _ = try SystemCallError.check("fcntl(O_NONBLOCK)", path) { fcntl(driver, F_SETFL, flags | O_NONBLOCK) }
+            return (driver, vmm)
+        }
+        do throws(SystemCallError) {
+            let input = try pipe(driverReads: false)
+            let output = try pipe(driverReads: true)
+            let error = try pipe(driverReads: true)
+            let logFD = try SystemCallError.check("open", logFIFO) { Glibc.open(logFIFO, O_RDWR | O_NONBLOCK | O_CLOEXEC) }
+            return VMMStreams(
+                console: console, standardError: Console(limits: .init(lines: 200, bytes: 64 * 1024)), log: log,
+                child: (input.vmm, output.vmm, error.vmm), ends: Ends(input: input.driver, output: output.driver, error: error.driver, log: logFD),
+                consoleOnDemand: consoleOnDemand, logFIFO: logFIFO)
+        } catch {
+            for fd in fds { Glibc.close(fd) }
+            throw error
+        }
+    }
+
+    /// The streams of a running VMM, to attach to it: new ends of its standard streams,
+    /// opened through `/proc/<pid>/fd` (pipes, or the FIFOs of an older driver's VMs), and
+    /// Firecracker's log FIFO.
+    static func attach(
+        console: Console, log: FirecrackerLog, streams paths: (input: String, output: String, error: String), logFIFO: String,
+        consoleOnDemand: Bool = false
     ) throws(SystemCallError) -> VMMStreams {
         var fds: [Int32] = []  // closed on failure
         func openFD(_ path: String, _ flags: Int32) throws(SystemCallError) -> Int32 {
@@ -94,16 +134,12 @@ final class VMMStreams: Sendable {
             return fd
         }
         do throws(SystemCallError) {
-            var child: (Int32, Int32, Int32) = (-1, -1, -1)
-            if forLaunch {
-                child = (try openFD(paths.input, O_RDWR), try openFD(paths.output, O_RDWR), try openFD(paths.error, O_RDWR))
-            }
             let ends = Ends(
                 input: try openFD(paths.input, O_WRONLY | O_NONBLOCK), output: try openFD(paths.output, O_RDONLY | O_NONBLOCK),
-                error: try openFD(paths.error, O_RDONLY | O_NONBLOCK), log: logFIFO == nil ? -1 : try openFD(logFIFO!, O_RDWR | O_NONBLOCK))
+                error: try openFD(paths.error, O_RDONLY | O_NONBLOCK), log: try openFD(logFIFO, O_RDWR | O_NONBLOCK))
             return VMMStreams(
-                console: console, standardError: Console(limits: .init(lines: 200, bytes: 64 * 1024)), log: log, child: child, ends: ends,
-                consoleOnDemand: consoleOnDemand, logFIFO: logFIFO)
+                console: console, standardError: Console(limits: .init(lines: 200, bytes: 64 * 1024)), log: log, child: (-1, -1, -1),
+                ends: ends, consoleOnDemand: consoleOnDemand, logFIFO: logFIFO)
         } catch {
             for fd in fds { Glibc.close(fd) }
             throw error

@@ -89,7 +89,7 @@ extension MicroVM {
     /// Takes over a VM whose driver is gone (crashed, killed, upgraded): its process must still
     /// be the recorded one (pid, start time, jail root or working directory), never a process
     /// that reused the pid. The VM then works exactly like one this driver created: console
-    /// (what the guest wrote while nobody read it is still in its FIFO), API, pause, snapshot,
+    /// (what the guest wrote while nobody read it is still in its stdout pipe), API, pause, snapshot,
     /// stop. Its state is what Firecracker says now (a snapshot interrupted by the crash leaves
     /// it paused).
     public static func attach(
@@ -168,17 +168,20 @@ extension MicroVM {
                 // Only Firecracker's log remains when that is refused.
                 let fds = "/proc/\(pid)/fd/"
                 do {
-                    streams = try VMMStreams.open(
-                        console: console, log: log, streams: (store.streamPaths(for: id).input, fds + "1", fds + "2"), logFIFO: executor.hostPath(VMFiles.log).string,
-                        forLaunch: false, consoleOnDemand: consoleOnDemand)
+                    streams = try VMMStreams.attach(
+                        console: console, log: log, streams: (store.stdinFIFO(for: id), fds + "1", fds + "2"), logFIFO: executor.hostPath(VMFiles.log).string,
+                        consoleOnDemand: consoleOnDemand)
                 } catch {
                     logger.warning("the VM's monitor is gone and its console cannot be reopened", metadata: ["error": "\(error)"])
                     streams = try VMMStreams.orphaned(console: console, log: log, logFIFO: executor.hostPath(VMFiles.log).string)
                 }
             } else {
-                streams = try VMMStreams.open(
-                    console: console, log: log, streams: store.streamPaths(for: id), logFIFO: executor.hostPath(VMFiles.log).string,
-                    forLaunch: false, consoleOnDemand: consoleOnDemand)
+                // New ends of the pipes the VMM holds (read-write: what the guest wrote while no
+                // driver read is still there).
+                let fds = "/proc/\(pid)/fd/"
+                streams = try VMMStreams.attach(
+                    console: console, log: log, streams: (fds + "0", fds + "1", fds + "2"), logFIFO: executor.hostPath(VMFiles.log).string,
+                    consoleOnDemand: consoleOnDemand)
             }
             try await streams.start()
         } catch {
@@ -211,7 +214,7 @@ extension MicroVM {
     }
 
     /// Removes what dead VMs left (jail or VM directory, cgroups in every hierarchy, network,
-    /// record and FIFOs): VMs whose Firecracker is gone (or whose pid now names another process,
+    /// record and state directory): VMs whose Firecracker is gone (or whose pid now names another process,
     /// which is never signalled) and whose driver is gone too. Live VMs, VMs a live driver
     /// supervises and unreadable records are left alone.
     public static func garbageCollect(

@@ -7,8 +7,9 @@ public import SystemPackage
 #endif
 
 /// The driver's state on disk, one directory per VM under a root (the runc `state.json`
-/// pattern): `state.json` (a ``VMRecord``) and the VM's standard-stream FIFOs, which
-/// Firecracker keeps open so its console survives the driver and a later driver can attach.
+/// pattern): `state.json` (a ``VMRecord``) and, for a VM under a monitor, the FIFO of its
+/// standard input and what the monitor keeps. (The standard streams of a VM without a monitor
+/// are pipes the VMM holds, reopened through `/proc/<pid>/fd` by a later driver.)
 ///
 /// Records are written atomically (temporary file, fsync, rename, fsync of the directory); a
 /// torn or corrupt record is reported with its path, never silently replaced. Every change to a
@@ -28,16 +29,14 @@ public struct StateStore: Sendable, Hashable {
     public func directory(for id: String) -> FilePath { root.appending(id) }
     func recordPath(for id: String) -> FilePath { directory(for: id).appending("state.json") }
 
-    /// The FIFOs carrying the VM's standard streams.
-    func streamPaths(for id: String) -> (input: String, output: String, error: String) {
-        let directory = directory(for: id)
-        return (directory.appending("stdin").string, directory.appending("stdout").string, directory.appending("stderr").string)
+    /// The FIFO of a monitored VM's standard input (the monitor holds its stdout and stderr).
+    func stdinFIFO(for id: String) -> String {
+        directory(for: id).appending("stdin").string
     }
 
-    /// Creates the VM's directory with its FIFOs, under the root's lock. Fails when the id
-    /// already has a directory: live VMs are never replaced, and a dead one's leftovers are
-    /// `gc`'s to remove. Under a monitor (`monitored`), which holds the VMM's stdout and stderr
-    /// itself, only `stdin` is made.
+    /// Creates the VM's directory, under the root's lock, with the `stdin` FIFO of a VM under a
+    /// monitor (`monitored`). Fails when the id already has a directory: live VMs are never
+    /// replaced, and a dead one's leftovers are `gc`'s to remove.
     func create(id: String, monitored: Bool = false) throws(MicroVMError) {
         try ensureRoot(id: id)
         try withLock(root, id: id) { () throws(MicroVMError) in
@@ -52,9 +51,8 @@ public struct StateStore: Sendable, Hashable {
                 }
                 throw .file(id: id, SystemCallError(call: "mkdir", subject: directory, errno: errno))
             }
-            let streams = streamPaths(for: id)
-            for path in monitored ? [streams.input] : [streams.input, streams.output, streams.error] where mkfifo(path, 0o600) != 0 {
-                let error = SystemCallError(call: "mkfifo", subject: path, errno: errno)
+            if monitored, mkfifo(stdinFIFO(for: id), 0o600) != 0 {
+                let error = SystemCallError(call: "mkfifo", subject: stdinFIFO(for: id), errno: errno)
                 remove(id: id)
                 throw .file(id: id, error)
             }
