@@ -22,6 +22,8 @@ public actor FirecrackerLog {
     private let logger: Logger
     private let forwardLevel: Logger.Level
     private let ended = ExitState<Bool>()
+    /// Set as the log ends, before anything is awaited: a waiter checks it without suspending.
+    private var isFinished = false
     /// Messages recently re-emitted: when, and how many repeats were held back since.
     private var repeats: [String: (emitted: ContinuousClock.Instant, suppressed: Int)] = [:]
     private var messageWaiters: [(token: Int, needle: String, continuation: CheckedContinuation<Bool, Never>)] = []
@@ -53,6 +55,7 @@ public actor FirecrackerLog {
 
     /// The writer is gone (the VMM exited and the pipe drained).
     public func finish() async {
+        isFinished = true
         if !partial.isEmpty {
             take(String(decoding: partial, as: UTF8.self))
             partial.removeAll()
@@ -70,8 +73,11 @@ public actor FirecrackerLog {
     /// before, among the lines kept); false when the log ends, `timeout` passes or the waiting
     /// task is cancelled first.
     func waitForMessage(containing needle: String, timeout: Duration) async -> Bool {
+        // No suspension between this check and the waiter's registration below: a line taken
+        // in between (the actor runs `append` meanwhile) would be missed, and the wait would
+        // last its whole timeout. Awaiting `ended` here did that to about one launch in 100.
         if lines.contains(where: { $0.message.contains(needle) }) { return true }
-        if await ended.current != nil || Task.isCancelled { return false }
+        if isFinished || Task.isCancelled { return false }
         let token = nextWaiter
         nextWaiter += 1
         let timer = Task { [weak self] in
@@ -81,7 +87,9 @@ public actor FirecrackerLog {
         defer { timer.cancel() }
         return await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
-                if Task.isCancelled {
+                if lines.contains(where: { $0.message.contains(needle) }) {
+                    continuation.resume(returning: true)
+                } else if isFinished || Task.isCancelled {
                     continuation.resume(returning: false)
                 } else {
                     messageWaiters.append((token, needle, continuation))

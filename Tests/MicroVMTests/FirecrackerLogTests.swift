@@ -37,4 +37,21 @@ struct FirecrackerLogTests {
         #expect(records.map(\.level) == [.info, .error, .error, .warning])
         #expect(await log.recentLines.count == 402)
     }
+
+    @Test("A line logged while a waiter starts waiting is never missed (it used to cost one launch in 100 a second)")
+    func waiterNeverMissesALine() async {
+        let line = Array("2026-12-01T00:00:00.000000000 [vm:fc_api:INFO] API server started.\n".utf8)
+        let clock = ContinuousClock()
+        var slowest = Duration.zero
+        for _ in 0..<300 {
+            let log = FirecrackerLog(logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
+            let start = clock.now
+            async let found = log.waitForMessage(containing: "API server started", timeout: .seconds(2))
+            async let appended: Void = log.append(line)
+            _ = await appended
+            #expect(await found)
+            slowest = max(slowest, clock.now - start)
+        }
+        #expect(slowest < .milliseconds(500), "the slowest wait took \(slowest)")
+    }
 }
