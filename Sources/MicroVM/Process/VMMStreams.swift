@@ -285,7 +285,7 @@ final class VMMStreams: Sendable {
 
     /// Reads what the VMM has written to stderr so far into ``standardError``. Nothing reads it
     /// live: Firecracker (and the jailer) write there only about their command line, or when
-    /// they cannot log (a panic), and then exit; the FIFO keeps it until the exit is handled.
+    /// they cannot log (a panic), and then exit; the pipe keeps it until the exit is handled.
     /// Called when the VMM or the launcher has exited, and before stderr explains a failure.
     func drainStandardError() async {
         let bytes: [UInt8] = ends.withLock { ends in
