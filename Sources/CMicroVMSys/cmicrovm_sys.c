@@ -125,6 +125,10 @@ int cmv_pipe_cloexec(int fds[2]) {
     return pipe2(fds, O_CLOEXEC);
 }
 
+int cmv_pipe_cloexec_nonblock(int fds[2]) {
+    return pipe2(fds, O_CLOEXEC | O_NONBLOCK);
+}
+
 int cmv_pidfd_reap(int pidfd, int nohang, int *exited, int *value) {
     siginfo_t info;
     memset(&info, 0, sizeof(info));

@@ -42,6 +42,9 @@ int cmv_ficlone(int dst_fd, int src_fd);
 /* pipe2(fds, O_CLOEXEC). Returns 0. */
 int cmv_pipe_cloexec(int fds[2]);
 
+/* pipe2(fds, O_CLOEXEC | O_NONBLOCK). Returns 0. */
+int cmv_pipe_cloexec_nonblock(int fds[2]);
+
 /* waitid(P_PIDFD, pidfd, WEXITED [| WNOHANG]): reaps the process the pidfd refers to if it has
  * exited. Returns 1 and fills *exited (1: exit code in *value; 0: killed by signal *value) when it
  * reaped it, 0 when it is still running (only with nohang), -1/errno otherwise (ECHILD: not our

@@ -90,10 +90,11 @@ final class VMMStreams: Sendable {
         console: Console, log: FirecrackerLog, logFIFO: String, consoleOnDemand: Bool = false
     ) throws(SystemCallError) -> VMMStreams {
         var fds: [Int32] = []  // closed on failure
-        /// A pipe: the driver's end (non-blocking), and the VMM's end, read-write.
+        /// A pipe: the driver's end (non-blocking), and the VMM's end, read-write (and blocking:
+        /// an open makes a new open file description, which does not share O_NONBLOCK).
         func pipe(driverReads: Bool) throws(SystemCallError) -> (driver: Int32, vmm: Int32) {
             var ends: [Int32] = [-1, -1]
-            _ = try SystemCallError.check("pipe2", "the VMM's standard streams") { cmv_pipe_cloexec(&ends) }
+            _ = try SystemCallError.check("pipe2", "the VMM's standard streams") { cmv_pipe_cloexec_nonblock(&ends) }
             fds += ends
             let (driver, other) = driverReads ? (ends[0], ends[1]) : (ends[1], ends[0])
             let path = "/proc/self/fd/\(other)"
@@ -101,8 +102,6 @@ final class VMMStreams: Sendable {
             fds.append(vmm)
             Glibc.close(other)
             fds.removeAll { $0 == other }
-            let flags = fcntl(driver, F_GETFL)
-            _ = try SystemCallError.check("fcntl(O_NONBLOCK)", path) { fcntl(driver, F_SETFL, flags | O_NONBLOCK) }
             return (driver, vmm)
         }
         do throws(SystemCallError) {
