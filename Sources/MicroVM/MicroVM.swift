@@ -270,8 +270,8 @@ public actor MicroVM {
             // 8. The record, written once Firecracker is ready, while it is configured (or the
             //    guest boots), not while it builds the VM: on a small host that build is fast
             //    only while Firecracker's threads have the CPUs to themselves, and a record
-            //    written meanwhile (its JSON, its fsync) made the slow build far more frequent
-            //    (BENCHMARKS.md). create still returns only once the record is on disk.
+            //    written meanwhile made the slow build far more frequent (BENCHMARKS.md).
+            //    create still returns only once the record is written.
             recording = Task { () -> MicroVMError? in
                 do throws(MicroVMError) {
                     try await vm.record()
@@ -563,9 +563,10 @@ public actor MicroVM {
 
     // MARK: The record
 
-    /// Writes the VM's first record (a failure undoes the create), on the thread pool: the
-    /// write is fsync'd (file and directory), milliseconds on a disk during which a cooperative
-    /// thread, of which a small machine has two, would serve no other VM's console or supervision.
+    /// Writes the VM's first record (a failure undoes the create), on the thread pool: creating
+    /// a file can take hundreds of microseconds on a busy filesystem, during which a
+    /// cooperative thread, of which a small machine has two, would serve no other VM's console
+    /// or supervision.
     func record() async throws(MicroVMError) {
         let record = currentRecord
         let store = stateStore
