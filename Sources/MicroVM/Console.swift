@@ -218,11 +218,11 @@ public actor Console {
             .timedOut(description: description, lastLines: tail())
     }
 
-    /// Waits for a line containing `text`.
+    /// Waits for a line containing `text` (its bytes, exactly as the guest wrote them).
     public func waitForLine(
         containing text: String, after: Int = 0, timeout: Duration
     ) async throws(WaitError) -> Line {
-        try await waitForLine(after: after, timeout: timeout, "containing '\(text)'") { $0.contains(text) }
+        try await waitForLine(after: after, timeout: timeout, "containing '\(text)'") { $0.containsBytes(text) }
     }
 
     /// The index the next line will have: wait for lines `after:` this to ignore older ones.

@@ -65,7 +65,7 @@ public struct ExitReason: Sendable, Hashable, Codable, CustomStringConvertible {
     /// fatal signal itself.
     static func classify(exit: VMMExit, log: [FirecrackerLog.Line], killedByDriver: Bool) -> ExitReason {
         func lines(containing needle: String) -> [String] {
-            log.filter { $0.message.contains(needle) }.map(\.message)
+            log.filter { $0.message.containsBytes(needle) }.map(\.message)
         }
         let errors = log.filter { $0.level >= .error }.map(\.message).suffix(3)
         switch exit {

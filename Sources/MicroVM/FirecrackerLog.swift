@@ -76,7 +76,7 @@ public actor FirecrackerLog {
         // No suspension between this check and the waiter's registration below: a line taken
         // in between (the actor runs `append` meanwhile) would be missed, and the wait would
         // last its whole timeout. Awaiting `ended` here did that to about one launch in 100.
-        if lines.contains(where: { $0.message.contains(needle) }) { return true }
+        if lines.contains(where: { $0.message.containsBytes(needle) }) { return true }
         if isFinished || Task.isCancelled { return false }
         let token = nextWaiter
         nextWaiter += 1
@@ -87,7 +87,7 @@ public actor FirecrackerLog {
         defer { timer.cancel() }
         return await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
-                if lines.contains(where: { $0.message.contains(needle) }) {
+                if lines.contains(where: { $0.message.containsBytes(needle) }) {
                     continuation.resume(returning: true)
                 } else if isFinished || Task.isCancelled {
                     continuation.resume(returning: false)
@@ -102,7 +102,7 @@ public actor FirecrackerLog {
 
     /// Whether a kept line's message contains `needle`.
     func contains(_ needle: String) -> Bool {
-        lines.contains { $0.message.contains(needle) }
+        lines.contains { $0.message.containsBytes(needle) }
     }
 
     private func release(_ token: Int) {
@@ -131,8 +131,8 @@ public actor FirecrackerLog {
         let line = Self.parse(text)
         lines.append(line)
         if !messageWaiters.isEmpty {
-            let matched = messageWaiters.filter { line.message.contains($0.needle) }
-            messageWaiters.removeAll { line.message.contains($0.needle) }
+            let matched = messageWaiters.filter { line.message.containsBytes($0.needle) }
+            messageWaiters.removeAll { line.message.containsBytes($0.needle) }
             for waiter in matched { waiter.continuation.resume(returning: true) }
         }
         if lines.count > capacity { lines.removeFirst() }

@@ -22,6 +22,12 @@ struct LaunchBenchmark: AsyncParsableCommand {
             root. On a tmpfs the figures leave out the filesystem's inode allocation.
             """)
     var scratch: String?
+    @Option(
+        help: """
+            The series to run, comma-separated (raw, raw-api, raw-jailer, unjailed, jailed), for \
+            profiling one of them. Default: all five, as the comparison needs.
+            """)
+    var series = "raw,raw-api,raw-jailer,unjailed,jailed"
 
     static let banner = "microvm-guest: banner"
     static let bootArgs = ["console=ttyS0", "microvm.heartbeat_ms=0"]
@@ -70,8 +76,14 @@ struct LaunchBenchmark: AsyncParsableCommand {
         // jail's cgroups being offlined, a VM's memory freed) slows whatever comes next: with a
         // rotation, raw `--api-sock` (always after the library's jailed launch) measured 1.1x
         // raw `--no-api`; shuffled, the two are equal.
+        let names = ["raw", "raw-jailer", "unjailed", "jailed", "raw-api"]
+        let chosen = Set(self.series.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+        if let unknown = chosen.first(where: { !names.contains($0) }) {
+            throw ValidationError("unknown series '\(unknown)': choose among \(names.joined(separator: ", "))")
+        }
+        let order = names.indices.filter { chosen.contains(names[$0]) }
         for round in 0..<runs {
-            for series in (0..<5).shuffled() {
+            for series in order.shuffled() {
                 switch series {
                 case 4:
                     // Raw with its API server up, as the library's VMs have it: the part of the
@@ -139,15 +151,23 @@ struct LaunchBenchmark: AsyncParsableCommand {
         ] {
             print("\(name.padding(toLength: 44, withPad: " ", startingAt: 0)) \(Samples.milliseconds(samples.percentile(50)).leftPad(8)) \(Samples.milliseconds(samples.percentile(95)).leftPad(8)) \(Samples.milliseconds(samples.mean).leftPad(8))")
         }
-        let unjailedRatio = seconds(libraryUnjailed.percentile(50)) / max(seconds(rawUnjailed.percentile(50)), 1e-9)
-        let jailedRatio = seconds(libraryJailed.percentile(50)) / max(seconds(rawJailed.percentile(50)), 1e-9)
-        let apiRatio = seconds(rawWithAPI.percentile(50)) / max(seconds(rawUnjailed.percentile(50)), 1e-9)
-        let overAPIRatio = seconds(libraryUnjailed.percentile(50)) / max(seconds(rawWithAPI.percentile(50)), 1e-9)
-        print(String(format: "library unjailed / raw firecracker (p50): %.2fx (target <= 1.1x); means: %.2fx", unjailedRatio,
-            seconds(libraryUnjailed.mean) / max(seconds(rawUnjailed.mean), 1e-9)))
-        print(String(format: "  raw --api-sock / raw --no-api %.2fx (Firecracker's API server); library / raw --api-sock %.2fx", apiRatio, overAPIRatio))
-        print(String(format: "library jailed / raw jailer (p50): %.2fx (target <= 1.1x); means: %.2fx", jailedRatio,
-            seconds(libraryJailed.mean) / max(seconds(rawJailed.mean), 1e-9)))
+        /// "a / b" by p50 and by mean, when both series ran (`--series` may leave one out).
+        func ratio(_ a: Samples, _ b: Samples) -> (p50: Double, mean: Double)? {
+            guard !a.values.isEmpty, !b.values.isEmpty else { return nil }
+            return (seconds(a.percentile(50)) / max(seconds(b.percentile(50)), 1e-9), seconds(a.mean) / max(seconds(b.mean), 1e-9))
+        }
+        if let unjailed = ratio(libraryUnjailed, rawUnjailed) {
+            print(String(format: "library unjailed / raw firecracker (p50): %.2fx (target <= 1.1x); means: %.2fx", unjailed.p50, unjailed.mean))
+        }
+        if let api = ratio(rawWithAPI, rawUnjailed) {
+            print(String(format: "  raw --api-sock / raw --no-api %.2fx (Firecracker's API server)", api.p50))
+        }
+        if let overAPI = ratio(libraryUnjailed, rawWithAPI) {
+            print(String(format: "  library unjailed / raw --api-sock %.2fx; means: %.2fx", overAPI.p50, overAPI.mean))
+        }
+        if let jailed = ratio(libraryJailed, rawJailed) {
+            print(String(format: "library jailed / raw jailer (p50): %.2fx (target <= 1.1x); means: %.2fx", jailed.p50, jailed.mean))
+        }
         print(
             "driver CPU time per launch, call to banner (p50 ms): unjailed \(Samples.milliseconds(driverCPU[0].percentile(50))), jailed \(Samples.milliseconds(driverCPU[1].percentile(50)))")
         print(

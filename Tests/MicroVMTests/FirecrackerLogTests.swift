@@ -54,4 +54,18 @@ struct FirecrackerLogTests {
         }
         #expect(slowest < .milliseconds(500), "the slowest wait took \(slowest)")
     }
+
+    @Test("Console and log lines are matched byte for byte: at the start, the end, repeated first bytes, multi-byte text")
+    func byteSearch() {
+        #expect("API server started.".containsBytes("API server"))
+        #expect("API server started.".containsBytes("started."))
+        #expect("aaab".containsBytes("aab"))
+        #expect("microvm-guest: écho ✓ ok".containsBytes("écho ✓"))
+        #expect("anything".containsBytes(""))
+        #expect(!"".containsBytes("x"))
+        #expect(!"abc".containsBytes("abcd"))
+        #expect(!"abcabd".containsBytes("abce"))
+        // Bytes, not canonical equivalence: a decomposed é is not the precomposed one.
+        #expect(!"e\u{301}".containsBytes("\u{e9}"))
+    }
 }
