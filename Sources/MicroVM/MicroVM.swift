@@ -162,12 +162,16 @@ public actor MicroVM {
         // The record's directory, created under the state root's lock: a second driver on the
         // same root cannot create the same id.
         let store = configuration.stateStore
+        let claim: CreationClaim
         do {
-            try store.create(id: spec.id, monitored: configuration.monitor != nil)
+            claim = try store.create(id: spec.id, monitored: configuration.monitor != nil)
         } catch {
             LiveDirectories.release(directoryKey)
             throw error
         }
+        // Held until the first record is written or the creation is undone: if this process dies
+        // in between, another driver's gc finds an interrupted creation and removes what it left.
+        defer { claim.release() }
 
         // 3. The VM's network, before anything runs: the firewall is in place before the link
         //    is up, and a jailed VMM joins the namespace and runs as the TAP's owner.

@@ -431,8 +431,8 @@ enum DoctorChecks {
 
     static func leftovers(_ context: DoctorContext) -> Finding {
         let listings = MicroVM.list(configuration: context.configuration)
-        let dead = listings.filter { $0.record != nil && !$0.process.isAlive && !$0.supervised }.map(\.id)
-        let unreadable = listings.filter { $0.record == nil }.map(\.id)
+        let dead = listings.filter { ($0.record != nil && !$0.process.isAlive && !$0.supervised) || $0.creation == .interrupted }.map(\.id)
+        let unreadable = listings.filter { $0.record == nil && $0.creation == nil }.map(\.id)
         if dead.isEmpty, unreadable.isEmpty {
             return Finding(check: "leftovers", status: .ok, seen: "\(listings.count) VM(s) under \(context.stateRoot), none dead")
         }

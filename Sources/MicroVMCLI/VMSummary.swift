@@ -4,7 +4,8 @@ import MicroVM
 /// One VM as `ls --json` and `inspect --json` show it (stable keys, documented in README).
 struct VMSummary: Encodable {
     var id: String
-    /// created, running, paused, stopped, failed; nil when the record cannot be read.
+    /// creating (a live driver has not written its first record yet), created, running,
+    /// paused, stopped, failed; nil when the record cannot be read.
     var state: String?
     /// The state with its exit reason, in words.
     var detail: String?
@@ -47,5 +48,17 @@ struct VMSummary: Encodable {
         createdAt = listing.record?.createdAt
         exitReason = listing.state?.exitReason
         problem = listing.problem.map { "\($0)" }
+        switch listing.creation {
+        case .inProgress:
+            state = "creating"
+            detail = "creating (no record yet)"
+            problem = nil
+        case .interrupted:
+            state = "failed"
+            detail = "failed: the driver died while creating it (gc removes what it left)"
+            problem = nil
+        case nil:
+            break
+        }
     }
 }

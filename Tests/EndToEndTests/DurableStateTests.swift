@@ -96,6 +96,58 @@ struct DurableStateTests {
         }
     }
 
+    @Test(
+        "SIGKILL the driver while Firecracker builds the VM, before the first record: listed as creating, then failed; gc stops the orphaned Firecracker and removes everything",
+        arguments: [SandboxPolicy.required, .disabled])
+    func interruptedCreation(policy: SandboxPolicy) async throws {
+        try await EndToEnd.withDriver(policy, name: "icreate-\(policy.rawValue)") { configuration, assets, _ in
+            let id = "icreate-\(policy.rawValue.prefix(3))-\(getpid())"
+            let layout = try Jail(configuration: configuration.jailer, id: VMIdentifier(id)).layout
+            // 256 GiB of guest memory, never touched: Firecracker's build takes about a second,
+            // and `run` writes the record only once the VM is built.
+            let driver = try await KillableDriver.start(
+                Self.driverArguments(configuration, assets, id: id, then: "running", extra: ["--memory", "262144", "--launch", "run"]))
+            /// Firecracker itself in the VM's directory (not a jailer on its way to exec it).
+            func vmms() -> [Int32] {
+                JailedVMM.processesInJail(layout: layout).filter {
+                    (try? String(contentsOfFile: "/proc/\($0)/comm", encoding: .utf8))?.hasPrefix("firecracker") == true
+                }
+            }
+            var orphans: [Int32] = []
+            defer { for pid in orphans + JailedVMM.processesInJail(layout: layout) { kill(pid, SIGKILL) } }
+            for _ in 0..<1000 where orphans.isEmpty {
+                orphans = vmms()
+                if orphans.isEmpty { try await Task.sleep(for: .milliseconds(2)) }
+            }
+            #expect(!orphans.isEmpty, "Firecracker never started in \(layout.rootDirectory)")
+            let creating = try #require(MicroVM.list(configuration: configuration).first { $0.id == id })
+            #expect(creating.creation == .inProgress && creating.record == nil, "\(creating)")
+            #expect(creating.supervised)
+            await driver.crash()
+
+            let listing = try #require(MicroVM.list(configuration: configuration).first { $0.id == id })
+            #expect(listing.creation == .interrupted, "\(listing)")
+            #expect(!listing.supervised)
+            #expect(vmms() == orphans, "the VMM runs on, orphaned, until gc")
+            await #expect {
+                _ = try await MicroVM.attach(id: id, configuration: configuration, logger: EndToEnd.logger)
+            } throws: { error in
+                guard case .notAttachable(_, let reason) = error as? MicroVMError else { return false }
+                return reason.contains("died before writing its record")
+            }
+            let collected = await MicroVM.garbageCollect(configuration: configuration, logger: EndToEnd.logger)
+            let report = try #require(collected.first { $0.id == id }?.teardown, "\(collected)")
+            #expect(report.isComplete && report.removedJailDirectory && !report.stopped.isEmpty, "\(report)")
+            #expect(JailedVMM.processesInJail(layout: layout).isEmpty)
+            for pid in orphans {
+                // Dead (a zombie until its reaper gets to it), not running on.
+                #expect(ProcFS.state(of: pid) == nil || ProcFS.state(of: pid) == "Z", "pid \(pid) is still there: \(report)")
+            }
+            #expect(!FileManager.default.fileExists(atPath: configuration.stateStore.directory(for: id).string))
+            #expect(MicroVM.list(configuration: configuration).isEmpty)
+        }
+    }
+
     @Test("A VM whose Firecracker died with its driver is listed as ended, and gc removes everything it left")
     func garbageCollection() async throws {
         try await EndToEnd.withDriver(.required, name: "gc") { configuration, assets, _ in

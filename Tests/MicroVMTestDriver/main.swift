@@ -38,9 +38,11 @@ struct TestDriver {
             id: option("id"), machine: .init(vcpus: 1, memoryMiB: Int(options["memory"] ?? "64") ?? 64),
             boot: .init(kernel: option("kernel"), args: ["console=ttyS0", "microvm.heartbeat_ms=\(options["heartbeat-ms"] ?? "100")"]))
         do {
-            let vm = try await MicroVM.create(spec, configuration: configuration, logger: logger)
+            // `--launch run`: one call that boots from a config file (create + start otherwise).
+            let booted = options["launch"] == "run"
+            let vm = booted ? try await MicroVM.run(spec, configuration: configuration, logger: logger) : try await MicroVM.create(spec, configuration: configuration, logger: logger)
             let then = option("then")
-            if then != "created" {
+            if then != "created", !booted {
                 try await vm.start()
                 _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat 1", timeout: .seconds(10))
             }

@@ -147,3 +147,32 @@ struct SparseFileTests {
         #expect(throws: SystemCallError.self) { try SparseFile.copy(base, to: merged) }
     }
 }
+
+@Suite("State store: a creation's claim")
+struct CreationClaimTests {
+    @Test("A directory without a record is being created while its claim is held, interrupted once it is dropped, and neither once the record exists")
+    func claim() throws {
+        let root = FilePath(NSTemporaryDirectory() + "/claim-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        defer { try? FileManager.default.removeItem(atPath: root.string) }
+        let store = StateStore(root: root)
+        let claim = try store.create(id: "vm-1")
+        #expect(store.creationProgress(id: "vm-1") == .inProgress)
+        #expect(throws: MicroVMError.self) { try store.read(id: "vm-1") }
+        // The claim is not the flock record writes take: the creator's own write never waits for it.
+        try "{}".write(toFile: store.recordPath(for: "vm-1").string, atomically: true, encoding: .utf8)
+        #expect(store.creationProgress(id: "vm-1") == nil)
+        try FileManager.default.removeItem(atPath: store.recordPath(for: "vm-1").string)
+        claim.release()
+        #expect(store.creationProgress(id: "vm-1") == .interrupted)
+        do {
+            _ = try store.read(id: "vm-1")
+            Issue.record("read a record that does not exist")
+        } catch {
+            guard case .notAttachable(_, let reason) = error else { throw error }
+            #expect(reason.contains("died before writing its record"))
+        }
+        #expect(store.creationProgress(id: "no-such-vm") == nil)
+        // A second claim on the same id is refused: the directory exists.
+        #expect(throws: MicroVMError.self) { _ = try store.create(id: "vm-1") }
+    }
+}

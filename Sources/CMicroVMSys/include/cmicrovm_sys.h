@@ -45,6 +45,14 @@ int cmv_pipe_cloexec(int fds[2]);
 /* pipe2(fds, O_CLOEXEC | O_NONBLOCK). Returns 0. */
 int cmv_pipe_cloexec_nonblock(int fds[2]);
 
+/* A shared open-file-description lock (F_OFD_SETLK, F_RDLCK) on the whole of fd's file, which
+ * may be a directory opened O_RDONLY. Independent of flock(2) locks. Returns 0. */
+int cmv_ofd_read_lock(int fd);
+
+/* Whether another open file description holds an OFD or POSIX lock on fd's file (F_OFD_GETLK
+ * for a write lock). Returns 1 or 0. */
+int cmv_ofd_lock_held(int fd);
+
 /* waitid(P_PIDFD, pidfd, WEXITED [| WNOHANG]): reaps the process the pidfd refers to if it has
  * exited. Returns 1 and fills *exited (1: exit code in *value; 0: killed by signal *value) when it
  * reaped it, 0 when it is still running (only with nohang), -1/errno otherwise (ECHILD: not our

@@ -21,6 +21,9 @@ public struct VMListing: Sendable {
     public var supervised: Bool
     /// How the VM ended, as its monitor recorded it (detached VMs whose VMM is gone).
     public var monitorReason: ExitReason? = nil
+    /// For a VM without a record yet: whether a live driver is creating it, or the one that was
+    /// died first (`gc` removes what it left).
+    public var creation: CreationProgress? = nil
 
     /// The state to show: the record's while its process lives, else how it must have ended.
     public var state: VMState? {
@@ -49,7 +52,9 @@ public struct CollectedVM: Sendable {
 extension MicroVM {
     /// Every VM recorded under the driver's state root.
     public static func list(configuration: DriverConfiguration) -> [VMListing] {
-        configuration.stateStore.list().map { id, result in
+        // The network's leases live in a directory of their own under the same root by default.
+        let networkState = configuration.networkConfiguration.stateDirectory
+        return configuration.stateStore.list().filter { configuration.stateStore.directory(for: $0.id) != networkState }.map { id, result in
             switch result {
             case .success(let record):
                 let process = record.process
@@ -59,7 +64,9 @@ extension MicroVM {
                 }
                 return listing
             case .failure(let error):
-                return VMListing(id: id, record: nil, problem: error, process: .neverStarted, supervised: false)
+                let creation = configuration.stateStore.creationProgress(id: id)
+                return VMListing(
+                    id: id, record: nil, problem: error, process: .neverStarted, supervised: creation == .inProgress, creation: creation)
             }
         }
     }
@@ -248,6 +255,9 @@ extension MicroVM {
         _ listing: VMListing, configuration: DriverConfiguration, logger: Logger
     ) async throws(MicroVMError) -> TeardownReport {
         let id = listing.id
+        if listing.record == nil, configuration.stateStore.creationProgress(id: id) == .interrupted {
+            return try await removeInterruptedCreation(id: id, configuration: configuration, logger: logger)
+        }
         guard let record = listing.record else {
             throw listing.problem ?? .corruptRecord(id: id, path: configuration.stateStore.directory(for: id).string, detail: "unreadable")
         }
@@ -275,6 +285,39 @@ extension MicroVM {
         if report.isComplete { configuration.stateStore.remove(id: id) }
         reapMonitor(of: record)
         vmLogger.info("removed a dead VM", metadata: ["complete": "\(report.isComplete)"])
+        return report
+    }
+
+    /// Removes what a creation whose driver died before the first record left: with no record,
+    /// the jail is found where this configuration puts it (a spec that overrode the chroot base
+    /// or parent cgroup left its jail elsewhere, which is reported as not found), every process
+    /// whose root or working directory is the VM's is stopped, then the jail, cgroups and any
+    /// network of the id are removed, and the state directory last (it guards the id meanwhile).
+    private static func removeInterruptedCreation(
+        id: String, configuration: DriverConfiguration, logger: Logger
+    ) async throws(MicroVMError) -> TeardownReport {
+        var vmLogger = logger
+        vmLogger[metadataKey: "vm"] = "\(id)"
+        let vmID: VMIdentifier
+        let jail: Jail
+        do {
+            vmID = try VMIdentifier(id)
+            jail = try Jail(configuration: configuration.jailer, id: vmID, cgroupHost: try HostFacts.cgroupHost.get(), topology: HostFacts.topology)
+        } catch {
+            throw .sandbox(id: id, error)
+        }
+        let report = await JailTeardown.run(
+            layout: jail.layout, parentCgroup: jail.parentCgroup, cgroupHost: jail.cgroupHost,
+            options: TeardownOptions(searchForProcesses: true), logger: vmLogger)
+        // A network is made before anything runs; with no network state at all there is none
+        // (and reading the leases would create their directory).
+        if access(configuration.networkConfiguration.stateDirectory.string, F_OK) == 0 {
+            await VMNetworking.tearDown(vmID, configuration: configuration.networkConfiguration, logger: vmLogger)
+        }
+        if report.isComplete { configuration.stateStore.remove(id: id) }
+        vmLogger.info(
+            "removed an interrupted creation",
+            metadata: ["complete": "\(report.isComplete)", "stopped": "\(report.stopped.count)", "jail": "\(report.removedJailDirectory)"])
         return report
     }
 }

@@ -1,5 +1,7 @@
+import CMicroVMSys
 import Foundation
 import MicroVMHost
+import Synchronization
 public import SystemPackage
 
 #if canImport(Glibc)
@@ -41,17 +43,28 @@ public struct StateStore: Sendable, Hashable {
     /// Creates the VM's directory, under the root's lock, with the `stdin` FIFO of a VM under a
     /// monitor (`monitored`). Fails when the id already has a directory: live VMs are never
     /// replaced, and a dead one's leftovers are `gc`'s to remove.
-    func create(id: String, monitored: Bool = false) throws(MicroVMError) {
+    ///
+    /// The directory is claimed (``CreationClaim``) in the same step: until the caller releases
+    /// the claim, once the first record is written, other drivers see a VM being created; if
+    /// the caller dies first, they see an interrupted creation that `gc` cleans up.
+    func create(id: String, monitored: Bool = false) throws(MicroVMError) -> CreationClaim {
         try ensureRoot(id: id)
-        try withLock(root, id: id) { () throws(MicroVMError) in
+        return try withLock(root, id: id) { () throws(MicroVMError) -> CreationClaim in
             let directory = directory(for: id).string
             if mkdir(directory, 0o700) != 0 {
                 if errno == EEXIST {
-                    let owner = (try? read(id: id))
-                    throw .stateConflict(
-                        id: id, path: directory,
-                        detail: owner.map { "a VM with this id is recorded (state \($0.state.name), driver pid \($0.driverPID))" }
-                            ?? "the directory exists")
+                    // Under the root's lock already: read without taking it again.
+                    let detail: String
+                    if let data = FileManager.default.contents(atPath: recordPath(for: id).string), let owner = try? decode(data, id: id) {
+                        detail = "a VM with this id is recorded (state \(owner.state.name), driver pid \(owner.driverPID))"
+                    } else {
+                        switch creationProgressHoldingRootLock(id: id) {
+                        case .inProgress: detail = "a live driver is creating a VM with this id"
+                        case .interrupted: detail = "a driver died while creating a VM with this id; gc removes what it left"
+                        case nil: detail = "the directory exists"
+                        }
+                    }
+                    throw .stateConflict(id: id, path: directory, detail: detail)
                 }
                 throw .file(id: id, SystemCallError(call: "mkdir", subject: directory, errno: errno))
             }
@@ -60,7 +73,35 @@ public struct StateStore: Sendable, Hashable {
                 remove(id: id)
                 throw .file(id: id, error)
             }
+            let fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            guard fd >= 0, cmv_ofd_read_lock(fd) == 0 else {
+                let error = SystemCallError(call: fd < 0 ? "open" : "fcntl(F_OFD_SETLK)", subject: directory, errno: errno)
+                if fd >= 0 { close(fd) }
+                remove(id: id)
+                throw .file(id: id, error)
+            }
+            return CreationClaim(fd: fd)
         }
+    }
+
+    /// Whether the VM's directory, which has no record, is still being created by a live driver
+    /// or was left by one that died first; nil when it has a record (or no directory). Decided
+    /// under the root's lock, which covers a directory's creation and its claim together.
+    func creationProgress(id: String) -> CreationProgress? {
+        guard access(recordPath(for: id).string, F_OK) != 0,
+            let progress = try? withLock(root, id: id, { () -> CreationProgress? in creationProgressHoldingRootLock(id: id) })
+        else { return nil }
+        return progress
+    }
+
+    /// ``creationProgress(id:)`` for a caller that holds the root's lock (a second `flock` of
+    /// the root from this process would wait for the first forever).
+    private func creationProgressHoldingRootLock(id: String) -> CreationProgress? {
+        let fd = open(directory(for: id).string, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        if access(recordPath(for: id).string, F_OK) == 0 { return nil }
+        return cmv_ofd_lock_held(fd) == 1 ? .inProgress : .interrupted
     }
 
     /// Writes `record` atomically under the VM's lock.
@@ -95,11 +136,23 @@ public struct StateStore: Sendable, Hashable {
     public func read(id: String) throws(MicroVMError) -> VMRecord {
         let path = recordPath(for: id).string
         guard let data = FileManager.default.contents(atPath: path) else {
-            if access(directory(for: id).string, F_OK) == 0 {
-                throw .corruptRecord(id: id, path: path, detail: "the VM's directory has no readable state.json (a driver died while creating it?)")
+            switch creationProgress(id: id) {
+            case .inProgress:
+                throw .notAttachable(id: id, reason: "a live driver is creating it (its record is written once Firecracker is ready)")
+            case .interrupted:
+                throw .notAttachable(id: id, reason: "the driver creating it died before writing its record; gc removes what it left")
+            case nil:
+                if access(directory(for: id).string, F_OK) == 0 {
+                    throw .corruptRecord(id: id, path: path, detail: "the VM's directory has no readable state.json")
+                }
             }
             throw .notFound(id: id, stateRoot: root.string)
         }
+        return try decode(data, id: id)
+    }
+
+    private func decode(_ data: Data, id: String) throws(MicroVMError) -> VMRecord {
+        let path = recordPath(for: id).string
         do {
             let record = try JSONDecoder.records.decode(VMRecord.self, from: data)
             guard record.id == id else {
@@ -157,6 +210,38 @@ public struct StateStore: Sendable, Hashable {
         }
         return try body()
     }
+}
+
+/// A VM's directory whose first record is not written yet.
+public enum CreationProgress: Sendable, Hashable {
+    /// A live driver is creating the VM.
+    case inProgress
+    /// The driver that was creating it died first: whatever it had started (a jail, cgroups,
+    /// a running Firecracker) has no record, and `gc` removes it.
+    case interrupted
+}
+
+/// A driver's claim on the VM directory it is creating, held from the directory's creation until
+/// the first record is written (create's end): an open-file-description lock on the directory,
+/// which the kernel drops when the process dies however it dies. Independent of the `flock` that
+/// record writes take, so the creator's own writes never wait for it.
+final class CreationClaim: Sendable {
+    private let fd: Mutex<Int32>
+
+    init(fd: Int32) {
+        self.fd = Mutex(fd)
+    }
+
+    /// Ends the claim (the record is written, or the creation was undone).
+    func release() {
+        let fd = self.fd.withLock { fd in
+            defer { fd = -1 }
+            return fd
+        }
+        if fd >= 0 { close(fd) }
+    }
+
+    deinit { release() }
 }
 
 /// The driver's own files (records, `snapshot.json`): stable key order for diffs, ISO 8601 dates.

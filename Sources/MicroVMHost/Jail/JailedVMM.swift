@@ -8,7 +8,8 @@ public import Logging
 
 /// What a pid currently is, relative to one jail.
 public enum ProcessIdentity: Sendable, Hashable {
-    /// Alive and inside this jail (its root directory or executable is the jail's).
+    /// Alive and this jail's VMM: its root directory or executable is the jail's, or (an
+    /// unjailed VMM) its working directory is the VM's and its `--id` the VM's id.
     case jailed
     /// Exited but not reaped yet: gone for supervision, but its cgroups stay busy until reaped.
     case zombie
@@ -107,6 +108,13 @@ public struct JailedVMM: Sendable, Hashable {
         }
         if rootIdentity == nil, let arguments = commandLine(pid), arguments.first == "/" + layout.execFileName,
             zip(arguments, arguments.dropFirst()).contains(where: { $0 == "--id" && $1 == layout.id.rawValue })
+        {
+            return .jailed
+        }
+        // An unjailed VMM: the VM's directory as working directory and the VM's id as its
+        // `--id` (a shell that merely sits in the directory is not the VM's).
+        if let rootIdentity, let processCWD = try? JailFileSystem.statPath("/proc/\(pid)/cwd"), FileIdentity(processCWD) == rootIdentity,
+            let arguments = commandLine(pid), zip(arguments, arguments.dropFirst()).contains(where: { $0 == "--id" && $1 == layout.id.rawValue })
         {
             return .jailed
         }
