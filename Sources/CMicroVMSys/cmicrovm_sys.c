@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -127,6 +128,14 @@ int cmv_pipe_cloexec(int fds[2]) {
 
 int cmv_pipe_cloexec_nonblock(int fds[2]) {
     return pipe2(fds, O_CLOEXEC | O_NONBLOCK);
+}
+
+int cmv_memfd_cloexec(const char *name) {
+    return memfd_create(name, MFD_CLOEXEC);
+}
+
+int cmv_is_dumpable(void) {
+    return prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
 }
 
 int cmv_ofd_read_lock(int fd) {

@@ -207,6 +207,9 @@ public actor MicroVM {
         var command: JailerCommand?
         var streams: VMMStreams?
         var recording: Task<MicroVMError?, Never>?
+        /// The in-memory config file, open until Firecracker has read it (the launch's end).
+        var configFD: Int32?
+        defer { if let configFD { Glibc.close(configFD) } }
         var step = "writing the config file"
         do {
             // 5. Firecracker's arguments: its log always goes to the driver's FIFO, never to
@@ -217,8 +220,9 @@ public actor MicroVM {
             if !executor.isSandboxed { arguments += ["--id", id.rawValue] }
             if spec.logging?.metrics == true { arguments += ["--metrics-path", executor.vmmPath(VMFiles.metrics)] }
             if case .bootFromConfigFile = mode {
-                try writeConfigFile(VMFiles.configuration(for: launchSpec, path: executor.vmmPath), to: executor.hostPath(VMFiles.configFile), id: spec.id)
-                arguments += ["--config-file", executor.vmmPath(VMFiles.configFile)]
+                let config = try executor.provideConfigFile(encodeConfig(launchSpec, executor: executor, id: spec.id), id: spec.id)
+                configFD = config.keptOpen
+                arguments += ["--config-file", config.path]
             }
 
             // 6. Streams, then the process.
@@ -469,19 +473,12 @@ public actor MicroVM {
         }
     }
 
-    private static func writeConfigFile(_ configuration: FullVmConfiguration, to path: FilePath, id: String) throws(MicroVMError) {
-        let data: Data
+    /// Firecracker's view of `spec` as its config file's JSON.
+    private static func encodeConfig(_ spec: VMSpec, executor: any VMMExecutor, id: String) throws(MicroVMError) -> Data {
         do {
-            data = try JSONEncoder().encode(configuration)
+            return try JSONEncoder().encode(VMFiles.configuration(for: spec, path: executor.vmmPath))
         } catch {
             throw .createFailed(id: id, step: "writing the config file", cause: error, exit: nil)
-        }
-        let fd = open(path.string, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw .file(id: id, SystemCallError(call: "open(O_CREAT|O_EXCL)", subject: path.string, errno: errno)) }
-        defer { Glibc.close(fd) }
-        let written = data.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-        if written != data.count {
-            throw .file(id: id, SystemCallError(call: "write", subject: path.string, errno: written < 0 ? errno : EIO))
         }
     }
 

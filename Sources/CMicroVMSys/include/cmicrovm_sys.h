@@ -45,6 +45,12 @@ int cmv_pipe_cloexec(int fds[2]);
 /* pipe2(fds, O_CLOEXEC | O_NONBLOCK). Returns 0. */
 int cmv_pipe_cloexec_nonblock(int fds[2]);
 
+/* memfd_create(name, MFD_CLOEXEC): an anonymous file in memory. Returns the fd. */
+int cmv_memfd_cloexec(const char *name);
+
+/* prctl(PR_GET_DUMPABLE): 1 when this process's /proc entries belong to its user. */
+int cmv_is_dumpable(void);
+
 /* A shared open-file-description lock (F_OFD_SETLK, F_RDLCK) on the whole of fd's file, which
  * may be a directory opened O_RDONLY. Independent of flock(2) locks. Returns 0. */
 int cmv_ofd_read_lock(int fd);

@@ -26,6 +26,10 @@ protocol VMMExecutor: Sendable {
     func vmmPath(_ path: FilePath) -> String
     /// Removes a stale directory of the same id (refusing a live one) and stages the files.
     func prepare(staging: [StagingRequest], logger: Logger) async throws(JailError) -> [StagedFile]
+    /// Hands Firecracker its config file's `contents`: the path to give `--config-file`, and a
+    /// descriptor the driver keeps open until Firecracker has read it (nil for a file in the
+    /// VM's directory).
+    func provideConfigFile(_ contents: Data, id: String) throws(MicroVMError) -> (path: String, keptOpen: Int32?)
     /// Starts Firecracker with `arguments` (paths already translated) on `streams`; the jailer
     /// command when there was one.
     func launch(
@@ -55,6 +59,24 @@ extension VMMExecutor {
         } catch {
             _ = await jail.teardown(logger: logger)
             throw error
+        }
+    }
+
+    /// The config as a file in the VM's directory, where a jailed VMM (chrooted, with no
+    /// `/proc`) can read it.
+    func provideConfigFile(_ contents: Data, id: String) throws(MicroVMError) -> (path: String, keptOpen: Int32?) {
+        try writeConfigFile(contents, id: id)
+        return (vmmPath(VMFiles.configFile), nil)
+    }
+
+    func writeConfigFile(_ contents: Data, id: String) throws(MicroVMError) {
+        let path = hostPath(VMFiles.configFile)
+        let fd = open(path.string, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw .file(id: id, SystemCallError(call: "open(O_CREAT|O_EXCL)", subject: path.string, errno: errno)) }
+        defer { Glibc.close(fd) }
+        let written = contents.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        if written != contents.count {
+            throw .file(id: id, SystemCallError(call: "write", subject: path.string, errno: written < 0 ? errno : EIO))
         }
     }
 
@@ -174,6 +196,27 @@ struct DirectExecutor: VMMExecutor {
         return try await prepareDirectory(staging, logger: logger) { () throws(JailError) in
             try JailStager(layout: jail.layout, uid: getuid(), gid: getgid(), logger: logger).stage(staging)
         }
+    }
+
+    /// The config in an anonymous in-memory file, which Firecracker (this process's user, with
+    /// the host's `/proc`) opens through `/proc/<driver>/fd`: no file made in the VM's directory.
+    /// On an ext4 without a journal, each inode a launch makes costs it 0.1-0.5 ms once VMs have
+    /// been torn down in the last minutes (BENCHMARKS.md, session 6). A file when this process
+    /// is not dumpable (its `/proc` entries are then root's) or no memfd can be made.
+    func provideConfigFile(_ contents: Data, id: String) throws(MicroVMError) -> (path: String, keptOpen: Int32?) {
+        // Another user's process cannot open a non-dumpable process's descriptors.
+        let fd = cmv_is_dumpable() == 1 ? cmv_memfd_cloexec("vm.json") : -1
+        guard fd >= 0 else {
+            try writeConfigFile(contents, id: id)
+            return (vmmPath(VMFiles.configFile), nil)
+        }
+        let written = contents.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        guard written == contents.count else {
+            let error = written < 0 ? errno : EIO
+            Glibc.close(fd)
+            throw .file(id: id, SystemCallError(call: "write", subject: "the in-memory config file", errno: error))
+        }
+        return ("/proc/\(getpid())/fd/\(fd)", fd)
     }
 
     func launch(
