@@ -185,14 +185,17 @@ public actor MicroVM {
                 LiveDirectories.release(directoryKey)
             })
 
-        // 4. The files: linked (or copied) into the VM's directory.
+        // 4. The files: linked (or copied) into the VM's directory. Firecracker's log is a FIFO
+        //    there, unless Firecracker can open the driver's pipe through `/proc` and no
+        //    monitor (which reads the FIFO) runs it.
+        let logThroughPipe = executor.opensDriverDescriptors && configuration.monitor == nil
         var staging: [StagingRequest]
         switch mode {
         case .restore(let snapshot, _):
-            staging = VMFiles.staging(for: launchSpec, driveSources: snapshot.driveCopies, boot: false)
+            staging = VMFiles.staging(for: launchSpec, driveSources: snapshot.driveCopies, boot: false, logFIFO: !logThroughPipe)
             staging += [.readOnly(snapshot.statePath, at: VMFiles.restoreState), .readOnly(snapshot.memoryPath, at: VMFiles.restoreMemory)]
         case .configureThroughAPI, .bootFromConfigFile:
-            staging = VMFiles.staging(for: launchSpec)
+            staging = VMFiles.staging(for: launchSpec, logFIFO: !logThroughPipe)
         }
         do {
             _ = try await executor.prepare(staging: staging, logger: logger)
@@ -216,7 +219,7 @@ public actor MicroVM {
             //    stdout, which is the guest's console alone.
             let forward = spec.logging?.level?.swiftLogLevel ?? .info
             let firecrackerLevel = (spec.logging ?? VMSpec.LoggingSpec()).firecrackerLevel
-            var arguments = ["--log-path", executor.vmmPath(VMFiles.log), "--level", firecrackerLevel.rawValue, "--show-level"]
+            var arguments = ["--level", firecrackerLevel.rawValue, "--show-level"]
             if !executor.isSandboxed { arguments += ["--id", id.rawValue] }
             if spec.logging?.metrics == true { arguments += ["--metrics-path", executor.vmmPath(VMFiles.metrics)] }
             if case .bootFromConfigFile = mode {
@@ -237,11 +240,13 @@ public actor MicroVM {
             } else {
                 do {
                     streams = try VMMStreams.pipes(
-                        console: console, log: log, logFIFO: executor.hostPath(VMFiles.log).string, consoleOnDemand: consoleOnDemand)
+                        console: console, log: log, logFIFO: logThroughPipe ? nil : executor.hostPath(VMFiles.log).string,
+                        consoleOnDemand: consoleOnDemand)
                 } catch {
                     throw MicroVMError.file(id: spec.id, error)
                 }
             }
+            arguments = ["--log-path", streams!.logPathForVMM ?? executor.vmmPath(VMFiles.log)] + arguments
             step = "launching Firecracker"
             (process, command) = try await executor.launch(
                 arguments: arguments, guest: GuestResources(memoryMiB: spec.machine.memoryMiB, vcpuCount: spec.machine.vcpus),
@@ -593,7 +598,7 @@ public actor MicroVM {
             cgroupDirectories: cgroupDirectories, apiSocket: executor.apiSocketHostPath.string,
             firecrackerBinary: executor.jail.configuration.firecrackerBinary.string, driverPID: getpid(),
             driverStartTime: Self.driverStartTime, createdAt: createdAt, updatedAt: Date(), monitorPID: process.monitor?.pid,
-            monitorStartTime: process.monitor?.startTime)
+            monitorStartTime: process.monitor?.startTime, logPipeInode: streams.logPipeInode)
     }
 
     static let driverStartTime = ProcFS.startTime(of: getpid())

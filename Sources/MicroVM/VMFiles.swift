@@ -11,7 +11,8 @@ enum VMFiles {
     // directory beyond the jail's own.
     static let kernel: FilePath = "/kernel"
     static let initrd: FilePath = "/initrd"
-    /// The driver's own files: Firecracker's log FIFO, metrics, vsock socket, config file.
+    /// The driver's own files: Firecracker's log FIFO (a jailed VM's, or one under a monitor),
+    /// metrics, vsock socket, config file (a jailed VM's).
     static let log: FilePath = "/firecracker.log"
     static let metrics: FilePath = "/metrics.json"
     static let vsock: FilePath = "/vsock.sock"
@@ -30,9 +31,10 @@ enum VMFiles {
 
     /// What to stage for `spec`. `driveSources` replaces drive images (a restore takes the
     /// snapshot's copies of writable drives); `boot` is false for a restore (no kernel needed).
-    static func staging(for spec: VMSpec, driveSources: [String: String] = [:], boot: Bool = true) -> [StagingRequest] {
+    /// `logFIFO` is false when Firecracker's log is a pipe it opens through the driver's `/proc`.
+    static func staging(for spec: VMSpec, driveSources: [String: String] = [:], boot: Bool = true, logFIFO: Bool = true) -> [StagingRequest] {
         // `snapshots` is made when a snapshot is taken: a directory less for every launch.
-        var requests: [StagingRequest] = [.fifo(at: log)]
+        var requests: [StagingRequest] = logFIFO ? [.fifo(at: log)] : []
         if boot {
             requests.append(.readOnly(FilePath(spec.boot.kernel), at: kernel))
             if let initrd = spec.boot.initrd { requests.append(.readOnly(FilePath(initrd), at: self.initrd)) }

@@ -37,6 +37,10 @@ struct SandboxPolicyTests {
                 }
                 #expect(!reasons.isEmpty)
                 #expect(vm.vmmPath("/kernel") == "kernel")
+                // Its config and log come through the driver's /proc: no file for either.
+                let entries = Set((try? FileManager.default.contentsOfDirectory(atPath: vm.directory.string)) ?? [])
+                #expect(entries == ["kernel", "firecracker.socket"], "\(entries)")
+                #expect(await vm.firecrackerLog.recentLines.contains { $0.message.hasPrefix("Successfully started microvm") })
                 _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat 1", timeout: .seconds(10))
                 #expect(await vm.stop().kind == .guestShutdown)
             }

@@ -19,6 +19,8 @@ struct JailedExecutor: VMMExecutor {
     let jail: Jail
     let limits: ResourceLimits
     var isSandboxed: Bool { true }
+    /// Chrooted before it starts, with no `/proc`.
+    var opensDriverDescriptors: Bool { false }
     /// Firecracker's default, in the `run/` the jailer makes for it.
     var apiSocket: FilePath { JailLayout.defaultAPISocket }
 

@@ -26,6 +26,10 @@ protocol VMMExecutor: Sendable {
     func vmmPath(_ path: FilePath) -> String
     /// Removes a stale directory of the same id (refusing a live one) and stages the files.
     func prepare(staging: [StagingRequest], logger: Logger) async throws(JailError) -> [StagedFile]
+    /// Whether Firecracker can open this process's descriptors through `/proc/<driver>/fd` (its
+    /// config and log need no file then): it runs as this process's user, with the host's
+    /// `/proc`, and this process is dumpable (otherwise its `/proc` entries are root's).
+    var opensDriverDescriptors: Bool { get }
     /// Hands Firecracker its config file's `contents`: the path to give `--config-file`, and a
     /// descriptor the driver keeps open until Firecracker has read it (nil for a file in the
     /// VM's directory).
@@ -198,14 +202,15 @@ struct DirectExecutor: VMMExecutor {
         }
     }
 
+    var opensDriverDescriptors: Bool { cmv_is_dumpable() == 1 }
+
     /// The config in an anonymous in-memory file, which Firecracker (this process's user, with
     /// the host's `/proc`) opens through `/proc/<driver>/fd`: no file made in the VM's directory.
     /// On an ext4 without a journal, each inode a launch makes costs it 0.1-0.5 ms once VMs have
     /// been torn down in the last minutes (BENCHMARKS.md, session 6). A file when this process
     /// is not dumpable (its `/proc` entries are then root's) or no memfd can be made.
     func provideConfigFile(_ contents: Data, id: String) throws(MicroVMError) -> (path: String, keptOpen: Int32?) {
-        // Another user's process cannot open a non-dumpable process's descriptors.
-        let fd = cmv_is_dumpable() == 1 ? cmv_memfd_cloexec("vm.json") : -1
+        let fd = opensDriverDescriptors ? cmv_memfd_cloexec("vm.json") : -1
         guard fd >= 0 else {
             try writeConfigFile(contents, id: id)
             return (vmmPath(VMFiles.configFile), nil)

@@ -1,4 +1,5 @@
 import CMicroVMSys
+import Foundation
 import Logging
 import MicroVMHost
 import NIOCore
@@ -52,7 +53,14 @@ final class VMMStreams: Sendable {
     private let ends: Mutex<Ends>
     private let childEndsClosed = Atomic(false)
     private let consoleOnDemand: Bool
+    /// Where the end of the log is marked once the VMM has exited: the log FIFO for the monitor,
+    /// otherwise this process's own descriptor of the FIFO or pipe.
     private let logFIFO: String?
+    /// Firecracker's log as a pipe (no FIFO): its inode, which a later driver looks for among
+    /// the VMM's descriptors.
+    let logPipeInode: UInt64?
+    /// What Firecracker is given as `--log-path` when its log is a pipe.
+    let logPathForVMM: String?
     /// With a monitor, the streams come from its socket instead of the FIFOs.
     let monitor: MonitoredStreams?
 
@@ -64,8 +72,11 @@ final class VMMStreams: Sendable {
 
     private init(
         console: Console, standardError: Console, log: FirecrackerLog, child: (Int32, Int32, Int32), ends: Ends,
-        consoleOnDemand: Bool, logFIFO: String?, monitor: MonitoredStreams? = nil
+        consoleOnDemand: Bool, logFIFO: String?, monitor: MonitoredStreams? = nil, logPipeInode: UInt64? = nil,
+        logPathForVMM: String? = nil
     ) {
+        self.logPipeInode = logPipeInode
+        self.logPathForVMM = logPathForVMM
         self.monitor = monitor
         self.console = console
         self.standardError = standardError
@@ -86,8 +97,14 @@ final class VMMStreams: Sendable {
     /// file). Pipes rather than FIFOs in the state directory: a filesystem inode made and
     /// removed per stream costs up to a few hundred microseconds each on a busy ext4 without
     /// a journal, on the launch's critical path.
+    ///
+    /// Without `logFIFO`, Firecracker's log is a pipe too, which Firecracker opens through
+    /// `/proc/<driver>/fd` (``logPathForVMM``): one inode less per launch, for a VMM that can
+    /// reach this process's `/proc` (unjailed). The driver holds it read-write, as it holds a
+    /// FIFO, so the log never ends while no VMM writes; a later driver finds it among the VMM's
+    /// descriptors by its inode (``logPipeInode``, kept in the record).
     static func pipes(
-        console: Console, log: FirecrackerLog, logFIFO: String, consoleOnDemand: Bool = false
+        console: Console, log: FirecrackerLog, logFIFO: String?, consoleOnDemand: Bool = false
     ) throws(SystemCallError) -> VMMStreams {
         var fds: [Int32] = []  // closed on failure
         /// A pipe: the driver's end (non-blocking), and the VMM's end, read-write (and blocking:
@@ -108,11 +125,26 @@ final class VMMStreams: Sendable {
             let input = try pipe(driverReads: false)
             let output = try pipe(driverReads: true)
             let error = try pipe(driverReads: true)
-            let logFD = try SystemCallError.check("open", logFIFO) { Glibc.open(logFIFO, O_RDWR | O_NONBLOCK | O_CLOEXEC) }
+            let logFD: Int32
+            if let logFIFO {
+                logFD = try SystemCallError.check("open", logFIFO) { Glibc.open(logFIFO, O_RDWR | O_NONBLOCK | O_CLOEXEC) }
+            } else {
+                var ends: [Int32] = [-1, -1]
+                _ = try SystemCallError.check("pipe2", "Firecracker's log") { cmv_pipe_cloexec_nonblock(&ends) }
+                fds += ends
+                let path = "/proc/self/fd/\(ends[0])"
+                logFD = try SystemCallError.check("open", path) { Glibc.open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC) }
+                for end in ends { Glibc.close(end) }
+                fds.removeAll { ends.contains($0) }
+            }
+            fds.append(logFD)
+            var status = stat()
+            let logPipeInode = logFIFO == nil && fstat(logFD, &status) == 0 ? UInt64(status.st_ino) : nil
             return VMMStreams(
                 console: console, standardError: Console(limits: .init(lines: 200, bytes: 64 * 1024)), log: log,
                 child: (input.vmm, output.vmm, error.vmm), ends: Ends(input: input.driver, output: output.driver, error: error.driver, log: logFD),
-                consoleOnDemand: consoleOnDemand, logFIFO: logFIFO)
+                consoleOnDemand: consoleOnDemand, logFIFO: "/proc/self/fd/\(logFD)", logPipeInode: logPipeInode,
+                logPathForVMM: logFIFO == nil ? "/proc/\(getpid())/fd/\(logFD)" : nil)
         } catch {
             for fd in fds { Glibc.close(fd) }
             throw error
@@ -138,11 +170,35 @@ final class VMMStreams: Sendable {
                 error: try openFD(paths.error, O_RDONLY | O_NONBLOCK), log: try openFD(logFIFO, O_RDWR | O_NONBLOCK))
             return VMMStreams(
                 console: console, standardError: Console(limits: .init(lines: 200, bytes: 64 * 1024)), log: log, child: (-1, -1, -1),
-                ends: ends, consoleOnDemand: consoleOnDemand, logFIFO: logFIFO)
+                ends: ends, consoleOnDemand: consoleOnDemand, logFIFO: "/proc/self/fd/\(ends.log)",
+                logPipeInode: Self.pipeInode(of: ends.log))
         } catch {
             for fd in fds { Glibc.close(fd) }
             throw error
         }
+    }
+
+    /// The inode of the pipe behind `fd`; nil for anything else (a FIFO is a file's inode).
+    static func pipeInode(of fd: Int32) -> UInt64? {
+        var status = stat()
+        guard fstat(fd, &status) == 0, (status.st_mode & S_IFMT) == S_IFIFO, linkTarget("/proc/self/fd/\(fd)")?.hasPrefix("pipe:[") == true
+        else { return nil }
+        return UInt64(status.st_ino)
+    }
+
+    private static func linkTarget(_ path: String) -> String? {
+        var buffer = [UInt8](repeating: 0, count: 128)
+        let count = buffer.withUnsafeMutableBytes { readlink(path, $0.baseAddress!.assumingMemoryBound(to: CChar.self), $0.count) }
+        guard count > 0 else { return nil }
+        return String(decoding: buffer[0..<count], as: UTF8.self)
+    }
+
+    /// The path of `pid`'s descriptor of the pipe `inode` (Firecracker's log, after a crash of
+    /// the driver that made it); nil when it has none.
+    static func descriptorPath(of pid: Int32, pipe inode: UInt64) -> String? {
+        let directory = "/proc/\(pid)/fd"
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return nil }
+        return entries.filter { Int($0).map { $0 > 2 } ?? false }.map { directory + "/" + $0 }.first { linkTarget($0) == "pipe:[\(inode)]" }
     }
 
     /// The streams of a VM whose monitor owns them: nothing is opened until ``start()``

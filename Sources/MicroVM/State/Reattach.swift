@@ -158,7 +158,7 @@ extension MicroVM {
         let executor: any VMMExecutor =
             record.sandboxed ? JailedExecutor(jail: jail, limits: record.spec.limits?.resourceLimits ?? .recommended) : DirectExecutor(jail: jail)
         let streams: VMMStreams
-        do {
+        do throws(SystemCallError) {
             let console = Console(for: record.spec)
             let log = FirecrackerLog(logger: logger, forwardLevel: record.spec.logging?.level?.swiftLogLevel ?? .info)
             let consoleOnDemand = configuration.consoleReading == .onDemand && record.spec.console?.file == nil
@@ -184,11 +184,18 @@ extension MicroVM {
                 }
             } else {
                 // New ends of the pipes the VMM holds (read-write: what the guest wrote while no
-                // driver read is still there).
+                // driver read is still there). Its log: the FIFO, or the pipe the VMM holds,
+                // found by its inode.
                 let fds = "/proc/\(pid)/fd/"
+                var logPath = executor.hostPath(VMFiles.log).string
+                if let inode = record.logPipeInode {
+                    guard let path = VMMStreams.descriptorPath(of: pid, pipe: inode) else {
+                        throw SystemCallError(call: "open", subject: "Firecracker's log pipe (inode \(inode)) among \(fds)", errno: ENOENT)
+                    }
+                    logPath = path
+                }
                 streams = try VMMStreams.attach(
-                    console: console, log: log, streams: (fds + "0", fds + "1", fds + "2"), logFIFO: executor.hostPath(VMFiles.log).string,
-                    consoleOnDemand: consoleOnDemand)
+                    console: console, log: log, streams: (fds + "0", fds + "1", fds + "2"), logFIFO: logPath, consoleOnDemand: consoleOnDemand)
             }
             try await streams.start()
         } catch {

@@ -34,6 +34,10 @@ public struct VMRecord: Codable, Sendable, Hashable {
     /// The VM's monitor (detached VMs): its pid and start time.
     public var monitorPID: Int32? = nil
     public var monitorStartTime: UInt64? = nil
+    /// Firecracker's log as a pipe (an unjailed VM without a monitor): the pipe's inode, found
+    /// again among the VMM's descriptors by a later driver. Nil: the log is the FIFO
+    /// `firecracker.log` in the VM's directory.
+    public var logPipeInode: UInt64? = nil
 
     enum CodingKeys: String, CodingKey {
         case format, id, spec, state, pid
@@ -52,6 +56,7 @@ public struct VMRecord: Codable, Sendable, Hashable {
         case updatedAt = "updated_at"
         case monitorPID = "monitor_pid"
         case monitorStartTime = "monitor_start_time"
+        case logPipeInode = "log_pipe_inode"
     }
 
     /// Firecracker's metrics file, when the spec asks for metrics.
