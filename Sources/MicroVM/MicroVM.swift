@@ -215,8 +215,8 @@ public actor MicroVM {
         defer { if let configFD { Glibc.close(configFD) } }
         var step = "writing the config file"
         do {
-            // 5. Firecracker's arguments: its log always goes to the driver's FIFO, never to
-            //    stdout, which is the guest's console alone.
+            // 5. Firecracker's arguments: its log always goes to the driver's FIFO or pipe, never
+            //    to stdout, which is the guest's console alone.
             let forward = spec.logging?.level?.swiftLogLevel ?? .info
             let firecrackerLevel = (spec.logging ?? VMSpec.LoggingSpec()).firecrackerLevel
             var arguments = ["--level", firecrackerLevel.rawValue, "--show-level"]

@@ -53,9 +53,9 @@ final class VMMStreams: Sendable {
     private let ends: Mutex<Ends>
     private let childEndsClosed = Atomic(false)
     private let consoleOnDemand: Bool
-    /// Where the end of the log is marked once the VMM has exited: the log FIFO for the monitor,
-    /// otherwise this process's own descriptor of the FIFO or pipe.
-    private let logFIFO: String?
+    /// Where the end of the log is marked once the VMM has exited (this process's descriptor of
+    /// the log's FIFO or pipe; nil under a monitor, which marks it).
+    private let endOfLogPath: String?
     /// Firecracker's log as a pipe (no FIFO): its inode, which a later driver looks for among
     /// the VMM's descriptors.
     let logPipeInode: UInt64?
@@ -72,7 +72,7 @@ final class VMMStreams: Sendable {
 
     private init(
         console: Console, standardError: Console, log: FirecrackerLog, child: (Int32, Int32, Int32), ends: Ends,
-        consoleOnDemand: Bool, logFIFO: String?, monitor: MonitoredStreams? = nil, logPipeInode: UInt64? = nil,
+        consoleOnDemand: Bool, endOfLogPath: String?, monitor: MonitoredStreams? = nil, logPipeInode: UInt64? = nil,
         logPathForVMM: String? = nil
     ) {
         self.logPipeInode = logPipeInode
@@ -84,7 +84,7 @@ final class VMMStreams: Sendable {
         (childInput, childOutput, childError) = child
         self.ends = Mutex(ends)
         self.consoleOnDemand = consoleOnDemand
-        self.logFIFO = logFIFO
+        self.endOfLogPath = monitor == nil ? endOfLogPath : nil
     }
 
     /// The streams of a launch: three pipes, and Firecracker's log FIFO. ``start()`` then reads
@@ -138,12 +138,10 @@ final class VMMStreams: Sendable {
                 fds.removeAll { ends.contains($0) }
             }
             fds.append(logFD)
-            var status = stat()
-            let logPipeInode = logFIFO == nil && fstat(logFD, &status) == 0 ? UInt64(status.st_ino) : nil
             return VMMStreams(
                 console: console, standardError: Console(limits: .init(lines: 200, bytes: 64 * 1024)), log: log,
                 child: (input.vmm, output.vmm, error.vmm), ends: Ends(input: input.driver, output: output.driver, error: error.driver, log: logFD),
-                consoleOnDemand: consoleOnDemand, logFIFO: "/proc/self/fd/\(logFD)", logPipeInode: logPipeInode,
+                consoleOnDemand: consoleOnDemand, endOfLogPath: "/proc/self/fd/\(logFD)", logPipeInode: logFIFO == nil ? Self.pipeInode(of: logFD) : nil,
                 logPathForVMM: logFIFO == nil ? "/proc/\(getpid())/fd/\(logFD)" : nil)
         } catch {
             for fd in fds { Glibc.close(fd) }
@@ -170,7 +168,7 @@ final class VMMStreams: Sendable {
                 error: try openFD(paths.error, O_RDONLY | O_NONBLOCK), log: try openFD(logFIFO, O_RDWR | O_NONBLOCK))
             return VMMStreams(
                 console: console, standardError: Console(limits: .init(lines: 200, bytes: 64 * 1024)), log: log, child: (-1, -1, -1),
-                ends: ends, consoleOnDemand: consoleOnDemand, logFIFO: "/proc/self/fd/\(ends.log)",
+                ends: ends, consoleOnDemand: consoleOnDemand, endOfLogPath: "/proc/self/fd/\(ends.log)",
                 logPipeInode: Self.pipeInode(of: ends.log))
         } catch {
             for fd in fds { Glibc.close(fd) }
@@ -208,7 +206,7 @@ final class VMMStreams: Sendable {
     ) -> VMMStreams {
         VMMStreams(
             console: console, standardError: Console(limits: .init(lines: 200, bytes: 64 * 1024)), log: log, child: (-1, -1, -1),
-            ends: Ends(input: -1, output: -1, error: -1, log: -1), consoleOnDemand: consoleOnDemand, logFIFO: logFIFO, monitor: monitor)
+            ends: Ends(input: -1, output: -1, error: -1, log: -1), consoleOnDemand: consoleOnDemand, endOfLogPath: nil, monitor: monitor)
     }
 
     /// The streams of a VM whose monitor was killed: its console and stderr went with the
@@ -217,7 +215,7 @@ final class VMMStreams: Sendable {
         let fd = try SystemCallError.check("open", logFIFO) { Glibc.open(logFIFO, O_RDWR | O_NONBLOCK | O_CLOEXEC) }
         return VMMStreams(
             console: console, standardError: Console(limits: .init(lines: 200, bytes: 64 * 1024)), log: log, child: (-1, -1, -1),
-            ends: Ends(input: -1, output: -1, error: -1, log: fd), consoleOnDemand: false, logFIFO: logFIFO)
+            ends: Ends(input: -1, output: -1, error: -1, log: fd), consoleOnDemand: false, endOfLogPath: "/proc/self/fd/\(fd)")
     }
 
     /// Sets up the NIO channels that read, all at once: the console's (unless it is read on
@@ -366,8 +364,8 @@ final class VMMStreams: Sendable {
         await drainStandardError()
         if monitor != nil {
             // The monitor ends the log's connection once it has drained the FIFO.
-        } else if let logFIFO {
-            let fd = Glibc.open(logFIFO, O_WRONLY | O_NONBLOCK | O_CLOEXEC)
+        } else if let endOfLogPath {
+            let fd = Glibc.open(endOfLogPath, O_WRONLY | O_NONBLOCK | O_CLOEXEC)
             if fd >= 0 {
                 let line = Array(("\n" + FirecrackerLog.endOfLog + "\n").utf8)
                 _ = line.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
