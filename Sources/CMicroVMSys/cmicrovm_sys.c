@@ -13,6 +13,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sched.h>
 #include <unistd.h>
 
 int cmv_set_child_subreaper(void) {
@@ -136,6 +137,11 @@ int cmv_memfd_cloexec(const char *name) {
 
 int cmv_is_dumpable(void) {
     return prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
+}
+
+int cmv_sched_batch(void) {
+    struct sched_param param = {.sched_priority = 0};
+    return sched_setscheduler(0, SCHED_BATCH, &param);
 }
 
 int cmv_ofd_read_lock(int fd) {

@@ -143,6 +143,8 @@ public actor FirecrackerLog {
     /// Firecracker logs every failed console write (a console nobody reads any more), which
     /// would otherwise flood the host's log. The count goes with the message's next emission.
     private func forward(_ line: Line) {
+        // Before any work: the lines arrive while Firecracker starts, on the same CPUs.
+        guard logger.logLevel <= line.level else { return }
         let now = ContinuousClock.now
         if let last = repeats[line.message], now - last.emitted < .seconds(1) {
             repeats[line.message]?.suppressed += 1

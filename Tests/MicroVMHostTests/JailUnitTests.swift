@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import SystemPackage
 import Testing
@@ -581,3 +582,16 @@ struct JailerFailureTests {
     }
 }
 
+
+@Suite("ProcFS")
+struct ProcFSTests {
+    /// The byte parser against the fields as `split` gives them (a command with spaces and a
+    /// parenthesis in it included: the start time is counted from the last `)`).
+    @Test func startTimeIsField22() throws {
+        let text = try String(contentsOfFile: "/proc/self/stat", encoding: .utf8)
+        let fields = text[text.index(after: text.lastIndex(of: ")")!)...].split(separator: " ")
+        #expect(ProcFS.startTime(of: getpid()) == UInt64(fields[19]))
+        #expect(ProcFS.startTime(of: 1) != nil)
+        #expect(ProcFS.startTime(of: Int32.max) == nil)
+    }
+}

@@ -176,3 +176,24 @@ struct CreationClaimTests {
         #expect(throws: MicroVMError.self) { _ = try store.create(id: "vm-1") }
     }
 }
+
+@Suite("Process launch")
+struct ProcessLaunchTests {
+    /// What a VMM inherits: every entry of this process's environment, byte for byte, and
+    /// nothing else (a value with `=` and an empty one included).
+    @Test func environmentIsPassedAsIs() {
+        setenv("MICROVM_TEST_ENV_EQUALS", "a=b c", 1)
+        setenv("MICROVM_TEST_ENV_EMPTY", "", 1)
+        defer {
+            unsetenv("MICROVM_TEST_ENV_EQUALS")
+            unsetenv("MICROVM_TEST_ENV_EMPTY")
+        }
+        let entries = InheritedEnvironment.entries
+        #expect(entries.allSatisfy { $0.last == 0 })
+        let decoded = Set(entries.map { String(decoding: $0.dropLast(), as: UTF8.self) })
+        let expected = Set(ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" })
+        #expect(decoded == expected)
+        #expect(decoded.contains("MICROVM_TEST_ENV_EQUALS=a=b c"))
+        #expect(decoded.contains("MICROVM_TEST_ENV_EMPTY="))
+    }
+}

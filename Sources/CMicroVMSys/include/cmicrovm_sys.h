@@ -51,6 +51,10 @@ int cmv_memfd_cloexec(const char *name);
 /* prctl(PR_GET_DUMPABLE): 1 when this process's /proc entries belong to its user. */
 int cmv_is_dumpable(void);
 
+/* sched_setscheduler(SCHED_BATCH) for the calling thread: it no longer preempts a running
+ * thread when it wakes. Returns 0. */
+int cmv_sched_batch(void);
+
 /* A shared open-file-description lock (F_OFD_SETLK, F_RDLCK) on the whole of fd's file, which
  * may be a directory opened O_RDONLY. Independent of flock(2) locks. Returns 0. */
 int cmv_ofd_read_lock(int fd);

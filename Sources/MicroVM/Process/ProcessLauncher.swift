@@ -29,7 +29,7 @@ enum ProcessLauncher {
         var options = PlatformOptions()
         options.createSession = true
         let configuration = Configuration(
-            executable: .path(executable), arguments: Arguments(arguments), environment: .inherit,
+            executable: .path(executable), arguments: Arguments(arguments), environment: .custom(InheritedEnvironment.entries),
             workingDirectory: workingDirectory, platformOptions: options)
         let input = FileDescriptor(rawValue: standardInput)
         let output = FileDescriptor(rawValue: standardOutput)
@@ -79,4 +79,26 @@ public struct LaunchFailure: Error, Sendable, Hashable, CustomStringConvertible 
     }
 
     public var hint: String { "check that the file exists and is executable" }
+}
+
+/// This process's environment as it is now, for a child to inherit unchanged (the raw baselines
+/// of `microvm-bench` start theirs with it too).
+///
+/// swift-subprocess's `.inherit` parses the environment into a dictionary of `String`s and prints
+/// it back, twice per spawn (once for `PATH`): 0.1-0.2 ms of the library's 1 ms before the exec
+/// in a `perf` profile (BENCHMARKS.md, session 7). The raw entries of `environ`, copied as they
+/// are, reach the child byte for byte.
+package enum InheritedEnvironment {
+    /// Each `NAME=value` entry with its terminating NUL, as swift-subprocess's
+    /// `Environment.custom(_: [[UInt8]])` takes it (it hands each one to `strdup`).
+    package static var entries: [[UInt8]] {
+        var entries: [[UInt8]] = []
+        var cursor = environ
+        while let entry = cursor.pointee {
+            let length = strlen(entry)
+            entries.append(Array(UnsafeBufferPointer(start: UnsafeRawPointer(entry).assumingMemoryBound(to: UInt8.self), count: length + 1)))
+            cursor += 1
+        }
+        return entries
+    }
 }
