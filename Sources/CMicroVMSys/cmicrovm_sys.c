@@ -180,6 +180,14 @@ int cmv_has_access_acl(const char *path) {
     return -1;
 }
 
+int cmv_fset_xattr(int fd, const char *name, const void *value, size_t size) {
+    return fsetxattr(fd, name, value, size, 0);
+}
+
+long cmv_get_xattr(const char *path, const char *name, void *buffer, size_t capacity) {
+    return (long)getxattr(path, name, buffer, capacity);
+}
+
 int cmv_epoll_create(void) {
     return epoll_create1(EPOLL_CLOEXEC);
 }

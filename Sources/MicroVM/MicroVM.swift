@@ -164,7 +164,8 @@ public actor MicroVM {
         let store = configuration.stateStore
         let claim: CreationClaim
         do {
-            claim = try store.create(id: spec.id, monitored: configuration.monitor != nil)
+            claim = try store.create(
+                id: spec.id, monitored: configuration.monitor != nil, jail: CreationJail(layout: jail.layout, parentCgroup: jail.parentCgroup))
         } catch {
             LiveDirectories.release(directoryKey)
             throw error

@@ -28,13 +28,16 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
     case notFound(id: String, stateRoot: String)
     /// Another live driver supervises this VM, or its process is not the recorded one.
     case notAttachable(id: String, reason: String)
+    /// Another live driver holds this VM (supervises it, or is still creating it), so this one
+    /// must not `operation` it (remove its files, for instance).
+    case heldByAnotherDriver(id: String, operation: String, reason: String)
 
     public var id: String? {
         switch self {
         case .invalidSpec(let id, _): id
         case .invalidState(let id, _, _, _), .sandbox(let id, _), .api(let id, _, _), .createFailed(let id, _, _, _),
             .snapshotFailed(let id, _, _), .file(let id, _), .network(let id, _), .stateConflict(let id, _, _), .corruptRecord(let id, _, _),
-            .notFound(let id, _), .notAttachable(let id, _):
+            .notFound(let id, _), .notAttachable(let id, _), .heldByAnotherDriver(let id, _, _):
             id
         }
     }
@@ -78,6 +81,8 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
             return "\(vm)no such VM under \(root)"
         case .notAttachable(_, let reason):
             return "\(vm)cannot attach: \(reason)"
+        case .heldByAnotherDriver(_, let operation, let reason):
+            return "\(vm)cannot \(operation): \(reason)"
         }
     }
 
@@ -100,6 +105,7 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
         case .corruptRecord: "inspect the file; gc removes the VM's leftovers once its process is gone"
         case .notFound: "list the VMs of this state root, or give the state root the VM was created with"
         case .notAttachable: "stop it from the driver that supervises it, or wait until that driver has exited"
+        case .heldByAnotherDriver: "wait until the driver that holds it has finished with it (or has exited), or stop the VM from that driver"
         }
     }
 }

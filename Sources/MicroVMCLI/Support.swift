@@ -77,7 +77,7 @@ enum Failure {
     static func status(of error: MicroVMError) -> ExitStatus {
         switch error {
         case .invalidSpec: return .usage
-        case .invalidState, .stateConflict, .notAttachable: return .conflict
+        case .invalidState, .stateConflict, .notAttachable, .heldByAnotherDriver: return .conflict
         case .sandbox(_, let cause):
             if case .invalidSetting = cause { return .usage }
             return .host

@@ -123,6 +123,14 @@ struct DurableStateTests {
             let creating = try #require(MicroVM.list(configuration: configuration).first { $0.id == id })
             #expect(creating.creation == .inProgress && creating.record == nil, "\(creating)")
             #expect(creating.supervised)
+            // Another driver must not remove what a live one is still creating.
+            await #expect {
+                _ = try await MicroVM.remove(id: id, configuration: configuration, logger: EndToEnd.logger)
+            } throws: { error in
+                guard case .heldByAnotherDriver(_, "remove", let reason) = error as? MicroVMError else { return false }
+                return reason.contains("creating it") && "\(error)".contains("cannot remove:")
+            }
+            #expect(vmms() == orphans, "a refused remove stops nothing")
             await driver.crash()
 
             let listing = try #require(MicroVM.list(configuration: configuration).first { $0.id == id })
@@ -135,7 +143,14 @@ struct DurableStateTests {
                 guard case .notAttachable(_, let reason) = error as? MicroVMError else { return false }
                 return reason.contains("died before writing its record")
             }
-            let collected = await MicroVM.garbageCollect(configuration: configuration, logger: EndToEnd.logger)
+            // gc from a driver whose chroot base is elsewhere (as a spec's own base would be)
+            // still finds the jail: the creating driver noted it on the state directory.
+            let elsewhere = NSTemporaryDirectory() + "/icreate-elsewhere-\(getpid())"
+            try FileManager.default.createDirectory(atPath: elsewhere, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: elsewhere) }
+            var otherDriver = configuration
+            otherDriver.jailer.chrootBase = FilePath(elsewhere)
+            let collected = await MicroVM.garbageCollect(configuration: otherDriver, logger: EndToEnd.logger)
             let report = try #require(collected.first { $0.id == id }?.teardown, "\(collected)")
             #expect(report.isComplete && report.removedJailDirectory && !report.stopped.isEmpty, "\(report)")
             #expect(JailedVMM.processesInJail(layout: layout).isEmpty)

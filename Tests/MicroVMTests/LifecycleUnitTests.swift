@@ -175,6 +175,22 @@ struct CreationClaimTests {
         // A second claim on the same id is refused: the directory exists.
         #expect(throws: MicroVMError.self) { _ = try store.create(id: "vm-1") }
     }
+
+    @Test("A claim notes where the VM's jail is, for gc to find it where the spec put it")
+    func jailNote() throws {
+        let root = FilePath(NSTemporaryDirectory() + "/claim-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        defer { try? FileManager.default.removeItem(atPath: root.string) }
+        let store = StateStore(root: root)
+        let id = try VMIdentifier("vm-2")
+        let jail = CreationJail(layout: JailLayout(chrootBase: "/srv/tenant-a", execFileName: "firecracker", id: id), parentCgroup: "tenants/a")
+        let claim = try store.create(id: "vm-2", jail: jail)
+        defer { claim.release() }
+        #expect(CreationJail(notedOn: store.directory(for: "vm-2"), id: id) == jail)
+        #expect(jail.note == Array("/srv/tenant-a\0firecracker\0tenants/a".utf8))
+        let plain = try store.create(id: "vm-3")
+        defer { plain.release() }
+        #expect(CreationJail(notedOn: store.directory(for: "vm-3"), id: try VMIdentifier("vm-3")) == nil)
+    }
 }
 
 @Suite("Process launch")

@@ -55,6 +55,12 @@ int cmv_is_dumpable(void);
  * thread when it wakes. Returns 0. */
 int cmv_sched_batch(void);
 
+/* fsetxattr(2) of `name` (a "user." attribute) on fd. Returns 0. */
+int cmv_fset_xattr(int fd, const char *name, const void *value, size_t size);
+
+/* getxattr(2) of `name` on path into `buffer`. Returns the value's size. */
+long cmv_get_xattr(const char *path, const char *name, void *buffer, size_t capacity);
+
 /* A shared open-file-description lock (F_OFD_SETLK, F_RDLCK) on the whole of fd's file, which
  * may be a directory opened O_RDONLY. Independent of flock(2) locks. Returns 0. */
 int cmv_ofd_read_lock(int fd);

@@ -262,8 +262,15 @@ extension MicroVM {
         _ listing: VMListing, configuration: DriverConfiguration, logger: Logger
     ) async throws(MicroVMError) -> TeardownReport {
         let id = listing.id
-        if listing.record == nil, configuration.stateStore.creationProgress(id: id) == .interrupted {
-            return try await removeInterruptedCreation(id: id, configuration: configuration, logger: logger)
+        if listing.record == nil {
+            switch configuration.stateStore.creationProgress(id: id) {
+            case .interrupted:
+                return try await removeInterruptedCreation(id: id, configuration: configuration, logger: logger)
+            case .inProgress:
+                throw .heldByAnotherDriver(id: id, operation: "remove", reason: "a live driver is creating it (its record is written once Firecracker is ready)")
+            case nil:
+                break
+            }
         }
         guard let record = listing.record else {
             throw listing.problem ?? .corruptRecord(id: id, path: configuration.stateStore.directory(for: id).string, detail: "unreadable")
@@ -272,7 +279,7 @@ extension MicroVM {
             throw .invalidState(id: id, operation: "remove", state: record.state, allowed: ["stopped", "failed"])
         }
         if listing.supervised {
-            throw .notAttachable(id: id, reason: "driver pid \(record.driverPID) still supervises it and removes it as it ends")
+            throw .heldByAnotherDriver(id: id, operation: "remove", reason: "driver pid \(record.driverPID) still supervises it and removes it as it ends")
         }
         guard let layout = record.layout, let vmID = try? VMIdentifier(id) else {
             throw .corruptRecord(id: id, path: configuration.stateStore.directory(for: id).string, detail: "it names no valid jail")
@@ -296,8 +303,8 @@ extension MicroVM {
     }
 
     /// Removes what a creation whose driver died before the first record left: with no record,
-    /// the jail is found where this configuration puts it (a spec that overrode the chroot base
-    /// or parent cgroup left its jail elsewhere, which is reported as not found), every process
+    /// the jail is found where the creating driver noted it on the state directory (where this
+    /// configuration puts it, on a filesystem without extended attributes), every process
     /// whose root or working directory is the VM's is stopped, then the jail, cgroups and any
     /// network of the id are removed, and the state directory last (it guards the id meanwhile).
     private static func removeInterruptedCreation(
@@ -313,8 +320,10 @@ extension MicroVM {
         } catch {
             throw .sandbox(id: id, error)
         }
+        // Where the creating driver noted the jail; otherwise where this configuration puts it.
+        let noted = CreationJail(notedOn: configuration.stateStore.directory(for: id), id: vmID)
         let report = await JailTeardown.run(
-            layout: jail.layout, parentCgroup: jail.parentCgroup, cgroupHost: jail.cgroupHost,
+            layout: noted?.layout ?? jail.layout, parentCgroup: noted?.parentCgroup ?? jail.parentCgroup, cgroupHost: jail.cgroupHost,
             options: TeardownOptions(searchForProcesses: true), logger: vmLogger)
         // A network is made before anything runs; with no network state at all there is none
         // (and reading the leases would create their directory).

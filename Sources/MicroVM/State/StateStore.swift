@@ -47,7 +47,11 @@ public struct StateStore: Sendable, Hashable {
     /// The directory is claimed (``CreationClaim``) in the same step: until the caller releases
     /// the claim, once the first record is written, other drivers see a VM being created; if
     /// the caller dies first, they see an interrupted creation that `gc` cleans up.
-    func create(id: String, monitored: Bool = false) throws(MicroVMError) -> CreationClaim {
+    ///
+    /// `jail` is noted on the directory (an extended attribute: no file more to make while the
+    /// VM launches) so that `gc` finds the jail of an interrupted creation where the VM's spec
+    /// put it, a chroot base or parent cgroup of its own included.
+    func create(id: String, monitored: Bool = false, jail: CreationJail? = nil) throws(MicroVMError) -> CreationClaim {
         try ensureRoot(id: id)
         return try withLock(root, id: id) { () throws(MicroVMError) -> CreationClaim in
             let directory = directory(for: id).string
@@ -80,6 +84,8 @@ public struct StateStore: Sendable, Hashable {
                 remove(id: id)
                 throw .file(id: id, error)
             }
+            // Best effort: a filesystem without user attributes leaves gc the configuration's jail.
+            if let note = jail?.note { _ = note.withUnsafeBytes { cmv_fset_xattr(fd, CreationJail.attribute, $0.baseAddress, $0.count) } }
             return CreationClaim(fd: fd)
         }
     }
@@ -213,6 +219,35 @@ public struct StateStore: Sendable, Hashable {
 }
 
 /// A VM's directory whose first record is not written yet.
+/// Where a VM being created has its jail (or, unjailed, its directory) and cgroups: noted on its
+/// state directory until its record says it.
+struct CreationJail: Sendable, Hashable {
+    static let attribute = "user.microvm.jail"
+
+    var layout: JailLayout
+    var parentCgroup: String
+
+    /// The chroot base, the exec file name and the parent cgroup, NUL-separated.
+    var note: [UInt8] {
+        Array([layout.chrootBase.string, layout.execFileName, parentCgroup].joined(separator: "\0").utf8)
+    }
+
+    init(layout: JailLayout, parentCgroup: String) {
+        self.layout = layout
+        self.parentCgroup = parentCgroup
+    }
+
+    /// The note on `directory`, for the VM `id`; nil when there is none or it does not parse.
+    init?(notedOn directory: FilePath, id: VMIdentifier) {
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let size = buffer.withUnsafeMutableBytes { cmv_get_xattr(directory.string, Self.attribute, $0.baseAddress, $0.count) }
+        guard size > 0 else { return nil }
+        let fields = buffer[..<Int(size)].split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
+        guard fields.count == 3, fields[0].hasPrefix("/"), !fields[1].isEmpty, !fields[1].contains("/"), !fields[2].isEmpty else { return nil }
+        self.init(layout: JailLayout(chrootBase: FilePath(fields[0]), execFileName: fields[1], id: id), parentCgroup: fields[2])
+    }
+}
+
 public enum CreationProgress: Sendable, Hashable {
     /// A live driver is creating the VM.
     case inProgress
