@@ -200,9 +200,8 @@ public actor Console {
         if finished { throw .ended(description: description, lastLines: tail()) }
         let token = nextToken
         nextToken += 1
-        let timer = Task { [weak self] in
-            try? await Task.sleep(for: timeout)
-            await self?.expire(token)
+        let timer = WaitTimer(after: timeout) { [weak self] in
+            Task { await self?.expire(token) }
         }
         defer { timer.cancel() }
         let line = await withTaskCancellationHandler {

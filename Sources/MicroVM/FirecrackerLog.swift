@@ -80,9 +80,8 @@ public actor FirecrackerLog {
         if isFinished || Task.isCancelled { return false }
         let token = nextWaiter
         nextWaiter += 1
-        let timer = Task { [weak self] in
-            try? await Task.sleep(for: timeout)
-            await self?.release(token)
+        let timer = WaitTimer(after: timeout) { [weak self] in
+            Task { await self?.release(token) }
         }
         defer { timer.cancel() }
         return await withTaskCancellationHandler {

@@ -23,9 +23,8 @@ actor ExitState<Value: Sendable> {
         let token = nextToken
         nextToken += 1
         let timer = timeout.map { timeout in
-            Task { [weak self] in
-                try? await Task.sleep(for: timeout)
-                await self?.give(up: token)
+            WaitTimer(after: timeout) { [weak self] in
+                Task { await self?.give(up: token) }
             }
         }
         defer { timer?.cancel() }

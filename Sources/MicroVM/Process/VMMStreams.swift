@@ -246,7 +246,7 @@ final class VMMStreams: Sendable {
         let log = self.log
         let group = MultiThreadedEventLoopGroup.singleton
         async let outputChannel: (any Channel)? =
-            consoleOnDemand ? nil : Self.reader(fd: output, group: Self.consoleReaders) { await console.consume($0) }
+            consoleOnDemand ? nil : Self.reader(fd: output, group: BatchEventLoops.group) { await console.consume($0) }
         async let logChannel: (any Channel)? =
             logFD >= 0 ? Self.reader(fd: logFD, group: group) { await log.consume($0) } : nil
         // Every one is awaited, so none is left open when another failed.
@@ -386,7 +386,7 @@ final class VMMStreams: Sendable {
         let group = MultiThreadedEventLoopGroup.singleton
         async let inputChannel = Self.monitorConnection(socket: socket, request: "input 0", group: group, consume: nil)
         async let outputChannel: (any Channel)? =
-            consoleOnDemand ? nil : Self.monitorConnection(socket: socket, request: "console 0", group: Self.consoleReaders) { await console.consume($0) }
+            consoleOnDemand ? nil : Self.monitorConnection(socket: socket, request: "console 0", group: BatchEventLoops.group) { await console.consume($0) }
         async let errorChannel = Self.monitorConnection(socket: socket, request: "stderr 0", group: group) { await standardError.consume($0) }
         async let logChannel = Self.monitorConnection(socket: socket, request: "log 0", group: group) { await log.consume($0) }
         var failure: (any Error)?
@@ -439,7 +439,7 @@ final class VMMStreams: Sendable {
             let console = self.console
             guard !ends.withLock({ $0.closed }) else { return }
             guard let channel = try? await Self.monitorConnection(
-                socket: monitor.socket, request: "console 0", group: Self.consoleReaders, consume: { await console.consume($0) })
+                socket: monitor.socket, request: "console 0", group: BatchEventLoops.group, consume: { await console.consume($0) })
             else { return }
             let closedMeanwhile = ends.withLock { ends in
                 if !ends.closed { ends.readers.append(channel) }
@@ -455,7 +455,7 @@ final class VMMStreams: Sendable {
         guard fd >= 0 else { return }
         let console = self.console
         do {
-            let channel = try await Self.reader(fd: fd, group: Self.consoleReaders) { await console.consume($0) }
+            let channel = try await Self.reader(fd: fd, group: BatchEventLoops.group) { await console.consume($0) }
             let closedMeanwhile = ends.withLock { ends in
                 if !ends.closed { ends.readers.append(channel) }
                 return ends.closed
@@ -481,26 +481,6 @@ final class VMMStreams: Sendable {
         await standardError.finish()
         await log.finish()
     }
-
-    /// The event loops that read every VM's console: `SCHED_BATCH` threads, which the kernel
-    /// never lets preempt a running thread when they wake.
-    ///
-    /// A guest writes its console a byte at a time, and each byte wakes the reader, by default
-    /// on the CPU of the vCPU that wrote it (a pipe write is a "sync" wakeup). On NIO's shared
-    /// loops that reader preempted Firecracker's threads for 0.5-0.7 ms per launch on a
-    /// two-CPU host, against 0.1 ms for a plain `read` loop (raw Firecracker, in the same run;
-    /// BENCHMARKS.md, session 7). A batch thread runs when a CPU is free instead, so on a busy
-    /// host the guests keep their CPUs and a console line reaches its readers up to a
-    /// scheduler tick later. Firecracker's log, which readiness waits for, stays on NIO's
-    /// shared loops.
-    static let consoleReaders: MultiThreadedEventLoopGroup = {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
-        for loop in group.makeIterator() {
-            // Best effort: without it (a seccomp policy that forbids it) consoles are still read.
-            loop.execute { _ = cmv_sched_batch() }
-        }
-        return group
-    }()
 
     /// Reads a pipe into an ordered stream of chunks that `consume` runs through (on the
     /// consumer's own actor: one hop per stream, not one per chunk; Firecracker writes the
