@@ -14,8 +14,10 @@ import NIOPosix
 /// their CPUs, and a console line or a timeout reaches the driver up to a scheduler tick later.
 /// Firecracker's log, which readiness waits for, and the API stay on NIO's shared loops.
 enum BatchEventLoops {
+    /// One loop per CPU, at most four: a loop reads many consoles (each read is a few
+    /// microseconds), and a large host should not get a hundred more threads for it.
     static let group: MultiThreadedEventLoopGroup = {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: min(System.coreCount, 4))
         for loop in group.makeIterator() {
             // Best effort: where it is refused (a seccomp policy), the loops run as they are.
             loop.execute { _ = cmv_sched_batch() }
