@@ -3,6 +3,8 @@ import Foundation
 import Logging
 @testable import MicroVM
 import MicroVMHost
+import NIOCore
+import Synchronization
 import SystemPackage
 import Testing
 
@@ -211,5 +213,27 @@ struct ProcessLaunchTests {
         #expect(decoded == expected)
         #expect(decoded.contains("MICROVM_TEST_ENV_EQUALS=a=b c"))
         #expect(decoded.contains("MICROVM_TEST_ENV_EMPTY="))
+    }
+}
+
+@Suite("Batch event loops")
+struct BatchEventLoopTests {
+    /// Every loop runs as SCHED_BATCH (3), and a cancelled timeout never fires while one that
+    /// is left runs.
+    @Test func batchPolicyAndTimers() async throws {
+        for loop in BatchEventLoops.group.makeIterator() {
+            #expect(try await loop.submit { sched_getscheduler(0) }.get() == 3)
+        }
+        let fired = Mutex<[String]>([])
+        let cancelled = WaitTimer(after: .milliseconds(5)) { fired.withLock { $0.append("cancelled") } }
+        cancelled.cancel()
+        let (stream, continuation) = AsyncStream<Void>.makeStream()
+        _ = WaitTimer(after: .milliseconds(10)) {
+            fired.withLock { $0.append("kept") }
+            continuation.finish()
+        }
+        for await _ in stream {}
+        try await Task.sleep(for: .milliseconds(20))
+        #expect(fired.withLock { $0 } == ["kept"])
     }
 }
