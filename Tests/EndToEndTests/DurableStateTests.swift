@@ -102,11 +102,19 @@ struct DurableStateTests {
     func interruptedCreation(policy: SandboxPolicy) async throws {
         try await EndToEnd.withDriver(policy, name: "icreate-\(policy.rawValue)") { configuration, assets, _ in
             let id = "icreate-\(policy.rawValue.prefix(3))-\(getpid())"
-            let layout = try Jail(configuration: configuration.jailer, id: VMIdentifier(id)).layout
+            // The VM's spec puts its jail under a chroot base of its own: gc, with the driver's
+            // configuration, finds it from the note the creating driver left.
+            let ownBase = NSTemporaryDirectory() + "/icreate-base-\(getpid())"
+            try FileManager.default.createDirectory(atPath: ownBase, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: ownBase) }
+            var specJailer = configuration.jailer
+            specJailer.chrootBase = FilePath(ownBase)
+            let layout = try Jail(configuration: specJailer, id: VMIdentifier(id)).layout
             // 256 GiB of guest memory, never touched: Firecracker's build takes about a second,
             // and `run` writes the record only once the VM is built.
             let driver = try await KillableDriver.start(
-                Self.driverArguments(configuration, assets, id: id, then: "running", extra: ["--memory", "262144", "--launch", "run"]))
+                Self.driverArguments(
+                    configuration, assets, id: id, then: "running", extra: ["--memory", "262144", "--launch", "run", "--spec-chroot-base", ownBase]))
             /// Firecracker itself in the VM's directory (not a jailer on its way to exec it).
             func vmms() -> [Int32] {
                 JailedVMM.processesInJail(layout: layout).filter {
@@ -143,14 +151,7 @@ struct DurableStateTests {
                 guard case .notAttachable(_, let reason) = error as? MicroVMError else { return false }
                 return reason.contains("died before writing its record")
             }
-            // gc from a driver whose chroot base is elsewhere (as a spec's own base would be)
-            // still finds the jail: the creating driver noted it on the state directory.
-            let elsewhere = NSTemporaryDirectory() + "/icreate-elsewhere-\(getpid())"
-            try FileManager.default.createDirectory(atPath: elsewhere, withIntermediateDirectories: true)
-            defer { try? FileManager.default.removeItem(atPath: elsewhere) }
-            var otherDriver = configuration
-            otherDriver.jailer.chrootBase = FilePath(elsewhere)
-            let collected = await MicroVM.garbageCollect(configuration: otherDriver, logger: EndToEnd.logger)
+            let collected = await MicroVM.garbageCollect(configuration: configuration, logger: EndToEnd.logger)
             let report = try #require(collected.first { $0.id == id }?.teardown, "\(collected)")
             #expect(report.isComplete && report.removedJailDirectory && !report.stopped.isEmpty, "\(report)")
             #expect(JailedVMM.processesInJail(layout: layout).isEmpty)

@@ -34,9 +34,11 @@ struct TestDriver {
                 chrootBase: FilePath(option("chroot-base")), parentCgroup: option("parent-cgroup")),
             policy: SandboxPolicy(rawValue: option("policy")) ?? .required, stateStore: StateStore(root: FilePath(option("state-dir"))))
         if let monitor = options["monitor"] { configuration.monitor = MonitorSettings(binary: FilePath(monitor)) }
-        let spec = VMSpec(
+        var spec = VMSpec(
             id: option("id"), machine: .init(vcpus: 1, memoryMiB: Int(options["memory"] ?? "64") ?? 64),
             boot: .init(kernel: option("kernel"), args: ["console=ttyS0", "microvm.heartbeat_ms=\(options["heartbeat-ms"] ?? "100")"]))
+        // `--spec-chroot-base`: the VM's own chroot base, overriding the driver's.
+        if let base = options["spec-chroot-base"] { spec.jail = .init(chrootBase: base) }
         do {
             // `--launch run`: one call that boots from a config file (create + start otherwise).
             let booted = options["launch"] == "run"

@@ -48,9 +48,9 @@ public struct StateStore: Sendable, Hashable {
     /// the claim, once the first record is written, other drivers see a VM being created; if
     /// the caller dies first, they see an interrupted creation that `gc` cleans up.
     ///
-    /// `jail` is noted on the directory (an extended attribute: no file more to make while the
-    /// VM launches) so that `gc` finds the jail of an interrupted creation where the VM's spec
-    /// put it, a chroot base or parent cgroup of its own included.
+    /// `jail`, given when the VM's spec puts its jail elsewhere than the driver's configuration,
+    /// is noted on the directory (an extended attribute: no file more to make while the VM
+    /// launches) so that `gc` finds the jail of an interrupted creation where the spec put it.
     func create(id: String, monitored: Bool = false, jail: CreationJail? = nil) throws(MicroVMError) -> CreationClaim {
         try ensureRoot(id: id)
         return try withLock(root, id: id) { () throws(MicroVMError) -> CreationClaim in
