@@ -157,24 +157,38 @@ public actor FirecrackerLog {
     }
 
     /// Parses a line written with `--show-level`; anything else is kept whole at level info.
+    /// Over the line's bytes: every API request logs two lines, and a launch's first lines come
+    /// while Firecracker starts on the same CPUs.
     static func parse(_ text: String) -> Line {
-        guard let open = text.firstIndex(of: "["), let close = text[open...].firstIndex(of: "]") else {
+        let bytes = text.utf8
+        guard let open = bytes.firstIndex(of: UInt8(ascii: "[")), let close = bytes[open...].firstIndex(of: UInt8(ascii: "]")) else {
             return Line(timestamp: "", thread: "", level: .info, message: text, raw: text)
         }
-        let timestamp = text[..<open].trimmingCharacters(in: " ")
-        let fields = text[text.index(after: open)..<close].split(separator: ":", omittingEmptySubsequences: false)
-        let message = text[text.index(after: close)...].trimmingCharacters(in: " ")
-        let level: Logger.Level
-        switch fields.count >= 3 ? fields[2].uppercased() : "" {
-        case "ERROR": level = .error
-        case "WARN": level = .warning
-        case "DEBUG": level = .debug
-        case "TRACE": level = .trace
-        default: level = .info
+        // `<instance>:<thread>:<LEVEL>`; ids and thread names hold no colon.
+        let fields = bytes[bytes.index(after: open)..<close].split(separator: UInt8(ascii: ":"), omittingEmptySubsequences: false)
+        var level = Logger.Level.info
+        if fields.count >= 3 {
+            let name = fields[2]
+            if name.elementsEqual("ERROR".utf8) {
+                level = .error
+            } else if name.elementsEqual("WARN".utf8) {
+                level = .warning
+            } else if name.elementsEqual("DEBUG".utf8) {
+                level = .debug
+            } else if name.elementsEqual("TRACE".utf8) {
+                level = .trace
+            }
         }
         return Line(
-            timestamp: timestamp, thread: fields.count >= 2 ? String(fields[1]) : "", level: level,
-            message: message, raw: text)
+            timestamp: Self.trimmingSpaces(bytes[..<open]), thread: fields.count >= 2 ? String(decoding: fields[1], as: UTF8.self) : "",
+            level: level, message: Self.trimmingSpaces(bytes[bytes.index(after: close)...]), raw: text)
+    }
+
+    private static func trimmingSpaces(_ bytes: Substring.UTF8View) -> String {
+        var slice = bytes
+        while slice.first == UInt8(ascii: " ") { slice.removeFirst() }
+        while slice.last == UInt8(ascii: " ") { slice.removeLast() }
+        return String(Substring(slice))
     }
 }
 
@@ -189,14 +203,5 @@ extension LogLevel {
         case .debug: .debug
         case .trace: .trace
         }
-    }
-}
-
-extension StringProtocol {
-    func trimmingCharacters(in set: Character) -> String {
-        var slice = Substring(self)
-        while slice.first == set { slice.removeFirst() }
-        while slice.last == set { slice.removeLast() }
-        return String(slice)
     }
 }

@@ -69,3 +69,23 @@ struct FirecrackerLogTests {
         #expect(!"e\u{301}".containsBytes("\u{e9}"))
     }
 }
+
+@Suite("Firecracker's log lines")
+struct FirecrackerLogLineTests {
+    @Test("A line's timestamp, thread, level and message; a line of another shape is kept whole at info")
+    func parse() {
+        let line = FirecrackerLog.parse("2026-12-01T22:47:57.355762971 [vm-1:fc_vcpu 0:WARN] Received a VcpuEvent::Resume message  ")
+        #expect(line.timestamp == "2026-12-01T22:47:57.355762971")
+        #expect(line.thread == "fc_vcpu 0")
+        #expect(line.level == .warning)
+        #expect(line.message == "Received a VcpuEvent::Resume message")
+        #expect(FirecrackerLog.parse("t [i:main:ERROR] x").level == .error)
+        #expect(FirecrackerLog.parse("t [i:main:DEBUG] x").level == .debug)
+        #expect(FirecrackerLog.parse("t [i:main:TRACE] x").level == .trace)
+        #expect(FirecrackerLog.parse("t [i:main:INFO] a [b] c").message == "a [b] c")
+        let other = FirecrackerLog.parse("thread 'main' panicked at src/main.rs")
+        #expect(other.level == .info && other.message == "thread 'main' panicked at src/main.rs" && other.thread.isEmpty)
+        let short = FirecrackerLog.parse("t [main] é message")
+        #expect(short.level == .info && short.thread.isEmpty && short.message == "é message")
+    }
+}
