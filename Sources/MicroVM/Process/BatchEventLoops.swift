@@ -7,7 +7,7 @@ import NIOPosix
 /// preempt a running thread when they wake.
 ///
 /// On a small host the driver shares its CPUs with the VMMs it supervises. Traced with ftrace
-/// over 20 launches on two CPUs (BENCHMARKS.md, session 7), Firecracker's threads spent 0.5-0.7
+/// over 20 launches on two CPUs (BENCHMARKS.md, session 7), Firecracker's threads spent 0.5-0.9
 /// ms per launch (p50) runnable but preempted, mostly by NIO's shared loops reading the console
 /// and the log and by Dispatch's timer thread, against 0.1-0.15 ms for raw Firecracker read by a
 /// plain thread. A batch thread runs when a CPU is free instead: on a busy host the guests keep

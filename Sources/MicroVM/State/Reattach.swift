@@ -303,8 +303,8 @@ extension MicroVM {
     }
 
     /// Removes what a creation whose driver died before the first record left: with no record,
-    /// the jail is found where the creating driver noted it on the state directory (where this
-    /// configuration puts it, on a filesystem without extended attributes), every process
+    /// the jail is found where this configuration puts it, or, for a spec with a jail of its
+    /// own, where the creating driver noted it on the state directory, every process
     /// whose root or working directory is the VM's is stopped, then the jail, cgroups and any
     /// network of the id are removed, and the state directory last (it guards the id meanwhile).
     private static func removeInterruptedCreation(

@@ -218,7 +218,6 @@ public struct StateStore: Sendable, Hashable {
     }
 }
 
-/// A VM's directory whose first record is not written yet.
 /// Where a VM being created has its jail (or, unjailed, its directory) and cgroups: noted on its
 /// state directory until its record says it.
 struct CreationJail: Sendable, Hashable {
@@ -248,6 +247,7 @@ struct CreationJail: Sendable, Hashable {
     }
 }
 
+/// A VM's directory whose first record is not written yet.
 public enum CreationProgress: Sendable, Hashable {
     /// A live driver is creating the VM.
     case inProgress
