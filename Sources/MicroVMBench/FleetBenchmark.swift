@@ -13,7 +13,7 @@ struct FleetBenchmark: AsyncParsableCommand {
     @OptionGroup var assets: AssetOptions
     @Option(help: "VMs launched at once.") var concurrent = 20
     @Option(help: "VMs held at once for the footprint.") var footprint = 50
-    @Option(help: "Rounds of the concurrent launch (each series).") var rounds = 3
+    @Option(help: "Rounds of the concurrent launch (each series).") var rounds = 7
 
     func run() async throws {
         let kernel = try assets.kernelPath

@@ -13,7 +13,7 @@ struct LaunchBenchmark: AsyncParsableCommand {
         commandName: "launch", abstract: "Jailed vs unjailed launch to the guest banner, vs raw baselines.")
 
     @OptionGroup var assets: AssetOptions
-    @Option(help: "Launches per series.") var runs = 20
+    @Option(help: "Launches per series (fewer than a few hundred are noisy on a small host).") var runs = 200
     @Option(
         name: .customLong("directory"),
         help: """
