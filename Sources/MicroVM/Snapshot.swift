@@ -67,6 +67,42 @@ public struct Snapshot: Codable, Sendable, Hashable {
         }
     }
 
+    /// Where ``writePendingDescription()`` puts the description until the snapshot is complete.
+    var pendingDescriptionPath: FilePath { FilePath(directory).appending(".snapshot.json.pending") }
+
+    /// Writes the description, synced, under a temporary name in the snapshot's directory:
+    /// while Firecracker writes the memory, so that once the snapshot's files are in place only
+    /// a rename (``publishDescription()``) remains. Off Swift's cooperative threads.
+    func writePendingDescription() async throws(MicroVMError) {
+        let data: Data
+        do {
+            data = try JSONEncoder.records.encode(self)
+        } catch {
+            throw .snapshotFailed(id: spec.id, step: "encoding \(Self.descriptionFile)", detail: "\(error)")
+        }
+        let path = pendingDescriptionPath
+        try await SnapshotFiles.offPool(id: spec.id, step: "writing \(path)") { () throws(SystemCallError) in
+            let fd = try SystemCallError.check("open", path.string) { open(path.string, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644) }
+            defer { close(fd) }
+            var offset = 0
+            while offset < data.count {
+                let written = try SystemCallError.check("write", path.string) {
+                    data.withUnsafeBytes { write(fd, $0.baseAddress! + offset, $0.count - offset) }
+                }
+                offset += written
+            }
+            _ = try SystemCallError.check("fsync", path.string) { fsync(fd) }
+        }
+    }
+
+    /// Renames the pending description into place: the snapshot is complete from then on.
+    func publishDescription() throws(MicroVMError) {
+        let file = FilePath(directory).appending(Self.descriptionFile)
+        guard rename(pendingDescriptionPath.string, file.string) == 0 else {
+            throw .snapshotFailed(id: spec.id, step: "writing \(file)", detail: String(cString: strerror(errno)))
+        }
+    }
+
     func writeDescription() throws(MicroVMError) {
         let file = FilePath(directory).appending(Self.descriptionFile)
         do {
