@@ -104,7 +104,7 @@ public actor InMemoryMicroVM: MicroVMHandle {
         }
         let snapshot = Snapshot(
             directory: destination, type: type, spec: spec, firecrackerVersion: nil, driveCopies: [:], createdAt: Date())
-        try snapshot.writeDescription()
+        try await snapshot.writeDescription()
         return snapshot
     }
 

@@ -103,13 +103,11 @@ public struct Snapshot: Codable, Sendable, Hashable {
         }
     }
 
-    func writeDescription() throws(MicroVMError) {
-        let file = FilePath(directory).appending(Self.descriptionFile)
-        do {
-            try JSONEncoder.records.encode(self).write(to: URL(fileURLWithPath: file.string), options: .atomic)
-        } catch {
-            throw .snapshotFailed(id: spec.id, step: "writing \(file)", detail: "\(error)")
-        }
+    /// Writes (or rewrites) the description: pending, synced, then renamed into place.
+    func writeDescription() async throws(MicroVMError) {
+        unlink(pendingDescriptionPath.string)  // a stale one from an interrupted write
+        try await writePendingDescription()
+        try publishDescription()
     }
 
     /// The spec of a VM restored from this snapshot as `id`, its interfaces moved to the TAP
@@ -164,7 +162,7 @@ public struct Snapshot: Codable, Sendable, Hashable {
         }
         var result = self
         result.type = .full
-        try result.writeDescription()
+        try await result.writeDescription()
         return result
     }
 }
