@@ -57,7 +57,7 @@ enum DoctorBundle {
         try put(
             "README.txt",
             """
-            microvm doctor bundle, \(ISO8601DateFormatter().string(from: Date()))
+            microvm doctor bundle, \(Date().formatted(.iso8601))
             versions.txt       microvm, firecracker, jailer, kernel
             cgroup-mounts.txt  the cgroup lines of /proc/self/mountinfo
             cmdline.txt        /proc/cmdline

@@ -82,7 +82,7 @@ enum VMDiagnosis {
                 findings.append(leftovers(record, context))
             }
         } else if let postMortem {
-            let when = ISO8601DateFormatter().string(from: postMortem.recordedAt)
+            let when = postMortem.recordedAt.formatted(.iso8601)
             findings.append(
                 Finding(
                     check: "state", status: .fail,

@@ -43,7 +43,7 @@ struct InspectCommand: AsyncParsableCommand {
                 ("boot args", record.spec.boot.args.joined(separator: " ")),
                 ("machine", "\(record.spec.machine.vcpus) vCPU, \(record.spec.machine.memoryMiB) MiB"),
                 ("drives", record.spec.drives.isEmpty ? "-" : record.spec.drives.map { "\($0.id)=\($0.path)\($0.readOnly == true ? " (ro)" : "")" }.joined(separator: ", ")),
-                ("created", ISO8601DateFormatter().string(from: record.createdAt)),
+                ("created", record.createdAt.formatted(.iso8601)),
             ]
         }
         let width = rows.map(\.0.count).max() ?? 0

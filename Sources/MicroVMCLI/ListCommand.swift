@@ -28,13 +28,12 @@ struct ListCommand: AsyncParsableCommand {
             for summary in summaries { Output.line(summary.id) }
             return
         }
-        let formatter = ISO8601DateFormatter()
         var rows = [["ID", "STATE", "PID", "SANDBOX", "ATTACHED", "CREATED"]]
         for summary in summaries {
             rows.append([
                 summary.id, summary.state ?? "unreadable", summary.pid.map(String.init) ?? "-",
                 summary.sandboxed.map { $0 ? "jailed" : "unjailed" } ?? "-", summary.attached ? "yes" : "no",
-                summary.createdAt.map { formatter.string(from: $0) } ?? "-",
+                summary.createdAt.map { $0.formatted(.iso8601) } ?? "-",
             ])
         }
         Table.print(rows)

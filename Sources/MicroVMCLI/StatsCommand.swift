@@ -164,7 +164,7 @@ struct StatsCommand: AsyncParsableCommand {
         if let note = metrics.note {
             Output.line("firecracker metrics: \(note)")
         } else if let written = metrics.lastWritten {
-            Output.line("firecracker metrics: totals of \(metrics.lines ?? 0) line(s) of \(metrics.file ?? "?"), newest written \(ISO8601DateFormatter().string(from: written))")
+            Output.line("firecracker metrics: totals of \(metrics.lines ?? 0) line(s) of \(metrics.file ?? "?"), newest written \(written.formatted(.iso8601))")
         }
     }
 }

@@ -195,6 +195,34 @@ struct CreationClaimTests {
     }
 }
 
+@Suite("Record dates")
+struct RecordDateTests {
+    struct Stamped: Codable, Equatable { var at: Date }
+
+    @Test("Dates are written as `.iso8601` writes them, and records written that way read back")
+    func sameTextAsFoundations() throws {
+        let reference = JSONEncoder()
+        reference.dateEncodingStrategy = .iso8601
+        for seconds in [0, 1_764_635_755, 1_798_761_599, 4_102_444_800] as [TimeInterval] {
+            let value = Stamped(at: Date(timeIntervalSince1970: seconds))
+            let ours = try JSONEncoder.stateRecords.encode(value)
+            #expect(String(decoding: ours, as: UTF8.self) == String(decoding: try reference.encode(value), as: UTF8.self))
+            #expect(try JSONDecoder.records.decode(Stamped.self, from: try reference.encode(value)) == value)
+            #expect(try JSONDecoder.records.decode(Stamped.self, from: try JSONEncoder.records.encode(value)) == value)
+        }
+    }
+
+    @Test("A date that is not ISO 8601 is a decoding error that shows it")
+    func rejectsOtherText() {
+        do {
+            _ = try JSONDecoder.records.decode(Stamped.self, from: Data(#"{"at": "yesterday"}"#.utf8))
+            Issue.record("decoded a date from 'yesterday'")
+        } catch {
+            #expect("\(error)".contains("yesterday"))
+        }
+    }
+}
+
 @Suite("Process launch")
 struct ProcessLaunchTests {
     /// What a VMM inherits: every entry of this process's environment, byte for byte, and

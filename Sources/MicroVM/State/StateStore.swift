@@ -1,5 +1,5 @@
 import CMicroVMSys
-import Foundation
+package import Foundation
 import MicroVMHost
 import Synchronization
 public import SystemPackage
@@ -288,14 +288,14 @@ extension JSONEncoder {
     static var stateRecords: JSONEncoder {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.withoutEscapingSlashes]
-        encoder.dateEncodingStrategy = .iso8601
+        encoder.dateEncodingStrategy = .iso8601Seconds
         return encoder
     }
 
     static var records: JSONEncoder {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        encoder.dateEncodingStrategy = .iso8601
+        encoder.dateEncodingStrategy = .iso8601Seconds
         return encoder
     }
 }
@@ -303,7 +303,36 @@ extension JSONEncoder {
 extension JSONDecoder {
     static var records: JSONDecoder {
         let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .iso8601
+        decoder.dateDecodingStrategy = .iso8601Seconds
         return decoder
+    }
+}
+
+extension JSONEncoder.DateEncodingStrategy {
+    /// What `.iso8601` writes (`2026-12-02T00:35:55Z`), formatted by Foundation's Swift format
+    /// style. `.iso8601` goes through `ISO8601DateFormatter` and ICU: at launch, with the caches
+    /// cold after Firecracker's start, a record's two dates took about 120 µs that way against
+    /// about 15 µs this way (the record's whole encoding: 167 µs against 46 µs).
+    package static var iso8601Seconds: Self {
+        .custom { date, encoder in
+            var container = encoder.singleValueContainer()
+            try container.encode(date.formatted(.iso8601))
+        }
+    }
+}
+
+extension JSONDecoder.DateDecodingStrategy {
+    /// Reads what `JSONEncoder.DateEncodingStrategy.iso8601Seconds` (and `.iso8601`) writes.
+    package static var iso8601Seconds: Self {
+        .custom { decoder in
+            let container = try decoder.singleValueContainer()
+            let text = try container.decode(String.self)
+            do {
+                return try Date.ISO8601FormatStyle().parse(text)
+            } catch {
+                throw DecodingError.dataCorruptedError(
+                    in: container, debugDescription: "not an ISO 8601 date and time (like 2026-12-02T00:35:55Z): \(text)")
+            }
+        }
     }
 }
