@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MicroVM
+import MicroVMHost
 
 /// `microvm stats ID`: the VM's cgroup counters.
 struct StatsCommand: AsyncParsableCommand {
@@ -140,6 +141,13 @@ struct StatsCommand: AsyncParsableCommand {
             figures.memoryLimitBytes = number("memory.limit_in_bytes") ?? number("memory.max") ?? figures.memoryLimitBytes
             figures.pids = number("pids.current") ?? figures.pids
             figures.pidsLimit = number("pids.max") ?? figures.pidsLimit
+        }
+        // cgroup v1's cpu controller counts no usage, and the jailer makes no cpuacct cgroup
+        // where that controller has a hierarchy of its own: the VMM's own CPU time then (it is
+        // its cgroup's only process).
+        if figures.cpuUsageNanoseconds == nil, let pid = record.pid, let time = ProcFS.cpuTime(of: pid) {
+            let (seconds, attoseconds) = time.components
+            figures.cpuUsageNanoseconds = UInt64(seconds) * 1_000_000_000 + UInt64(attoseconds / 1_000_000_000)
         }
         if global.json {
             Output.line(JSON.string(figures))

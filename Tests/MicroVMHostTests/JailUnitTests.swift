@@ -594,4 +594,20 @@ struct ProcFSTests {
         #expect(ProcFS.startTime(of: 1) != nil)
         #expect(ProcFS.startTime(of: Int32.max) == nil)
     }
+
+    /// Fields 14 and 15 (user and system time, in clock ticks), for the whole process.
+    @Test func cpuTimeIsFields14And15() throws {
+        // Burn some CPU first, so that the figure is not 0 ticks.
+        var spin: UInt64 = 0
+        let until = ContinuousClock.now + .milliseconds(50)
+        while ContinuousClock.now < until { spin &+= 1 }
+        let text = try String(contentsOfFile: "/proc/self/stat", encoding: .utf8)
+        let fields = text[text.index(after: text.lastIndex(of: ")")!)...].split(separator: " ")
+        let ticks = UInt64(fields[11])! + UInt64(fields[12])!
+        let time = try #require(ProcFS.cpuTime(of: getpid()))
+        let tick = Duration.nanoseconds(1_000_000_000 / sysconf(Int32(_SC_CLK_TCK)))
+        #expect(time >= tick * Int(ticks) && time <= tick * Int(ticks + 2), "\(time) for \(ticks) ticks (spun \(spin))")
+        #expect(time > .zero)
+        #expect(ProcFS.cpuTime(of: Int32.max) == nil)
+    }
 }
