@@ -28,6 +28,8 @@ public actor FirecrackerLog {
     private var repeats: [String: (emitted: ContinuousClock.Instant, suppressed: Int)] = [:]
     private var messageWaiters: [(token: Int, needle: String, continuation: CheckedContinuation<Bool, Never>)] = []
     private var nextWaiter = 0
+    /// How many of the bytes still to come were logged before this driver attached.
+    private var quietBytes = 0
 
     /// Lines at `forwardLevel` or above are re-emitted to `logger` (with source "firecracker").
     public init(logger: Logger, forwardLevel: Logger.Level = .info, capacity: Int = 500) {
@@ -38,8 +40,10 @@ public actor FirecrackerLog {
 
     public func append(_ bytes: some Collection<UInt8>) {
         for byte in bytes {
+            let replayed = quietBytes > 0
+            if replayed { quietBytes -= 1 }
             if byte == UInt8(ascii: "\n") {
-                take(String(decoding: partial, as: UTF8.self))
+                take(String(decoding: partial, as: UTF8.self), forward: !replayed)
                 partial.removeAll(keepingCapacity: true)
             } else if partial.count < 64 * 1024 {
                 partial.append(byte)
@@ -47,8 +51,11 @@ public actor FirecrackerLog {
         }
     }
 
-    /// Appends every chunk of `stream` (on this actor), then marks the end.
-    func consume(_ stream: AsyncStream<[UInt8]>) async {
+    /// Appends every chunk of `stream` (on this actor), then marks the end. The lines of its
+    /// first `quietBytes` bytes (what a VM's monitor kept from before this driver attached,
+    /// which an earlier driver re-emitted already) are kept but not re-emitted.
+    func consume(_ stream: AsyncStream<[UInt8]>, quietBytes: Int = 0) async {
+        self.quietBytes = quietBytes
         for await chunk in stream { append(chunk) }
         await finish()
     }
@@ -121,7 +128,7 @@ public actor FirecrackerLog {
     /// The line the driver writes behind Firecracker's last one once the VMM has exited.
     static let endOfLog = "\u{1}microvm: end of Firecracker's log\u{1}"
 
-    private func take(_ text: String) {
+    private func take(_ text: String, forward forwarding: Bool = true) {
         guard !text.isEmpty else { return }
         if text == Self.endOfLog {
             Task { await self.finish() }
@@ -135,7 +142,7 @@ public actor FirecrackerLog {
             for waiter in matched { waiter.continuation.resume(returning: true) }
         }
         if lines.count > capacity { lines.removeFirst() }
-        if line.level >= forwardLevel { forward(line) }
+        if forwarding, line.level >= forwardLevel { forward(line) }
     }
 
     /// Re-emits a line, but a message that repeats within a second is counted, not repeated:

@@ -815,10 +815,11 @@ public actor MicroVM {
                     problems: [SpecProblem(field: "machine.track_dirty_pages", message: "diff snapshots on Firecracker \(version) need dirty page tracking", hint: "set machine.track_dirty_pages: true")])
             }
         }
-        try SnapshotFiles.prepareDestination(destination, id: vmID)
+        let createdDestination = try SnapshotFiles.prepareDestination(destination, id: vmID)
         do {
             try executor.makeDirectory(VMFiles.snapshots, logger: logger)
         } catch {
+            if createdDestination { rmdir(destination.string) }
             throw .snapshotFailed(id: vmID, step: "making the VM's snapshot directory", detail: error.description)
         }
         let stateFile = executor.hostPath(VMFiles.snapshotState)
@@ -827,7 +828,12 @@ public actor MicroVM {
         unlink(memoryFile.string)
         let wasRunning = state == .running
         if wasRunning {
-            try await Self.call("PATCH /vm Paused", id: vmID) { try await client.pause() }
+            do throws(MicroVMError) {
+                try await Self.call("PATCH /vm Paused", id: vmID) { try await client.pause() }
+            } catch {
+                if createdDestination { rmdir(destination.string) }
+                throw error
+            }
             state = .paused
         }
         // The description (and its fsync) is written while Firecracker writes the memory: it
@@ -891,8 +897,12 @@ public actor MicroVM {
             }
         }
         if case .failure = written {
+            // Nothing of a failed snapshot stays: not its files in the destination, nor the
+            // destination it made, nor Firecracker's partial files in the VM's directory.
             _ = await pendingDescription.value
-            unlink(snapshot.pendingDescriptionPath.string)
+            SnapshotFiles.removeFailed(snapshot, createdDirectory: createdDestination)
+            unlink(stateFile.string)
+            unlink(memoryFile.string)
         }
         if let resuming {
             if let error = await resuming.value {

@@ -171,8 +171,11 @@ public struct Snapshot: Codable, Sendable, Hashable {
 /// file is as large as the guest's RAM).
 enum SnapshotFiles {
     /// `destination` must be a new or empty directory.
-    static func prepareDestination(_ destination: FilePath, id: String) throws(MicroVMError) {
-        if mkdir(destination.string, 0o700) == 0 { return }
+    /// Creates `destination`, or checks that it is an empty directory. Returns whether it made
+    /// it, so that a snapshot that fails removes it again.
+    @discardableResult
+    static func prepareDestination(_ destination: FilePath, id: String) throws(MicroVMError) -> Bool {
+        if mkdir(destination.string, 0o700) == 0 { return true }
         let code = errno
         guard code == EEXIST else {
             throw .snapshotFailed(id: id, step: "creating \(destination)", detail: String(cString: strerror(code)))
@@ -183,6 +186,15 @@ enum SnapshotFiles {
         if !entries.isEmpty {
             throw .snapshotFailed(id: id, step: "checking \(destination)", detail: "the directory is not empty; give a new or empty directory so no earlier snapshot is overwritten")
         }
+        return false
+    }
+
+    /// What a failed snapshot wrote into its destination (the only files there, which was new
+    /// or empty), and the directory itself when the snapshot made it.
+    static func removeFailed(_ snapshot: Snapshot, createdDirectory: Bool) {
+        let written = [snapshot.statePath, snapshot.memoryPath, snapshot.pendingDescriptionPath].map(\.string) + snapshot.driveCopies.values
+        for path in written { unlink(path) }
+        if createdDirectory { rmdir(snapshot.directory) }
     }
 
     /// Moves a file: a rename on the same filesystem, else an extent-exact copy and unlink.

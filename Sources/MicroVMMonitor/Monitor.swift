@@ -310,7 +310,9 @@ final class Monitor {
         }
         let (start, retained) = streams[index].bytes(from: offset)
         client.stream = index
-        client.pending = Array("ok \(start)\n".utf8) + retained
+        // `ok START END`: the retained bytes run from START to END, what the stream held when
+        // asked; what follows is new (an attaching driver re-emits only that part of the log).
+        client.pending = Array("ok \(start) \(start + UInt64(retained.count))\n".utf8) + retained
         flush(fd, client)
         if index == 0, !rest.isEmpty { queueInput(rest) }
     }

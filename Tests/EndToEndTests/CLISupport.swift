@@ -52,10 +52,13 @@ enum CLI {
         ["--state-dir", configuration.stateStore.root.string]
     }
 
-    static func vmFlags(_ configuration: DriverConfiguration, _ assets: TestAssets, policy: SandboxPolicy = .required) -> [String] {
+    static func vmFlags(
+        _ configuration: DriverConfiguration, _ assets: TestAssets, policy: SandboxPolicy = .required, uid: UInt32 = EndToEnd.uid,
+        gid: UInt32 = EndToEnd.gid
+    ) -> [String] {
         driverFlags(configuration) + [
             "--chroot-base", configuration.jailer.chrootBase.string, "--parent-cgroup", configuration.jailer.parentCgroup ?? "microvm",
-            "--uid", "\(EndToEnd.uid)", "--gid", "\(EndToEnd.gid)", "--firecracker", assets.firecracker, "--jailer", assets.jailer,
+            "--uid", "\(uid)", "--gid", "\(gid)", "--firecracker", assets.firecracker, "--jailer", assets.jailer,
             "--kernel", assets.kernel, "--boot-arg", "console=ttyS0", "--boot-arg", "microvm.heartbeat_ms=100", "--memory", "64",
             "--sandbox", policy.rawValue,
         ]

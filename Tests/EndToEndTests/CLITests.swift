@@ -39,13 +39,16 @@ struct CLITests {
         }
     }
 
-    @Test("run -d, ls/inspect --json, console with piped input and the detach keys, logs --tail and -f, stats, pause/resume, snapshot/restore, stop")
+    @Test(
+        "run -d, ls/inspect --json, console with piped input and the detach keys, logs --tail and -f, stats, pause/resume, snapshot/restore, stop; later commands know the VM's own uid, repeat none of Firecracker's earlier errors, and a failed snapshot leaves nothing"
+    )
     func detachedLifecycle() async throws {
         try await EndToEnd.withDriver(.required, name: "cli-life") { configuration, assets, directory in
             try await CLI.cleaningUp(configuration) {
                 let flags = CLI.driverFlags(configuration)
                 let id = "cli-life-\(getpid())"
-                let started = try await CLI.run(["run", "-d", "--id", id] + CLI.vmFlags(configuration, assets))
+                // A uid of its own, which the later commands (given no --uid) must find.
+                let started = try await CLI.run(["run", "-d", "--id", id] + CLI.vmFlags(configuration, assets, uid: 4321, gid: 4321))
                 #expect(started.status == 0 && started.lines == [id], "\(started)")
 
                 let listed = try await CLI.run(["ls", "--json"] + flags)
@@ -95,6 +98,8 @@ struct CLITests {
                 let figures = try #require(try stats.json() as? [String: Any], "\(stats)")
                 #expect((figures["memory_bytes"] as? Int ?? 0) > 0, "\(stats)")
                 #expect((figures["memory_limit_bytes"] as? Int ?? 0) >= 64 << 20, "\(stats)")
+                // From the cgroup, or (cgroup v1 without a cpuacct cgroup, as here) the VMM's /proc entry.
+                #expect(figures["cpu_usage_ns"] is Int, "\(stats)")
 
                 let paused = try await CLI.run(["pause", id] + flags)
                 #expect(paused.status == 0, "\(paused)")
@@ -106,6 +111,20 @@ struct CLITests {
                 let resumed = try await CLI.run(["resume", id] + flags)
                 #expect(resumed.status == 0, "\(resumed)")
                 #expect(MicroVM.list(configuration: configuration).first?.state == .running)
+
+                // A snapshot that Firecracker refuses (its directory in the jail is root's, as
+                // if a host tool had made it) leaves no destination, and no later command
+                // repeats Firecracker's error.
+                let jailRoot = try #require(record["directory"] as? String)
+                #expect(mkdir(jailRoot + "/snapshots", 0o700) == 0)
+                let refusedDirectory = directory + "/refused"
+                let refused = try await CLI.run(["snapshot", id, refusedDirectory] + flags)
+                #expect(refused.status != 0 && refused.stderr.contains("Permission denied"), "\(refused)")
+                #expect(!FileManager.default.fileExists(atPath: refusedDirectory), "a failed snapshot removes the directory it made")
+                #expect(rmdir(jailRoot + "/snapshots") == 0, "nothing of the failed snapshot stays in the jail")
+                let afterwards = try await CLI.run(["pause", id] + flags)
+                #expect(afterwards.status == 0 && !afterwards.stderr.contains("Received Error"), "the earlier error is not re-emitted: \(afterwards)")
+                #expect(try await CLI.run(["resume", id] + flags).status == 0)
 
                 let snapshotDirectory = directory + "/snap"
                 let snapshot = try await CLI.run(["snapshot", id, snapshotDirectory] + flags)

@@ -87,7 +87,7 @@ struct MonitorProcessTests {
         defer { close(fd) }
         let received = Self.read(fd, atLeast: 10 + 65536)
         let header = String(decoding: received.prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self)
-        #expect(header == "ok \(300_000 - 65536)", "\(header)")
+        #expect(header == "ok \(300_000 - 65536) 300000", "the retained bytes run from the ring's start to the stream's end: \(header)")
         #expect(received.count == header.utf8.count + 1 + 65536)
         let (status, line) = try await run.finished.value
         #expect(status.isSuccess)
@@ -108,7 +108,7 @@ struct MonitorProcessTests {
         let input = try Self.connect(run.directory, "input 0\nhello\n")
         defer { close(input) }
         let output = String(decoding: Self.read(console), as: UTF8.self)
-        #expect(output == "ok 0\ngot hello\n", "\(output)")
+        #expect(output == "ok 0 0\ngot hello\n", "nothing held before the request, then the child's output: \(output)")
         let (status, _) = try await run.finished.value
         #expect(status.isSuccess)
         #expect(Self.text(run.directory + "/exit") == "role vmm\npid \(Self.text(run.directory + "/exit").split(separator: "\n")[1].dropFirst(4))\nexited 3\n")

@@ -38,6 +38,32 @@ struct FirecrackerLogTests {
         #expect(await log.recentLines.count == 402)
     }
 
+    @Test("Attaching: the lines the monitor kept from before are kept, not re-emitted; the rest is")
+    func historyIsQuiet() async {
+        let capture = Capture()
+        let log = FirecrackerLog(logger: Logger(label: "test") { _ in capture }, forwardLevel: .info)
+        let before = "2026-12-01T00:00:00.000000000 [vm:fc_api:ERROR] Received Error. Status code: 400 Bad Request.\n"
+        let after = "2026-12-01T00:00:09.000000000 [vm:main:WARN] Vmm is stopping.\n"
+        let (stream, continuation) = AsyncStream<[UInt8]>.makeStream()
+        // The history ends in the middle of a chunk, as the monitor's answer and live bytes do.
+        continuation.yield(Array((before + after).utf8.prefix(40)))
+        continuation.yield(Array((before + after).utf8.dropFirst(40)))
+        continuation.finish()
+        await log.consume(stream, quietBytes: before.utf8.count)
+        #expect(capture.records.withLock { $0.map(\.message) } == ["Vmm is stopping."])
+        #expect(await log.recentLines.map(\.message) == ["Received Error. Status code: 400 Bad Request.", "Vmm is stopping."])
+    }
+
+    @Test("The monitor's answer gives the length of what it held from before")
+    func monitorAnswer() {
+        #expect(VMMStreams.historyLength(answer: Array("ok 234464 300000".utf8)) == 65536)
+        #expect(VMMStreams.historyLength(answer: Array("ok 0 0".utf8)) == 0)
+        // A monitor of an earlier build says only where it starts: everything is re-emitted.
+        #expect(VMMStreams.historyLength(answer: Array("ok 42".utf8)) == 0)
+        #expect(VMMStreams.historyLength(answer: Array("ok 9 3".utf8)) == 0)
+        #expect(VMMStreams.historyLength(answer: Array("error expected".utf8)) == 0)
+    }
+
     @Test("A line logged while a waiter starts waiting is never missed (it used to cost one launch in 100 a second)")
     func waiterNeverMissesALine() async {
         let line = Array("2026-12-01T00:00:00.000000000 [vm:fc_api:INFO] API server started.\n".utf8)

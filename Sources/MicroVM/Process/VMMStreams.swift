@@ -67,6 +67,10 @@ final class VMMStreams: Sendable {
     struct MonitoredStreams: Sendable {
         var settings: MonitorSettings
         var stateDirectory: FilePath
+        /// A driver attaching to a VM another one launched: the log the monitor kept from
+        /// before is taken into the recent lines (they explain how the VMM ends) but not
+        /// re-emitted through swift-log, which the earlier driver did.
+        var attaching = false
         var socket: String { MonitorFiles.socket(in: stateDirectory).string }
     }
 
@@ -224,7 +228,7 @@ final class VMMStreams: Sendable {
     /// descriptor is closed.
     func start() async throws(SystemCallError) {
         if let monitor {
-            try await startMonitored(socket: monitor.socket)
+            try await startMonitored(socket: monitor.socket, quietHistory: monitor.attaching)
             return
         }
         let (input, output, logFD) = ends.withLock { ($0.input, $0.output, $0.log) }
@@ -379,16 +383,18 @@ final class VMMStreams: Sendable {
 
     /// Connects to the monitor: one connection for the guest's input, one per stream read from
     /// its first retained byte (the console waits for on-demand reading).
-    private func startMonitored(socket: String) async throws(SystemCallError) {
+    private func startMonitored(socket: String, quietHistory: Bool) async throws(SystemCallError) {
         let console = self.console
         let standardError = self.standardError
         let log = self.log
         let group = MultiThreadedEventLoopGroup.singleton
         async let inputChannel = Self.monitorConnection(socket: socket, request: "input 0", group: group, consume: nil)
         async let outputChannel: (any Channel)? =
-            consoleOnDemand ? nil : Self.monitorConnection(socket: socket, request: "console 0", group: BatchEventLoops.group) { await console.consume($0) }
-        async let errorChannel = Self.monitorConnection(socket: socket, request: "stderr 0", group: group) { await standardError.consume($0) }
-        async let logChannel = Self.monitorConnection(socket: socket, request: "log 0", group: group) { await log.consume($0) }
+            consoleOnDemand ? nil : Self.monitorConnection(socket: socket, request: "console 0", group: BatchEventLoops.group) { chunks, _ in await console.consume(chunks) }
+        async let errorChannel = Self.monitorConnection(socket: socket, request: "stderr 0", group: group) { chunks, _ in await standardError.consume(chunks) }
+        async let logChannel = Self.monitorConnection(socket: socket, request: "log 0", group: group) { chunks, history in
+            await log.consume(chunks, quietBytes: quietHistory ? await history() : 0)
+        }
         var failure: (any Error)?
         var opened: [any Channel] = []
         var input: (any Channel)?
@@ -409,23 +415,42 @@ final class VMMStreams: Sendable {
         }
     }
 
+    /// How many bytes of a stream the monitor held from before the request, from its answer
+    /// `ok START END` (END - START); 0 for an answer without END (a monitor of an earlier
+    /// build) or one that does not parse.
+    static func historyLength(answer: some Collection<UInt8>) -> Int {
+        let words = answer.split(separator: UInt8(ascii: " ")).map { String(decoding: $0, as: UTF8.self) }
+        guard words.count == 3, words[0] == "ok", let start = UInt64(words[1]), let end = UInt64(words[2]), end >= start else { return 0 }
+        return Int(clamping: end - start)
+    }
+
     /// A connection to the monitor asking for one stream (`consume` reads it) or for input.
+    /// `consume` is also handed how many of the stream's first bytes the monitor held from
+    /// before the request (its answer says; 0 from a monitor that does not), to await when it
+    /// needs it.
     private static func monitorConnection(
-        socket: String, request: String, group: any EventLoopGroup, consume: (@Sendable (AsyncStream<[UInt8]>) async -> Void)?
+        socket: String, request: String, group: any EventLoopGroup,
+        consume: (@Sendable (AsyncStream<[UInt8]>, _ history: @escaping @Sendable () async -> Int) async -> Void)?
     ) async throws -> any Channel {
         let (chunks, continuation) = AsyncStream<[UInt8]>.makeStream()
         let reads = consume != nil
+        let history = ExitState<Int>()
         let channel = try await ClientBootstrap(group: group)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    if reads { try channel.pipeline.syncOperations.addHandler(PipeReader(continuation: continuation, answeredByMonitor: true)) }
+                    if reads {
+                        try channel.pipeline.syncOperations.addHandler(
+                            PipeReader(continuation: continuation, answered: { count in Task { await history.resolve(count) } }))
+                    }
                 }
             }
             .connect(unixDomainSocketPath: socket)
             .get()
         try await channel.writeAndFlush(channel.allocator.buffer(string: request + "\n")).get()
         if let consume {
-            Task { await consume(chunks) }
+            // The reader answers on every path (0 when the connection ends first); the limit
+            // only guards against a monitor that never answers.
+            Task { await consume(chunks) { await history.wait(timeout: .seconds(10)) ?? 0 } }
         } else {
             continuation.finish()
         }
@@ -439,7 +464,7 @@ final class VMMStreams: Sendable {
             let console = self.console
             guard !ends.withLock({ $0.closed }) else { return }
             guard let channel = try? await Self.monitorConnection(
-                socket: monitor.socket, request: "console 0", group: BatchEventLoops.group, consume: { await console.consume($0) })
+                socket: monitor.socket, request: "console 0", group: BatchEventLoops.group, consume: { chunks, _ in await console.consume(chunks) })
             else { return }
             let closedMeanwhile = ends.withLock { ends in
                 if !ends.closed { ends.readers.append(channel) }
@@ -508,8 +533,10 @@ final class VMMStreams: Sendable {
     /// could spare on a small host. Bytes are held until a line ends (what every line waiter
     /// needs), 16 KiB gather, or 2 ms pass (a prompt without a newline still shows at once).
     ///
-    /// A stream from the VM's monitor starts with its answer, `ok OFFSET`, which is not the
-    /// stream's: it is checked and dropped (anything else ends the stream).
+    /// A stream from the VM's monitor starts with its answer, `ok START END`, which is not the
+    /// stream's: it is checked and dropped (anything else ends the stream), and `answered`
+    /// gets the number of bytes the monitor held from before (END - START; 0 from a monitor
+    /// that answers `ok START` only).
     private final class PipeReader: ChannelInboundHandler {
         typealias InboundIn = ByteBuffer
         let continuation: AsyncStream<[UInt8]>.Continuation
@@ -517,11 +544,20 @@ final class VMMStreams: Sendable {
         private var scheduledFlush: Scheduled<Void>?
         /// Until the monitor's answer line is in.
         private var awaitingAnswer: Bool
+        /// Told the history's length once: at the answer, or 0 when the stream ends first.
+        private var answered: (@Sendable (Int) -> Void)?
 
-        init(continuation: AsyncStream<[UInt8]>.Continuation, answeredByMonitor: Bool = false) {
+        init(continuation: AsyncStream<[UInt8]>.Continuation, answered: (@Sendable (Int) -> Void)? = nil) {
             self.continuation = continuation
-            self.awaitingAnswer = answeredByMonitor
+            self.awaitingAnswer = answered != nil
+            self.answered = answered
         }
+
+        private func answer(_ historyLength: Int) {
+            answered?(historyLength)
+            answered = nil
+        }
+
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             let buffer = unwrapInboundIn(data)
@@ -532,10 +568,12 @@ final class VMMStreams: Sendable {
                 guard let newline = pending.firstIndex(of: UInt8(ascii: "\n")) else { return }
                 guard pending[..<newline].starts(with: Array("ok ".utf8)) else {
                     pending = []
+                    answer(0)
                     continuation.finish()
                     context.close(promise: nil)
                     return
                 }
+                answer(VMMStreams.historyLength(answer: pending[..<newline]))
                 pending.removeSubrange(...newline)
                 awaitingAnswer = false
                 guard !pending.isEmpty else { return }
@@ -558,12 +596,18 @@ final class VMMStreams: Sendable {
         }
 
         func channelInactive(context: ChannelHandlerContext) {
+            answer(0)
             flush()
             continuation.finish()
         }
 
+        func handlerRemoved(context: ChannelHandlerContext) {
+            answer(0)
+        }
+
         func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
             if case .inputClosed = event as? ChannelEvent {
+                answer(0)
                 flush()
                 continuation.finish()
                 context.close(promise: nil)
@@ -571,6 +615,7 @@ final class VMMStreams: Sendable {
         }
 
         func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            answer(0)
             flush()
             continuation.finish()
             context.close(promise: nil)

@@ -120,6 +120,15 @@ extension MicroVM {
             jailer.chrootBase = FilePath(record.chrootBase)
             jailer.firecrackerBinary = FilePath(record.firecrackerBinary)
             jailer.parentCgroup = record.parentCgroup
+            // The VMM's user owns its jail's root (the jailer gives it to the user it drops to):
+            // the spec's, the command line's or a network lease's uid, which this configuration
+            // does not know. Files staged for it later (a snapshot's directory, a new drive, a
+            // vsock listener) are handed to that user.
+            var root = stat()
+            if record.sandboxed, lstat(record.directory, &root) == 0, (root.st_mode & S_IFMT) == S_IFDIR {
+                jailer.uid = root.st_uid
+                jailer.gid = root.st_gid
+            }
             jail = try Jail(configuration: jailer, id: vmID, cgroupHost: try HostFacts.cgroupHost.get(), topology: HostFacts.topology)
         } catch {
             throw .sandbox(id: id, error)
@@ -165,7 +174,8 @@ extension MicroVM {
             if monitor != nil {
                 streams = VMMStreams.monitored(
                     console: console, log: log,
-                    monitor: .init(settings: configuration.monitor ?? MonitorSettings(binary: "microvm-monitor"), stateDirectory: stateDirectory),
+                    monitor: .init(
+                        settings: configuration.monitor ?? MonitorSettings(binary: "microvm-monitor"), stateDirectory: stateDirectory, attaching: true),
                     logFIFO: executor.hostPath(VMFiles.log).string, consoleOnDemand: consoleOnDemand)
             } else if record.monitorPID != nil {
                 // Its monitor was killed. The VMM's stdout and stderr pipes are still open in
