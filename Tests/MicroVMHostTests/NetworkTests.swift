@@ -1,7 +1,9 @@
 #if canImport(Glibc)
     import Glibc
 #endif
+import Dispatch
 import Logging
+import Synchronization
 import SystemPackage
 import NetworkTestbed
 import Testing
@@ -83,6 +85,48 @@ struct NetworkUnitTests {
         let json = try JSONValue.parse(#"{"a":[1,2,{"b":"x\"y"}],"c":null,"d":true}"#)
         #expect(json["a"]?.array?.count == 3)
         #expect(json["a"]?.array?[2]["b"]?.string == "x\"y")
+    }
+
+    /// A host with no networked VM keeps no lease files: the last release removes them (after
+    /// `whenLast`, which removes the nft table); lookups never make them; an acquire does.
+    /// Threads that take and drop leases while the files come and go never share an index.
+    @Test func lastReleaseRemovesTheStore() throws {
+        let scratch = ScratchDirectory("leases-gone")
+        defer { scratch.remove() }
+        let directory = FilePath(scratch.path + "/network")
+        let store = NetworkLeaseStore(directory: directory, capacity: 8, uidBase: 1000)
+        #expect(try store.lease(for: vm("a")) == nil)
+        #expect(try store.all().leases.isEmpty)
+        try store.release(vm("a"))
+        #expect(!FileSystem.exists(directory.string), "lookups and releases make nothing")
+        _ = try store.acquire(for: vm("a"), mode: .tap, owner: nil)
+        _ = try store.acquire(for: vm("b"), mode: .tap, owner: nil)
+        var lastReleases = 0
+        try store.release(vm("a"), whenLast: { lastReleases += 1 })
+        #expect(lastReleases == 0 && FileSystem.exists(directory.string + "/lock"))
+        try store.release(vm("b"), whenLast: { lastReleases += 1 })
+        #expect(lastReleases == 1)
+        #expect(!FileSystem.exists(directory.string), "the last release removes the files")
+        #expect(try store.acquire(for: vm("c"), mode: .tap, owner: nil).lease.index == 0)
+        try store.release(vm("c"))
+
+        let held = Mutex<Set<Int>>([])
+        let shared = Mutex<[String]>([])
+        DispatchQueue.concurrentPerform(iterations: 6) { worker in
+            for round in 0..<40 {
+                do {
+                    let id = try vm("w\(worker)-\(round)")
+                    let lease = try store.acquire(for: id, mode: .tap, owner: nil).lease
+                    if !held.withLock({ $0.insert(lease.index).inserted }) { shared.withLock { $0.append("index \(lease.index) twice") } }
+                    held.withLock { _ = $0.remove(lease.index) }
+                    try store.release(id)
+                } catch {
+                    shared.withLock { $0.append("\(error)") }
+                }
+            }
+        }
+        #expect(shared.withLock { $0 }.isEmpty)
+        #expect(!FileSystem.exists(directory.string))
     }
 
     /// 200 VMs: unique indices, subnets, names, uids; a second store instance on the same
@@ -349,11 +393,12 @@ struct NetworkIsolationTests {
         defer { topology.remove() }
         let network = try topology.network(logger: testLogger)
 
+        func tableExists() -> Bool { (try? network.hostRuleset()) != nil }
         func leftovers(_ attachment: NetworkAttachment) throws -> [String] {
             var found: [String] = []
             if let path = attachment.namespacePath, FileSystem.exists(path.string) { found.append("netns \(path)") }
             if try network.interfaceExists(attachment.hostInterface, in: topology.hostPath) { found.append("link \(attachment.hostInterface)") }
-            let rules = try network.hostRuleset()
+            let rules = tableExists() ? try network.hostRuleset() : ""
             if rules.contains("\"\(attachment.hostInterface)\"") { found.append("map element") }
             if rules.contains("chain \(topology.prefix)\(attachment.index)_") { found.append("chain") }
             if try network.leases.lease(for: attachment.vm) != nil { found.append("lease") }
@@ -365,6 +410,9 @@ struct NetworkIsolationTests {
         #expect(try leftovers(first).count == 5)
         try network.tearDown(vm("gc-a"))
         #expect(try leftovers(first) == [])
+        // The last VM's network gone: no table (its drops would outlive every VM), no lease files.
+        #expect(!tableExists())
+        #expect(!FileSystem.exists(network.configuration.stateDirectory.string))
         try network.tearDown(vm("gc-a"))  // idempotent
 
         // A VM whose VMM was killed, and a driver restart: a new instance on the same state.
@@ -385,6 +433,7 @@ struct NetworkIsolationTests {
         let orphanReport = try restarted.garbageCollect(keeping: [])
         #expect(orphanReport.orphanNamespaces.count == 1 && orphanReport.orphanInterfaces.count == 1 && orphanReport.orphanChains.count == 2)
         #expect(try leftovers(kept) == [])
+        #expect(!tableExists() && !FileSystem.exists(network.configuration.stateDirectory.string), "gc leaves no table and no lease files")
     }
 
     /// A foreign forward chain with policy drop (what Docker or ufw install), forwarding off and a

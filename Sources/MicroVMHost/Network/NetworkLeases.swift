@@ -26,6 +26,10 @@ public struct NetworkLease: Sendable, Hashable {
 /// `vms/<id>` is a symlink to the index. Every change happens under an exclusive `flock` on
 /// `lock`, which also orders threads of one process (each call opens its own descriptor).
 /// All calls block (file I/O and the lock).
+///
+/// The files exist only while a lease does: the release of the last one removes them (and the
+/// directory), so a host with no networked VM keeps nothing of them. Only ``acquire`` makes
+/// them; a lookup on a store that has none finds nothing.
 public struct NetworkLeaseStore: Sendable {
     public let directory: FilePath
     public let capacity: Int
@@ -45,7 +49,7 @@ public struct NetworkLeaseStore: Sendable {
     public func acquire(
         for vm: VMIdentifier, mode: NetworkLease.Mode, owner: (uid: UInt32, gid: UInt32)?, index wanted: Int? = nil
     ) throws(NetworkError) -> (lease: NetworkLease, created: Bool) {
-        try withLock { () throws(NetworkError) -> (NetworkLease, Bool) in
+        try withLock(creating: true, absent: nil) { () throws(NetworkError) -> (NetworkLease, Bool)? in
             if let existing = try lookup(vm) {
                 if let wanted, existing.index != wanted { throw .leaseTaken(index: wanted, holder: nil, vm: vm.rawValue) }
                 return (existing, false)
@@ -90,28 +94,31 @@ public struct NetworkLeaseStore: Sendable {
                 throw .system(vm: vm.rawValue, error)
             }
             return (lease, true)
-        }
+        }!  // never absent: an acquire makes the files
     }
 
     /// The VM's lease, or nil.
     public func lease(for vm: VMIdentifier) throws(NetworkError) -> NetworkLease? {
-        try withLock { () throws(NetworkError) -> NetworkLease? in try lookup(vm) }
+        try withLock(creating: false, absent: nil) { () throws(NetworkError) -> NetworkLease? in try lookup(vm) }
     }
 
-    /// Drops the VM's lease; dropping one that does not exist succeeds.
-    public func release(_ vm: VMIdentifier) throws(NetworkError) {
-        try withLock { () throws(NetworkError) in
+    /// Drops the VM's lease; dropping one that does not exist succeeds. When no lease is left,
+    /// `whenLast` runs (still under the lock: no lease can be taken meanwhile) and the store's
+    /// files go.
+    public func release(_ vm: VMIdentifier, whenLast: () -> Void = {}) throws(NetworkError) {
+        try withLock(creating: false, absent: ()) { () throws(NetworkError) in
             let link = "\(vmsDirectory)/\(vm.rawValue)"
             if let index = readIndexLink(link), let lease = try? read(index: index), lease.vm == vm {
                 unlink("\(leasesDirectory)/\(index)")
             }
             unlink(link)
+            try removeFilesIfUnused(whenLast: whenLast)
         }
     }
 
     /// Every lease, ordered by index. Damaged lease files are reported in `damaged`.
     public func all() throws(NetworkError) -> (leases: [NetworkLease], damaged: [NetworkError]) {
-        try withLock { () throws(NetworkError) -> ([NetworkLease], [NetworkError]) in
+        try withLock(creating: false, absent: ([], [])) { () throws(NetworkError) -> ([NetworkLease], [NetworkError]) in
             var leases: [NetworkLease] = []
             var damaged: [NetworkError] = []
             for index in try usedIndices().sorted() {
@@ -126,11 +133,37 @@ public struct NetworkLeaseStore: Sendable {
     }
 
     /// Removes the lease file of `index` whatever it holds (gc of damaged files).
-    func removeIndex(_ index: Int) throws(NetworkError) {
-        try withLock { () throws(NetworkError) in
+    func removeIndex(_ index: Int, whenLast: () -> Void = {}) throws(NetworkError) {
+        try withLock(creating: false, absent: ()) { () throws(NetworkError) in
             if let lease = try? read(index: index) { unlink("\(vmsDirectory)/\(lease.vm.rawValue)") }
             unlink("\(leasesDirectory)/\(index)")
+            try removeFilesIfUnused(whenLast: whenLast)
         }
+    }
+
+    /// With no lease at all (under the lock, so none is taken meanwhile): `whenNone`, then the
+    /// store's files go (gc, for what a crash or an earlier version left).
+    func ifNoLease(_ whenNone: () -> Void) throws(NetworkError) {
+        try withLock(creating: true, absent: ()) { () throws(NetworkError) in try removeFilesIfUnused(whenLast: whenNone) }
+    }
+
+    /// With no lease left: `whenLast`, then the store's files. Waiters on the lock find its
+    /// file gone once they hold it, and start again (``withLock``).
+    private func removeFilesIfUnused(whenLast: () -> Void) throws(NetworkError) {
+        guard try usedIndices().isEmpty else { return }
+        whenLast()
+        // Links a crash left behind point at no lease: nothing holds them.
+        if let dir = opendir(vmsDirectory) {
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self) }
+                if name != ".", name != ".." { unlink("\(vmsDirectory)/\(name)") }
+            }
+            closedir(dir)
+        }
+        rmdir(leasesDirectory)
+        rmdir(vmsDirectory)
+        unlink(lockPath)
+        rmdir(directory.string)
     }
 
     // MARK: Internals (call with the lock held)
@@ -177,6 +210,7 @@ public struct NetworkLeaseStore: Sendable {
 
     private func usedIndices() throws(NetworkError) -> Set<Int> {
         guard let dir = opendir(leasesDirectory) else {
+            if errno == ENOENT { return [] }  // a removal interrupted after this directory went
             throw .system(vm: nil, SystemCallError(call: "opendir", subject: leasesDirectory, errno: errno))
         }
         defer { closedir(dir) }
@@ -190,26 +224,51 @@ public struct NetworkLeaseStore: Sendable {
         return result
     }
 
-    private func withLock<T>(_ body: () throws(NetworkError) -> T) throws(NetworkError) -> T {
-        let lockPath = directory.string + "/lock"
-        let fd: Int32
-        do throws(SystemCallError) {
-            for path in [directory.string, leasesDirectory, vmsDirectory] {
-                if mkdir(path, 0o700) != 0, errno != EEXIST {
-                    throw SystemCallError(call: "mkdir", subject: path, errno: errno)
+    private var lockPath: String { directory.string + "/lock" }
+
+    /// Runs `body` holding the store's lock. Without the lock file (no lease exists), `absent`
+    /// is the answer, unless `creating` (an acquire), which makes the directories and the file.
+    /// A lock whose file was removed while this call waited for it (the last release) is
+    /// taken again on the new file.
+    private func withLock<T>(creating: Bool, absent: T, _ body: () throws(NetworkError) -> T) throws(NetworkError) -> T {
+        while true {
+            let fd: Int32
+            do throws(SystemCallError) {
+                if creating, mkdir(directory.string, 0o700) != 0, errno != EEXIST {
+                    throw SystemCallError(call: "mkdir", subject: directory.string, errno: errno)
+                }
+                fd = open(lockPath, O_RDWR | O_CLOEXEC | (creating ? O_CREAT : 0), 0o600)
+                if fd < 0 {
+                    // Removed between the mkdir and the open by the last release: again.
+                    if errno == ENOENT, creating { continue }
+                    if errno == ENOENT { return absent }
+                    throw SystemCallError(call: "open", subject: lockPath, errno: errno)
+                }
+            } catch {
+                throw .system(vm: nil, error)
+            }
+            defer { close(fd) }
+            do {
+                try SystemCallError.check("flock(LOCK_EX)", lockPath) { flock(fd, LOCK_EX) }
+            } catch {
+                throw .system(vm: nil, error)
+            }
+            defer { flock(fd, LOCK_UN) }
+            var held = stat()
+            var current = stat()
+            guard fstat(fd, &held) == 0, stat(lockPath, &current) == 0, held.st_dev == current.st_dev, held.st_ino == current.st_ino else {
+                continue  // the file this lock is on was removed: no lease existed then
+            }
+            if creating {
+                do throws(SystemCallError) {
+                    for path in [leasesDirectory, vmsDirectory] where mkdir(path, 0o700) != 0 && errno != EEXIST {
+                        throw SystemCallError(call: "mkdir", subject: path, errno: errno)
+                    }
+                } catch {
+                    throw .system(vm: nil, error)
                 }
             }
-            fd = try SystemCallError.check("open", lockPath) { open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) }
-        } catch {
-            throw .system(vm: nil, error)
+            return try body()
         }
-        defer { close(fd) }
-        do {
-            try SystemCallError.check("flock(LOCK_EX)", lockPath) { flock(fd, LOCK_EX) }
-        } catch {
-            throw .system(vm: nil, error)
-        }
-        defer { flock(fd, LOCK_UN) }
-        return try body()
     }
 }

@@ -79,7 +79,7 @@ public final class VMNetwork: Sendable {
             log.warning("network set-up failed; removing what was made", metadata: ["error": "\(error.summary)"])
             _ = try? removePlumbing(lease, logger: log)
             _ = try? removeHostRules(lease)
-            if created { _ = try? leases.release(vm) }
+            if created { _ = try? leases.release(vm, whenLast: { removeHostTable(logger: log) }) }
             throw error
         }
         log.debug(
@@ -316,6 +316,19 @@ public final class VMNetwork: Sendable {
         ]).joined(separator: "\n")
     }
 
+    /// The host's table, once no VM has a network: its rules (drops for every interface
+    /// named with the prefix) would otherwise stay on a host with no VM. The next VM's
+    /// set-up states it again. A failure is logged; `gc` and the next set-up find the table
+    /// whole.
+    func removeHostTable(logger: Logger) {
+        do {
+            try NetworkTools.run(tools.nft, ["delete table \(table)"], in: hostNamespace, vm: nil)
+        } catch {
+            if case .commandFailed(_, _, _, let message) = error, message.contains("No such file or directory") { return }
+            logger.warning("could not remove the host's nftables table", metadata: ["table": "\(table)", "error": "\(error.summary)"])
+        }
+    }
+
     private func removeHostRules(_ lease: NetworkLease) throws(NetworkError) {
         try NetworkTools.run(tools.nft, [removeHostRulesScript(index: lease.index)], in: hostNamespace, vm: lease.vm.rawValue)
     }
@@ -377,7 +390,7 @@ public final class VMNetwork: Sendable {
         do { try removePlumbing(lease, logger: log) } catch { failures.append(error) }
         do { try removeHostRules(lease) } catch { failures.append(error) }
         if failures.isEmpty {
-            do { try leases.release(vm) } catch { failures.append(error) }
+            do { try leases.release(vm, whenLast: { removeHostTable(logger: log) }) } catch { failures.append(error) }
         }
         guard failures.isEmpty else {
             log.warning("network teardown incomplete", metadata: ["failures": "\(failures.map(\.summary))"])

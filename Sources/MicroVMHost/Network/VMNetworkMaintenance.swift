@@ -46,7 +46,7 @@ extension VMNetwork {
         let (leased, damaged) = try leases.all()
         for case .leaseCorrupt(let path, _) in damaged {
             if let index = path.split(separator: "/").last.flatMap({ Int($0) }) {
-                do { try leases.removeIndex(index) } catch { report.failures.append(error) }
+                do { try leases.removeIndex(index, whenLast: { removeHostTable(logger: logger) }) } catch { report.failures.append(error) }
                 report.damagedLeases.append(path)
             }
         }
@@ -86,6 +86,9 @@ extension VMNetwork {
                 report.failures.append(error)
             }
         }
+        // A host with no networked VM keeps no table (its rules drop traffic of every
+        // interface named with the prefix) and no lease files.
+        do { try leases.ifNoLease { removeHostTable(logger: logger) } } catch { report.failures.append(error) }
         if !(report.releasedVMs.isEmpty && orphanIndices.isEmpty && report.damagedLeases.isEmpty) {
             logger.info(
                 "network gc",
