@@ -293,6 +293,13 @@ struct CLIDoctorVMTests {
                 Self.expect(checks, "exit-reason", "fail", seen: "KVM_EXIT_SHUTDOWN", fix: "earlyprintk=serial")
                 #expect(checks["kernel"] == nil || checks["kernel"]?["status"] as? String == "ok")
                 #expect(MicroVM.list(configuration: configuration).isEmpty)
+
+                // rm clears the post-mortems, and with the last one their directory.
+                let removed = try await CLI.run(["rm", id, triple] + flags)
+                #expect(removed.status == 0 && removed.lines == [id, triple], "\(removed)")
+                #expect(configuration.stateStore.postMortems().isEmpty)
+                #expect(!FileManager.default.fileExists(atPath: configuration.stateStore.postMortemDirectory.string))
+                #expect(try await CLI.run(["rm", id] + flags).status == 5, "nothing is left of it")
             }
         }
     }

@@ -107,9 +107,11 @@ extension StateStore {
         return names.compactMap { postMortem(id: String($0.dropLast(5))) }.sorted { $0.recordedAt > $1.recordedAt }
     }
 
-    /// Removes the post-mortem of `id` (a new VM of the same id starts clean).
+    /// Removes the post-mortem of `id` (`microvm rm ID`), and the directory once it holds no
+    /// other: a host whose failures were all cleared keeps nothing of them.
     public func removePostMortem(id: String) {
         guard !id.contains("/") else { return }
         unlink(postMortemDirectory.string + "/" + id + ".json")
+        rmdir(postMortemDirectory.string)
     }
 }

@@ -236,7 +236,7 @@ public enum JailError: Error, Sendable, Hashable, CustomStringConvertible {
         case .jailerVersionUnknown:
             "MICROVM_JAILER_BIN must point at Firecracker's jailer binary; run it with --version to check"
         case .firecrackerMissing:
-            "install Firecracker from the same release as the jailer and point MICROVM_JAILER_FIRECRACKER_BIN at it (an executable regular file)"
+            "install Firecracker from the same release as the jailer and point MICROVM_FIRECRACKER_BIN at it (an executable regular file; MICROVM_JAILER_FIRECRACKER_BIN, when set, is the jailed VMs' own)"
         case .firecrackerNameRejected:
             "rename or symlink the binary so its file name contains \"firecracker\" (e.g. firecracker-v1.12.1), or use jailer 1.13 or newer"
         case .chrootBaseUnusable:
@@ -299,7 +299,7 @@ public enum JailError: Error, Sendable, Hashable, CustomStringConvertible {
         case .invalidIdentifier:
             "use 1-64 ASCII letters, digits or '-' (VMIdentifier validates this before launch)"
         case .firecrackerMissing:
-            "point MICROVM_JAILER_FIRECRACKER_BIN at an existing Firecracker binary"
+            "point MICROVM_FIRECRACKER_BIN (or, for jailed VMs only, MICROVM_JAILER_FIRECRACKER_BIN) at an existing Firecracker binary"
         case .execFileName:
             "jailer 1.12 and older want \"firecracker\" in the exec file name: rename the binary (e.g. firecracker-v1.12.1)"
         case .chrootBaseMissing:
