@@ -558,7 +558,6 @@ final class VMMStreams: Sendable {
             answered = nil
         }
 
-
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             let buffer = unwrapInboundIn(data)
             // Appended straight from NIO's buffer: most reads are one byte of the console.
