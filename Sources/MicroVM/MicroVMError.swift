@@ -54,7 +54,10 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
         case .sandbox(_, let error):
             return "\(vm)\(error)"
         case .api(_, let operation, let error):
-            return "\(vm)\(operation): \(error)"
+            // Firecracker's error names its request already ("PUT /snapshot/create failed with
+            // HTTP 400: ..."): the operation is not said twice.
+            let text = "\(error)"
+            return text.hasPrefix(operation) ? "\(vm)\(text)" : "\(vm)\(operation): \(text)"
         case .createFailed(_, let step, let cause, let exit):
             let exitText = exit.map { "\($0)".hasPrefix("Firecracker") ? "; \($0)" : "; Firecracker \($0)" } ?? ""
             // The cause's own words, without its "VM id:" prefixes or its hint: the error
@@ -90,7 +93,8 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
     public var hint: String {
         switch self {
         case .invalidSpec(_, let problems):
-            problems.allSatisfy(\.field.isEmpty) ? (problems.first?.hint ?? "correct the spec file") : "correct the fields named above"
+            problems.allSatisfy(\.field.isEmpty) ? (problems.first?.hint ?? "correct the spec file")
+                : problems.count == 1 ? (problems[0].hint ?? "correct the field named above") : "correct the fields named above"
         case .invalidState(_, _, let state, _):
             state.isLive ? "wait for or bring about the state the operation needs" : "the VM has ended; create a new one (or restore a snapshot)"
         case .sandbox(_, let error): error.hint

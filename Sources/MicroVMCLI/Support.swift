@@ -98,8 +98,11 @@ enum Failure {
             // ArgumentParser's own (usage, help, CleanExit) and anything unexpected (exit 1).
             MicroVMCommand.exitForArgumentParser(error)
         }
-        let (status, message, hint, id) = classify(error)
+        let (status, described, hint, id) = classify(error)
         PostMortems.record(error)
+        // The library's descriptions end with their hint, which is shown on its own.
+        var message = described
+        if let hint, !hint.isEmpty, message.hasSuffix(". Hint: \(hint)") { message.removeLast(" Hint: \(hint)".count) }
         if json {
             struct Body: Encodable {
                 struct Detail: Encodable {

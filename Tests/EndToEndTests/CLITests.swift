@@ -241,6 +241,8 @@ struct CLITests {
             #expect(badDrive.status == 2 && badDrive.stderr.contains("id=NAME"), "\(badDrive)")
             let badSpec = try await CLI.run(["create", "--kernel", directory + "/no-such-kernel", "--sandbox", "disabled"] + state)
             #expect(badSpec.status == 2 && badSpec.stderr.contains("boot.kernel"), "an invalid spec names its field: \(badSpec)")
+            // One problem: its own hint, said once, on the hint line.
+            #expect(badSpec.stderr.split(separator: "\n").last == "hint: check the path" && !badSpec.stderr.contains("Hint:"), "\(badSpec)")
             let notFound = try await CLI.run(["inspect", "nope"] + state)
             #expect(notFound.status == 5 && notFound.stderr.contains("no such VM"), "\(notFound)")
             let notFoundJSON = try await CLI.run(["inspect", "nope", "--json"] + state)
