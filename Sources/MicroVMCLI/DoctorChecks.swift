@@ -388,13 +388,16 @@ enum DoctorChecks {
 
     // MARK: Production host (Firecracker's docs/prod-host-setup.md)
 
+    /// The kernel's words in `smt/control`, as a sentence says them.
+    static let smtStates = ["notsupported": "not supported", "notimplemented": "not implemented", "forceoff": "off (forced)"]
+
     static func production(_ context: DoctorContext) -> [Finding] {
         var findings: [Finding] = []
         if let smt = context.read("/sys/devices/system/cpu/smt/control")?.trimmingCharacters(in: .whitespacesAndNewlines) {
             findings.append(
                 smt == "on"
                     ? Finding(check: "smt", status: .warn, seen: "SMT is on", why: "sibling hyperthreads leak data between guests (MDS, L1TF)", fix: "echo off > /sys/devices/system/cpu/smt/control")
-                    : Finding(check: "smt", status: .ok, seen: "SMT is \(smt)"))
+                    : Finding(check: "smt", status: .ok, seen: "SMT is \(Self.smtStates[smt] ?? smt)"))
         }
         if let ksm = context.read("/sys/kernel/mm/ksm/run")?.trimmingCharacters(in: .whitespacesAndNewlines) {
             findings.append(
