@@ -1,6 +1,8 @@
 import Foundation
 import MicroVM
 import MicroVMHost
+import Subprocess
+import SystemPackage
 import Testing
 
 #if canImport(Glibc)
@@ -34,6 +36,39 @@ struct CLITests {
                 #expect(process.lines.contains { $0.contains("microvm-guest: goodbye") }, "Ctrl-C is Ctrl-Alt-Del first")
                 #expect(!process.lines.contains { EndToEnd.looksLikeFirecrackerLog($0) }, "Firecracker's log never reaches stdout")
                 #expect(process.lines.allSatisfy { $0.hasPrefix("microvm-guest:") || $0.isEmpty }, "stdout is the guest's console alone: \(process.lines.filter { !$0.hasPrefix("microvm-guest:") })")
+                #expect(MicroVM.list(configuration: configuration).isEmpty)
+            }
+        }
+    }
+
+    @Test("run -f with Firecracker's own config file: the guest's console byte for byte as raw `firecracker --config-file` prints it")
+    func firecrackerConfigFile() async throws {
+        try await EndToEnd.withDriver(.required, name: "cli-fcfile") { configuration, assets, directory in
+            try await CLI.cleaningUp(configuration) {
+                let file = directory + "/vm_config.json"
+                let log = directory + "/firecracker.log"
+                try """
+                    {"boot-source": {"kernel_image_path": "\(assets.kernel)", "boot_args": "console=ttyS0 microvm.mode=exit", "initrd_path": null},
+                     "machine-config": {"vcpu_count": 1, "mem_size_mib": 64, "smt": false},
+                     "drives": [{"drive_id": "data", "path_on_host": "\(assets.dataImage)", "is_root_device": false, "is_read_only": true}],
+                     "logger": {"log_path": "\(log)", "level": "Info"}, "metrics": null, "vsock": null}
+                    """.write(toFile: file, atomically: true, encoding: .utf8)
+                #expect(FileManager.default.createFile(atPath: log, contents: nil))
+                let raw = try await Subprocess.run(
+                    .path(FilePath(assets.firecracker)), arguments: ["--no-api", "--config-file", file], output: .bytes(limit: 1 << 20),
+                    error: .discarded)
+                #expect(raw.terminationStatus.isSuccess, "raw Firecracker ran the file: \(raw.terminationStatus)")
+                let run = try await CLI.run(
+                    ["run", "--no-stdin", "-f", file, "--id", "cli-fcfile-\(getpid())", "--chroot-base", configuration.jailer.chrootBase.string,
+                     "--parent-cgroup", configuration.jailer.parentCgroup ?? "microvm", "--uid", "\(EndToEnd.uid)", "--gid", "\(EndToEnd.gid)",
+                     "--firecracker", assets.firecracker, "--jailer", assets.jailer] + CLI.driverFlags(configuration))
+                #expect(run.status == 0, "\(run)")
+                // Raw Firecracker prints its first log line on stdout, before the file's logger
+                // is set up; the rest is the guest's.
+                let rawConsole = String(decoding: raw.standardOutput, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
+                    .filter { !EndToEnd.looksLikeFirecrackerLog(String($0)) }.joined(separator: "\n")
+                #expect(run.stdout == rawConsole, "\(run.stdout) against \(rawConsole)")
+                #expect(run.stdout.contains("microvm-guest: goodbye"))
                 #expect(MicroVM.list(configuration: configuration).isEmpty)
             }
         }

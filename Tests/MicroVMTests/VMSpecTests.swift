@@ -163,3 +163,72 @@ struct VMSpecTests {
         #expect(throws: MicroVMError.self) { try spec.check() }
     }
 }
+
+@Suite("Firecracker's own config file, read as a spec")
+struct FirecrackerConfigFileTests {
+    /// The shape of Firecracker's documented example (nulls included), with every section.
+    static let file = """
+        {
+          "boot-source": {"kernel_image_path": "/images/vmlinux", "boot_args": "console=ttyS0  reboot=k panic=1\\tpci=off", "initrd_path": null},
+          "drives": [
+            {"drive_id": "rootfs", "partuuid": null, "is_root_device": true, "cache_type": "Unsafe", "is_read_only": false,
+             "path_on_host": "/images/rootfs.ext4", "io_engine": "Sync", "rate_limiter": null, "socket": null},
+            {"drive_id": "data", "is_root_device": false, "is_read_only": true, "path_on_host": "/images/data.ext4",
+             "rate_limiter": {"bandwidth": {"size": 1048576, "refill_time": 100}}}
+          ],
+          "machine-config": {"vcpu_count": 2, "mem_size_mib": 256, "smt": false, "track_dirty_pages": true, "huge_pages": "None"},
+          "cpu-config": null,
+          "balloon": {"amount_mib": 16, "deflate_on_oom": true, "stats_polling_interval_s": 1},
+          "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:10:00:02"}],
+          "vsock": {"guest_cid": 3, "uds_path": "./v.sock"},
+          "logger": {"log_path": "/tmp/fc.log", "level": "Debug", "show_level": true, "show_log_origin": false},
+          "metrics": {"metrics_path": "/tmp/fc-metrics"},
+          "mmds-config": {"version": "V2", "network_interfaces": ["eth0"]},
+          "entropy": {}
+        }
+        """
+
+    @Test("Every section becomes the spec's equivalent; the driver's own paths are not taken; the id is the caller's")
+    func convertsEverySection() throws {
+        let spec = try VMSpec.decode(json: Data(Self.file.utf8))
+        #expect(spec.id == "")
+        #expect(spec.boot.kernel == "/images/vmlinux" && spec.boot.initrd == nil)
+        #expect(spec.boot.args == ["console=ttyS0", "reboot=k", "panic=1", "pci=off"])
+        #expect(spec.machine.vcpus == 2 && spec.machine.memoryMiB == 256 && spec.machine.smt == false && spec.machine.trackDirtyPages == true)
+        #expect(spec.drives.map(\.id) == ["rootfs", "data"])
+        #expect(spec.drives[0].root == true && spec.drives[0].readOnly == false && spec.drives[0].path == "/images/rootfs.ext4")
+        #expect(spec.drives[0].cacheType == .unsafe && spec.drives[0].ioEngine == .sync)
+        #expect(spec.drives[1].readOnly == true && spec.drives[1].rateLimiter?.bandwidth?.size == 1_048_576)
+        #expect(spec.networkInterfaces == [NetworkInterfaceSpec(id: "eth0", tap: "tap0", mac: "06:00:ac:10:00:02")])
+        #expect(spec.vsock?.guestCid == 3)
+        #expect(spec.mmds?.version == .v2 && spec.mmds?.networkInterfaces == ["eth0"])
+        #expect(spec.balloon?.amountMiB == 16 && spec.entropy != nil)
+        #expect(spec.logging?.vmmLevel == .debug && spec.logging?.metrics == true)
+    }
+
+    @Test("What a spec cannot honour, and typos, are reported together, in the file's own terms")
+    func reportsEveryProblem() {
+        let file = """
+            {"boot-source": {"kernel_image_path": "/k", "boot_arg": "x"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 64},
+             "drives": [{"drive_id": "d", "path_on_host": "/d", "is_root_device": false, "is_read_only": true, "socket": "/vhost.sock"}],
+             "cpu-config": {"cpuid_modifiers": []}, "memory-hotplug": {"total_size_mib": 1024}}
+            """
+        do {
+            _ = try VMSpec.decode(json: Data(file.utf8))
+            Issue.record("decoded a file with unknown and unsupported keys")
+        } catch {
+            guard case .invalidSpec(_, let problems) = error else {
+                Issue.record("\(error)")
+                return
+            }
+            #expect(problems.map(\.field) == ["boot-source.boot_arg", "cpu-config", "drives[0].socket", "memory-hotplug"], "\(problems)")
+            #expect(problems.allSatisfy { $0.hint != nil })
+        }
+    }
+
+    @Test("A spec is never taken for Firecracker's format, nor the other way round")
+    func formatsAreTold() throws {
+        #expect(try VMSpec.decode(json: Data(VMSpecTests.json.utf8)).id == "vm-1")
+        #expect(throws: MicroVMError.self) { try VMSpec.decode(json: Data(#"{"boot-source": {"kernel_image_path": "/k"}, "id": "x"}"#.utf8)) }
+    }
+}

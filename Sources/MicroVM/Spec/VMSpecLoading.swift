@@ -87,8 +87,11 @@ extension VMSpec {
         return try decode(tree: tree)
     }
 
-    /// Decodes from a parsed tree, then reports every key the spec did not take.
+    /// Decodes from a parsed tree, then reports every key the spec did not take. A document
+    /// in Firecracker's own config-file format (`boot-source`, `machine-config`, ...) is read
+    /// as the spec it describes, with an empty id for the caller to set.
     public static func decode(tree: JSONValue) throws(MicroVMError) -> VMSpec {
+        if FirecrackerConfigFile.isOne(tree) { return try decode(tree: FirecrackerConfigFile.spec(from: tree)) }
         let spec: VMSpec
         let taken: JSONValue
         do {

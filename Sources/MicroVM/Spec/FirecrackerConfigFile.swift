@@ -1,0 +1,155 @@
+import FirecrackerAPI
+
+/// Firecracker's own `--config-file` format (`boot-source`, `machine-config`, `drives`,
+/// `network-interfaces`, ...), read as a spec: the file someone who runs Firecracker already
+/// has. Each section becomes the spec's equivalent, key by key, as strictly as a spec: a key
+/// Firecracker's format has but a spec cannot honour is an error that names it in the file's
+/// own terms and says what to do instead.
+///
+/// What changes from running the file with Firecracker itself: a writable drive is a per-VM
+/// copy (as in any spec), and the driver owns the paths of Firecracker's log and metrics and
+/// of the vsock socket (`logger.log_path`, `metrics.metrics_path` and `vsock.uds_path` are not
+/// used: `microvm logs`, `microvm stats`, `MicroVM.vsockPath`). The file names no VM: its id is
+/// empty, for the caller to set.
+enum FirecrackerConfigFile {
+    /// Whether a parsed document is in Firecracker's format rather than a spec's.
+    static func isOne(_ tree: JSONValue) -> Bool {
+        guard let members = tree.objectValue else { return false }
+        return members["boot-source"] != nil || members["machine-config"] != nil
+    }
+
+    /// The spec's tree for a document in Firecracker's format; every problem found, at once.
+    static func spec(from tree: JSONValue) throws(MicroVMError) -> JSONValue {
+        var converter = Converter()
+        let spec = converter.convert(tree.objectValue ?? [:])
+        if !converter.problems.isEmpty { throw .invalidSpec(id: nil, problems: converter.problems) }
+        return .object(spec)
+    }
+
+    /// A key of Firecracker's format: the spec's key it becomes, or why it cannot be taken.
+    private enum Key {
+        case renamed(String)
+        case refused(String)
+        case dropped  // meaningless to the driver and harmless to leave out (a display option)
+    }
+
+    private struct Converter {
+        var problems: [SpecProblem] = []
+
+        mutating func convert(_ file: [String: JSONValue]) -> [String: JSONValue] {
+            // The file names no VM: the caller gives the id (the command line: --id, or one it makes).
+            var spec: [String: JSONValue] = ["id": .string("")]
+            for (key, value) in file.sorted(by: { $0.key < $1.key }) where value != .null {
+                switch key {
+                case "boot-source":
+                    spec["boot"] = section(
+                        value, at: key,
+                        keys: ["kernel_image_path": .renamed("kernel"), "initrd_path": .renamed("initrd"), "boot_args": .renamed("args")],
+                        transform: ["args": { .array(($0.stringValue ?? "").split(whereSeparator: \.isWhitespace).map { .string(String($0)) }) }])
+                case "machine-config":
+                    spec["machine"] = section(
+                        value, at: key,
+                        keys: [
+                            "vcpu_count": .renamed("vcpus"), "mem_size_mib": .renamed("memory_mib"), "smt": .renamed("smt"),
+                            "cpu_template": .renamed("cpu_template"), "track_dirty_pages": .renamed("track_dirty_pages"),
+                            "huge_pages": .renamed("huge_pages"),
+                        ])
+                case "drives":
+                    spec["drives"] = list(
+                        value, at: key,
+                        keys: [
+                            "drive_id": .renamed("id"), "path_on_host": .renamed("path"), "is_root_device": .renamed("root"),
+                            "is_read_only": .renamed("read_only"), "partuuid": .renamed("partuuid"), "cache_type": .renamed("cache_type"),
+                            "io_engine": .renamed("io_engine"), "rate_limiter": .renamed("rate_limiter"),
+                            "socket": .refused("vhost-user drives are not supported by this driver; give the image's path_on_host"),
+                        ])
+                case "network-interfaces":
+                    spec["network_interfaces"] = list(
+                        value, at: key,
+                        keys: [
+                            "iface_id": .renamed("id"), "host_dev_name": .renamed("tap"), "guest_mac": .renamed("mac"), "mtu": .renamed("mtu"),
+                            "rx_rate_limiter": .renamed("rx_rate_limiter"), "tx_rate_limiter": .renamed("tx_rate_limiter"),
+                        ])
+                case "vsock":
+                    // The socket is the driver's, in the VM's directory (MicroVM.vsockPath).
+                    spec["vsock"] = section(value, at: key, keys: ["guest_cid": .renamed("guest_cid"), "uds_path": .dropped, "vsock_id": .dropped])
+                case "mmds-config":
+                    spec["mmds"] = section(
+                        value, at: key,
+                        keys: [
+                            "version": .renamed("version"), "network_interfaces": .renamed("network_interfaces"),
+                            "ipv4_address": .renamed("ipv4_address"), "imds_compat": .renamed("imds_compat"),
+                        ])
+                case "balloon", "entropy":
+                    spec[key] = value
+                case "logger":
+                    // Firecracker's log is the driver's (re-emitted through swift-log, kept for
+                    // exit reasons, `microvm logs ID`): its level is the file's to say, its path
+                    // is not.
+                    let logging = section(
+                        value, at: key,
+                        keys: ["level": .renamed("vmm_level"), "log_path": .dropped, "show_level": .dropped, "show_log_origin": .dropped, "module": .dropped])
+                    spec["logging"] = merged(spec["logging"], logging)
+                case "metrics":
+                    _ = section(
+                        value, at: key,
+                        keys: ["metrics_path": .dropped])
+                    // Firecracker writes them into the VM's directory (`microvm stats ID`).
+                    spec["logging"] = merged(spec["logging"], .object(["metrics": .bool(true)]))
+                case "cpu-config":
+                    problems.append(
+                        SpecProblem(
+                            field: key, message: "custom CPU templates are not supported by this driver",
+                            hint: "remove it, or use machine-config's cpu_template (a static template)"))
+                default:
+                    problems.append(
+                        SpecProblem(
+                            field: key, message: "not a section of Firecracker's config file this driver knows",
+                            hint: "remove it or correct its spelling; the sections are boot-source, machine-config, drives, network-interfaces, vsock, mmds-config, balloon, entropy, logger, metrics"))
+                }
+            }
+            return spec
+        }
+
+        /// An object of Firecracker's format, its keys renamed (and their values transformed).
+        mutating func section(
+            _ value: JSONValue, at path: String, keys: [String: Key], transform: [String: (JSONValue) -> JSONValue] = [:]
+        ) -> JSONValue {
+            guard let members = value.objectValue else {
+                problems.append(SpecProblem(field: path, message: "expected an object"))
+                return value
+            }
+            var result: [String: JSONValue] = [:]
+            for (key, member) in members.sorted(by: { $0.key < $1.key }) where member != .null {
+                switch keys[key] {
+                case .renamed(let name)?:
+                    result[name] = transform[name].map { $0(member) } ?? member
+                case .refused(let why)?:
+                    problems.append(SpecProblem(field: "\(path).\(key)", message: "not supported", hint: why))
+                case .dropped?:
+                    continue
+                case nil:
+                    problems.append(
+                        SpecProblem(
+                            field: "\(path).\(key)", message: "unknown key",
+                            hint: "remove it or correct its spelling (Firecracker's config-file format; see its API reference)"))
+                }
+            }
+            return .object(result)
+        }
+
+        mutating func list(_ value: JSONValue, at path: String, keys: [String: Key]) -> JSONValue {
+            guard let items = value.arrayValue else {
+                problems.append(SpecProblem(field: path, message: "expected a list"))
+                return value
+            }
+            return .array(items.enumerated().map { index, item in section(item, at: "\(path)[\(index)]", keys: keys) })
+        }
+
+        func merged(_ existing: JSONValue?, _ added: JSONValue) -> JSONValue {
+            var members = existing?.objectValue ?? [:]
+            for (key, value) in added.objectValue ?? [:] { members[key] = value }
+            return .object(members)
+        }
+    }
+}
