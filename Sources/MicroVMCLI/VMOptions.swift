@@ -6,7 +6,7 @@ import SystemPackage
 
 /// A VM from flags, from a spec file (`-f vm.json|vm.yaml`), or both: flags override the file.
 struct VMOptions: ParsableArguments {
-    @Option(name: [.customShort("f"), .customLong("file")], help: ArgumentHelp("A VM spec (JSON or YAML; see README), or Firecracker's own config file (vm_config.json).", valueName: "spec"))
+    @Option(name: [.customShort("f"), .customLong("file"), .customLong("config-file")], help: ArgumentHelp("A VM spec (JSON or YAML; see README), or Firecracker's own config file (vm_config.json).", valueName: "spec"))
     var specFile: String?
 
     @Option(help: "The VM's id (1-64 letters, digits, '-'; default: the spec's, else a generated one).")
