@@ -63,6 +63,7 @@ public actor Console {
     private var file: RotatingFile?
     /// Starts reading the VMM's output the first time anyone asks (on-demand reading).
     private var activation: (@Sendable () async -> Void)?
+    private let ended = ExitState<Bool>()
 
     private struct Waiter {
         let after: Int
@@ -124,12 +125,27 @@ public actor Console {
         subscribers.removeAll()
         for subscriber in byteSubscribers.values { subscriber.finish() }
         byteSubscribers.removeAll()
+        Task { [ended] in await ended.resolve(true) }
+    }
+
+    /// Waits, at most `timeout`, until the output has ended.
+    func waitUntilFinished(timeout: Duration) async {
+        if finished { return }
+        _ = await ended.wait(timeout: timeout)
     }
 
     /// Sets what starts the reading of the VMM's output on first use (see
     /// ``DriverConfiguration/ConsoleReading/onDemand``).
     func startReading(on first: @escaping @Sendable () async -> Void) {
         activation = first
+    }
+
+    /// Whether the console is read on demand and nobody has asked for it yet.
+    var awaitsFirstReader: Bool { activation != nil }
+
+    /// The reading on demand will not be needed (the output was taken another way).
+    func dropActivation() {
+        activation = nil
     }
 
     private func activateIfNeeded() async {

@@ -402,16 +402,23 @@ final class Monitor {
             stream.ended = true
             stream.close()
         }
+        // A driver that connected while the VMM ended (a guest that ends at once, read on
+        // demand) is answered too: connections waiting to be accepted, and requests not read
+        // yet, get the whole retained stream.
+        acceptClients()
+        for fd in Array(clients.keys) where clients[fd]?.stream == nil { serve(client: fd) }
         unlink(options.directory + "/monitor.sock")
         close(listener)
-        // Clients get what they have not read yet (bounded), then end of file.
+        // Clients get what they have not read yet (bounded), then end of file; one whose
+        // request has not come yet gets 200 ms to send it.
         var deadline = 200  // x 10 ms
-        while deadline > 0, clients.values.contains(where: { !$0.pending.isEmpty }) {
+        while deadline > 0, clients.values.contains(where: { !$0.pending.isEmpty || ($0.stream == nil && deadline > 180) }) {
             var tokens = [UInt64](repeating: 0, count: 64)
             let count = cmv_epoll_wait(epoll, &tokens, 64, 10)
             for token in tokens.prefix(Int(max(count, 0))) where token >= Self.firstClientToken {
                 let fd = Int32(token - Self.firstClientToken)
-                if let client = clients[fd] { flush(fd, client) }
+                guard let client = clients[fd] else { continue }
+                if client.stream == nil { serve(client: fd) } else { flush(fd, client) }
             }
             deadline -= 1
         }

@@ -98,6 +98,22 @@ struct MonitorProcessTests {
         #expect(!FileManager.default.fileExists(atPath: run.directory + "/monitor.sock"))
     }
 
+    @Test("A client whose request comes as the child ends (a guest that ends at once, read on demand) still gets the whole stream")
+    func lateRequestGetsEverything() async throws {
+        let run = try Self.start(["/bin/sh", "-c", "read line; echo 'hello from the guest'; exit 0"])
+        defer { try? FileManager.default.removeItem(atPath: run.directory) }
+        try await Self.waitFor(run.directory + "/monitor.sock")
+        let late = try Self.connect(run.directory, "")  // connected, its request not sent yet
+        defer { close(late) }
+        let input = try Self.connect(run.directory, "input 0\ngo\n")
+        defer { close(input) }
+        try await Self.waitFor(run.directory + "/exit")  // the child has ended, the monitor is finishing
+        _ = Array("console 0\n".utf8).withUnsafeBytes { send(late, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        let output = String(decoding: Self.read(late), as: UTF8.self)
+        #expect(output == "ok 0 21\nhello from the guest\n", "\(output)")
+        _ = try await run.finished.value
+    }
+
     @Test("Input from an input-only client reaches the child's stdin; its output and stderr are served and kept; the exit file has its code")
     func inputAndExit() async throws {
         let run = try Self.start(["/bin/sh", "-c", "read line; echo \"got $line\"; echo oops >&2; exit 3"])

@@ -366,8 +366,19 @@ final class VMMStreams: Sendable {
     /// The VMM has exited: mark the end of its log and wait until everything before is read.
     func vmmExited() async {
         await drainStandardError()
-        if monitor != nil {
-            // The monitor ends the log's connection once it has drained the FIFO.
+        if let monitor {
+            // The monitor ends the log's connection once it has drained the FIFO, and the
+            // console's once it has sent all of it. A console read on demand that nobody asked
+            // for yet (a guest that ended at once, under `microvm run`) takes its output from
+            // the monitor's file now, before the VM's state directory goes: a reader that
+            // comes later still gets it. One being read is let finish.
+            if await console.awaitsFirstReader {
+                await console.dropActivation()
+                await console.append(Self.consoleTail(of: monitor, limit: console.limits.bytes))
+                await console.finish()
+            } else {
+                await console.waitUntilFinished(timeout: .seconds(1))
+            }
         } else if let endOfLogPath {
             let fd = Glibc.open(endOfLogPath, O_WRONLY | O_NONBLOCK | O_CLOEXEC)
             if fd >= 0 {
@@ -465,7 +476,13 @@ final class VMMStreams: Sendable {
             guard !ends.withLock({ $0.closed }) else { return }
             guard let channel = try? await Self.monitorConnection(
                 socket: monitor.socket, request: "console 0", group: BatchEventLoops.group, consume: { chunks, _ in await console.consume(chunks) })
-            else { return }
+            else {
+                // The monitor is gone, which it is only once the VMM has ended and its output
+                // is all in its file: the output is that.
+                await console.append(Self.consoleTail(of: monitor, limit: console.limits.bytes))
+                await console.finish()
+                return
+            }
             let closedMeanwhile = ends.withLock { ends in
                 if !ends.closed { ends.readers.append(channel) }
                 return ends.closed
@@ -505,6 +522,24 @@ final class VMMStreams: Sendable {
         await console.finish()
         await standardError.finish()
         await log.finish()
+    }
+
+    /// The newest `limit` bytes the guest wrote, from the monitor's console files (the rotated
+    /// one, then the current one).
+    static func consoleTail(of monitor: MonitoredStreams, limit: Int) -> [UInt8] {
+        let file = MonitorFiles.consoleLog(in: monitor.stateDirectory).string
+        var tail: [UInt8] = []
+        for path in [file + ".1", file] {
+            let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { continue }
+            defer { Glibc.close(fd) }
+            let size = Int(lseek(fd, 0, SEEK_END))
+            let count = min(max(size, 0), limit)
+            var bytes = [UInt8](repeating: 0, count: count)
+            let read = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count, off_t(size - count)) }
+            tail += bytes.prefix(max(read, 0))
+        }
+        return Array(tail.suffix(limit))
     }
 
     /// Reads a pipe into an ordered stream of chunks that `consume` runs through (on the
