@@ -98,6 +98,10 @@ public struct ExitReason: Sendable, Hashable, Codable, CustomStringConvertible {
             if code != 0, !panic.isEmpty {
                 return ExitReason(kind: .vmmError, exit: exit, evidence: panic + Array(errors))
             }
+            // /dev/kvm that does not open (its permissions, for a user without root) fails the
+            // build too, but no configuration would do better (`doctor ID`: kvm-permission).
+            let kvm = lines(containing: "Error creating KVM object")
+            if code != 0, !kvm.isEmpty { return ExitReason(kind: .vmmError, exit: exit, evidence: kvm) }
             let refusedConfiguration = lines(containing: "Failed to build MicroVM from Json")
             if code != 0, !refusedConfiguration.isEmpty {
                 return ExitReason(kind: .badConfiguration, exit: exit, evidence: refusedConfiguration)

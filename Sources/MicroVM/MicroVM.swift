@@ -278,6 +278,12 @@ public actor MicroVM {
             do {
                 try await streams!.start()
             } catch {
+                // A VMM that failed at once takes its monitor with it before the driver has
+                // connected: its end, in its own words (below), is the cause.
+                if streams!.monitor != nil, await process!.exit(within: .milliseconds(200)) != nil {
+                    step = "starting Firecracker"
+                    throw MonitoredLaunchFailure(reason: "Firecracker (pid \(process!.pid)) ended at once", standardError: "", vmmStarted: true)
+                }
                 throw MicroVMError.file(id: spec.id, error)
             }
             step = "waiting for Firecracker's API"
@@ -332,16 +338,26 @@ public actor MicroVM {
             // record's write, if it started, is over).
             _ = await recording?.value
             var exit: ExitReason?
+            var status: VMMExit?
             if let process {
                 process.send(signal: SIGKILL)
-                let status = await process.exited()
+                status = await process.exited()
                 await streams?.vmmExited()
-                exit = ExitReason.classify(exit: status, log: await streams?.log.recentLines ?? [], killedByDriver: false)
-                    .adding(standardError: await streams?.standardError.recentLines.map(\.text) ?? [])
             }
+            var logLines = await streams?.log.recentLines ?? []
+            var standardError = await streams?.standardError.recentLines.map(\.text) ?? []
             streams?.closeChildEnds()
             await streams?.close()
             await process?.monitor?.ended(within: .seconds(2))
+            if let monitor = streams?.monitor, logLines.isEmpty {
+                // A VMM that failed at once may end, and its monitor with it, before this
+                // driver has read a line through the monitor: the monitor's files have them.
+                logLines = MonitoredLaunchFailure.lines(of: MonitorFiles.firecrackerLog(in: monitor.stateDirectory)).map(FirecrackerLog.parse)
+                if standardError.isEmpty { standardError = MonitoredLaunchFailure.lines(of: MonitorFiles.standardError(in: monitor.stateDirectory)) }
+            }
+            if let status {
+                exit = ExitReason.classify(exit: status, log: logLines, killedByDriver: false).adding(standardError: standardError)
+            }
             // Without a process (the launch failed before its pid was known) the jail is searched.
             let report = await executor.cleanup(vmmExited: process != nil, logger: logger)
             if spec.network != nil { await VMNetworking.tearDown(id, configuration: configuration.networkConfiguration, logger: logger) }
@@ -531,7 +547,17 @@ public actor MicroVM {
                     return .ready(error)
                 }
             }
-            group.addTask { .exited(await process.exit(within: nil)) }
+            group.addTask {
+                let exit = await process.exit(within: nil)
+                // A guest that ended at once after a config-file boot: its VMM may be reaped
+                // before its last log lines are read. Read them out: if the VM did start, its
+                // supervision judges how it ended.
+                if guestStarts, let log {
+                    await log.waitUntilFinished(timeout: .seconds(1))
+                    if await log.contains("Successfully started microvm") { return .ready(nil) }
+                }
+                return .exited(exit)
+            }
             if let log {
                 // A guest that ends at once (a config-file boot) may stop the VMM before its API
                 // answers: the VM did run, and its supervision judges how it ended.

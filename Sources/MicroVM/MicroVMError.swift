@@ -59,7 +59,8 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
             let text = "\(error)"
             return text.hasPrefix(operation) ? "\(vm)\(text)" : "\(vm)\(operation): \(text)"
         case .createFailed(_, let step, let cause, let exit):
-            let exitText = exit.map { "\($0)".hasPrefix("Firecracker") ? "; \($0)" : "; Firecracker \($0)" } ?? ""
+            // How the VMM ended, which names Firecracker where it quotes it.
+            let exitText = exit.map { "; \($0)" } ?? ""
             // The cause's own words, without its "VM id:" prefixes or its hint: the error
             // names the VM once and its hint is the cause's.
             var causeText = (cause as? JailError)?.summary ?? "\(cause)"

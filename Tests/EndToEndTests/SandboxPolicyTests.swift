@@ -47,6 +47,23 @@ struct SandboxPolicyTests {
         }
     }
 
+    @Test("disabled: the base of an unjailed VM's directory is made when missing (a user's own, no jailer needs it as root's)")
+    func unjailedBaseIsMade() async throws {
+        try await EndToEnd.withDriver(.disabled, name: "policyoff") { configuration, assets, directory in
+            var configuration = configuration
+            let base = directory + "/unjailed/base"
+            configuration.jailer.chrootBase = FilePath(base)
+            #expect(!FileManager.default.fileExists(atPath: base))
+            let vm = try await MicroVM.run(EndToEnd.spec(assets, id: "policy-off-\(getpid())"), configuration: configuration, logger: EndToEnd.logger)
+            try await EndToEnd.using(vm) { vm in
+                #expect(!vm.isSandboxed && vm.directory.string.hasPrefix(base + "/"))
+                _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat 1", timeout: .seconds(10))
+                #expect(await vm.stop().kind == .guestShutdown)
+            }
+            #expect(((try? FileManager.default.contentsOfDirectory(atPath: base)) ?? ["missing"]).isEmpty, "the base stays, empty")
+        }
+    }
+
     @Test("The spec's own policy overrides the driver's")
     func specPolicyWins() async throws {
         try await EndToEnd.withDriver(.required, name: "policyspec") { configuration, assets, _ in

@@ -76,6 +76,10 @@ struct ExitReasonTests {
             (.unknown, Self.log("2026-01-01T00:00:00.000 [vm:main:INFO] Firecracker exiting successfully. exit_code=0"), false, .guestShutdown),
             (.unknown, crash, false, .kvmError),
             (.unknown, [], false, .unknown),
+            // /dev/kvm that does not open: a failure of Firecracker's, not of its configuration.
+            (.exited(code: 1), Self.log(
+                "2026-01-01T00:00:00.000 [anonymous-instance:main:ERROR] RunWithApiError error: Failed to build MicroVM from Json: Could not Start MicroVM from one single json: Internal error while starting microVM: Kvm error: Error creating KVM object: Permission denied (os error 13)"
+            ), false, .vmmError),
         ]
         for (exit, log, byDriver, kind) in cases {
             let reason = ExitReason.classify(exit: exit, log: log, killedByDriver: byDriver)

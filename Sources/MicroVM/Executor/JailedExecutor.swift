@@ -70,6 +70,7 @@ struct JailedExecutor: VMMExecutor {
             case .success(let process):
                 return (process, command)
             case .failure(let failure):
+                if failure.vmmStarted { throw endedAtOnce(failure, monitor: monitor) }
                 if let spawnError = failure.spawnError {
                     throw .sandbox(id: id, .jailerMissing(path: command.executable.string, reason: spawnError))
                 }

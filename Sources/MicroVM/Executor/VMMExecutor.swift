@@ -127,7 +127,9 @@ extension VMMExecutor {
             let pidfd = cmv_pidfd_open(pid)
             guard pidfd >= 0 else {
                 await monitorProcess.ended(within: .seconds(5))
-                return .failure(MonitoredLaunchFailure.read(from: monitor.stateDirectory, reason: "the VMM (pid \(pid)) was gone at once"))
+                var failure = MonitoredLaunchFailure.read(from: monitor.stateDirectory, reason: "Firecracker (pid \(pid)) ended at once")
+                failure.vmmStarted = true
+                return .failure(failure)
             }
             logger.debug("VMM started under its monitor", metadata: ["pid": "\(pid)", "monitor": "\(launched.monitor.pid)"])
             return .success(
@@ -139,6 +141,16 @@ extension VMMExecutor {
         }
     }
 
+    /// The error for a VMM that started under its monitor and ended before it could be
+    /// supervised: how it ended, in Firecracker's own words (the monitor's copy of its log and
+    /// standard error), not a launcher's or a binary's fault.
+    func endedAtOnce(_ failure: MonitoredLaunchFailure, monitor: VMMStreams.MonitoredStreams) -> MicroVMError {
+        let log = MonitoredLaunchFailure.lines(of: MonitorFiles.firecrackerLog(in: monitor.stateDirectory)).map(FirecrackerLog.parse)
+        let reason = ExitReason.classify(exit: failure.exit ?? .unknown, log: log, killedByDriver: false)
+            .adding(standardError: MonitoredLaunchFailure.lines(of: MonitorFiles.standardError(in: monitor.stateDirectory)))
+        return .createFailed(id: jail.id.rawValue, step: "starting Firecracker", cause: failure, exit: reason)
+    }
+
     /// Removes the VM's directory and cgroups. The process must be gone already (the VM handle
     /// kills and reaps it first). When its exit was not seen (`vmmExited` false), the jail is
     /// searched for processes, which are stopped.
@@ -147,13 +159,25 @@ extension VMMExecutor {
     }
 }
 
-/// A launch under a monitor that started no VMM: why, as the monitor recorded it.
-struct MonitoredLaunchFailure: Error, Sendable {
+/// A launch under a monitor that started no VMM, or one that ended at once: why, as the
+/// monitor recorded it.
+struct MonitoredLaunchFailure: Error, Sendable, CustomStringConvertible {
     var reason: String
-    /// The launcher's exit (nil when it could not be started at all).
+    /// The launcher's exit (nil when it could not be started at all), or the VMM's when
+    /// `vmmStarted`.
     var exit: VMMExit?
     var spawnError: String?
     var standardError: String
+    /// The VMM itself ran, and ended before it could be supervised.
+    var vmmStarted = false
+
+    var description: String { reason }
+
+    /// The last lines of one of the monitor's files (none when it is missing).
+    static func lines(of file: FilePath) -> [String] {
+        guard let text = try? String(contentsOfFile: file.string, encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").suffix(200).map(String.init)
+    }
 
     static func read(from directory: FilePath, reason: String) -> MonitoredLaunchFailure {
         let status = MonitorExit.read(MonitorFiles.exit(in: directory))
@@ -197,6 +221,12 @@ struct DirectExecutor: VMMExecutor {
 
     func prepare(staging: [StagingRequest], logger: Logger) async throws(JailError) -> [StagedFile] {
         let jail = self.jail
+        // No jailer needs it as root's: the base of the VMs' directories is made when missing
+        // (a user's own, for an unjailed VM run without root).
+        let base = jail.layout.chrootBase.string
+        if access(base, F_OK) != 0, let error = SandboxPreflight.makeDirectories(base) {
+            throw .chrootBaseUnusable(path: base, reason: "it does not exist and could not be created: \(error)")
+        }
         return try await prepareDirectory(staging, logger: logger) { () throws(JailError) in
             try JailStager(layout: jail.layout, uid: getuid(), gid: getgid(), logger: logger).stage(staging)
         }
@@ -243,6 +273,7 @@ struct DirectExecutor: VMMExecutor {
             case .success(let process):
                 return (process, nil)
             case .failure(let failure):
+                if failure.vmmStarted { throw endedAtOnce(failure, monitor: monitor) }
                 throw .sandbox(id: jail.id.rawValue, .firecrackerMissing(path: binary.string, reason: failure.spawnError ?? failure.reason))
             }
         }

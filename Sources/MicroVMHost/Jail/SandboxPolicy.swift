@@ -218,6 +218,18 @@ public enum SandboxPreflight {
         return nil
     }
 
+    /// `mkdir -p` (mode 0755, what a chroot base wants): nil once `path` is a directory.
+    public static func makeDirectories(_ path: String) -> SystemCallError? {
+        var current = ""
+        for component in path.split(separator: "/") {
+            current += "/" + component
+            if mkdir(current, 0o755) != 0, errno != EEXIST {
+                return SystemCallError(call: "mkdir", subject: current, errno: errno)
+            }
+        }
+        return nil
+    }
+
     static func chrootBaseProblem(_ path: String, create: Bool) -> String? {
         var status = stat()
         if stat(path, &status) != 0 {
@@ -225,13 +237,7 @@ public enum SandboxPreflight {
                 return SystemCallError(call: "stat", subject: path, errno: errno).description
             }
             guard create else { return "it does not exist (the jailer needs it to exist)" }
-            var current = ""
-            for component in path.split(separator: "/") {
-                current += "/" + component
-                if mkdir(current, 0o755) != 0, errno != EEXIST {
-                    return "it does not exist and could not be created: \(SystemCallError(call: "mkdir", subject: current, errno: errno))"
-                }
-            }
+            if let error = makeDirectories(path) { return "it does not exist and could not be created: \(error)" }
             guard stat(path, &status) == 0 else { return "it could not be created" }
         }
         guard JailFileSystem.isDirectory(status) else { return "not a directory" }
