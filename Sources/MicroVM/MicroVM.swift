@@ -352,8 +352,8 @@ public actor MicroVM {
             if let monitor = streams?.monitor, logLines.isEmpty {
                 // A VMM that failed at once may end, and its monitor with it, before this
                 // driver has read a line through the monitor: the monitor's files have them.
-                logLines = MonitoredLaunchFailure.lines(of: MonitorFiles.firecrackerLog(in: monitor.stateDirectory)).map(FirecrackerLog.parse)
-                if standardError.isEmpty { standardError = MonitoredLaunchFailure.lines(of: MonitorFiles.standardError(in: monitor.stateDirectory)) }
+                logLines = MonitorFiles.lastLines(of: MonitorFiles.firecrackerLog(in: monitor.stateDirectory)).map(FirecrackerLog.parse)
+                if standardError.isEmpty { standardError = MonitorFiles.lastLines(of: MonitorFiles.standardError(in: monitor.stateDirectory)) }
             }
             if let status {
                 exit = ExitReason.classify(exit: status, log: logLines, killedByDriver: false).adding(standardError: standardError)

@@ -145,9 +145,9 @@ extension VMMExecutor {
     /// supervised: how it ended, in Firecracker's own words (the monitor's copy of its log and
     /// standard error), not a launcher's or a binary's fault.
     func endedAtOnce(_ failure: MonitoredLaunchFailure, monitor: VMMStreams.MonitoredStreams) -> MicroVMError {
-        let log = MonitoredLaunchFailure.lines(of: MonitorFiles.firecrackerLog(in: monitor.stateDirectory)).map(FirecrackerLog.parse)
+        let log = MonitorFiles.lastLines(of: MonitorFiles.firecrackerLog(in: monitor.stateDirectory)).map(FirecrackerLog.parse)
         let reason = ExitReason.classify(exit: failure.exit ?? .unknown, log: log, killedByDriver: false)
-            .adding(standardError: MonitoredLaunchFailure.lines(of: MonitorFiles.standardError(in: monitor.stateDirectory)))
+            .adding(standardError: MonitorFiles.lastLines(of: MonitorFiles.standardError(in: monitor.stateDirectory)))
         return .createFailed(id: jail.id.rawValue, step: "starting Firecracker", cause: failure, exit: reason)
     }
 
@@ -172,12 +172,6 @@ struct MonitoredLaunchFailure: Error, Sendable, CustomStringConvertible {
     var vmmStarted = false
 
     var description: String { reason }
-
-    /// The last lines of one of the monitor's files (none when it is missing).
-    static func lines(of file: FilePath) -> [String] {
-        guard let text = try? String(contentsOfFile: file.string, encoding: .utf8) else { return [] }
-        return text.split(separator: "\n").suffix(200).map(String.init)
-    }
 
     static func read(from directory: FilePath, reason: String) -> MonitoredLaunchFailure {
         let status = MonitorExit.read(MonitorFiles.exit(in: directory))

@@ -52,6 +52,12 @@ enum MonitorFiles {
     static func firecrackerLog(in directory: FilePath) -> FilePath { directory.appending("firecracker.log") }
     static func standardError(in directory: FilePath) -> FilePath { directory.appending("stderr.log") }
     static func diagnostics(in directory: FilePath) -> FilePath { directory.appending("monitor.err") }
+
+    /// The last lines of one of the monitor's files (none when it is missing).
+    static func lastLines(of file: FilePath) -> [String] {
+        guard let text = try? String(contentsOfFile: file.string, encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").suffix(200).map(String.init)
+    }
 }
 
 /// The monitor's `exit` file: how the VMM (or, when it never started, its launcher) ended.
