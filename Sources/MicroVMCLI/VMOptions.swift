@@ -83,6 +83,13 @@ struct VMOptions: ParsableArguments {
         var spec: VMSpec
         if let specFile {
             spec = try VMSpec.load(from: FilePath(Paths.absolute(specFile)))
+            // Relative paths mean what they mean to Firecracker started here (its config file's
+            // convention): from this directory. Recorded absolute, they still name the same
+            // files for a later command run elsewhere (doctor, restore).
+            if !spec.boot.kernel.isEmpty { spec.boot.kernel = Paths.absolute(spec.boot.kernel) }
+            spec.boot.initrd = spec.boot.initrd.map(Paths.absolute)
+            for index in spec.drives.indices { spec.drives[index].path = Paths.absolute(spec.drives[index].path) }
+            if let file = spec.console?.file { spec.console?.file = Paths.absolute(file) }
         } else {
             guard let kernel = kernel ?? environment["MICROVM_GUEST_KERNEL"], !kernel.isEmpty else {
                 throw ValidationError("no guest kernel: pass --kernel PATH or -f SPEC (or set MICROVM_GUEST_KERNEL)")

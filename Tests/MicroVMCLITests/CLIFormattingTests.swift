@@ -189,3 +189,22 @@ final class Collected: Sendable {
     func append(_ bytes: [UInt8]) { value.withLock { $0 += bytes } }
     var bytes: [UInt8] { value.withLock { $0 } }
 }
+
+@Suite("microvm's VM options")
+struct VMOptionsTests {
+    @Test("A spec file's relative paths are taken from the current directory, as Firecracker takes its config file's, and recorded absolute")
+    func relativePathsFromHere() throws {
+        let directory = NSTemporaryDirectory() + "vmoptions-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let file = directory + "/vm_config.json"
+        try #"{"boot-source": {"kernel_image_path": "vmlinux"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 64}, "drives": [{"drive_id": "rootfs", "path_on_host": "images/rootfs.ext4", "is_root_device": true, "is_read_only": false}, {"drive_id": "data", "path_on_host": "/abs/data.ext4", "is_root_device": false, "is_read_only": true}]}"#
+            .write(toFile: file, atomically: true, encoding: .utf8)
+        let options = try VMOptions.parse(["-f", file, "--id", "rel"])
+        let spec = try options.spec(environment: [:])
+        let here = FileManager.default.currentDirectoryPath
+        #expect(spec.boot.kernel == here + "/vmlinux")
+        #expect(spec.drives.map(\.path) == [here + "/images/rootfs.ext4", "/abs/data.ext4"])
+        #expect(spec.id == "rel")
+    }
+}
