@@ -102,7 +102,10 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
         case .api(_, _, let error): error.hint
         case .createFailed(_, _, let cause, _):
             (cause as? MicroVMError)?.hint ?? (cause as? JailError)?.hint ?? (cause as? FirecrackerAPIError)?.hint
-                ?? (cause as? LaunchFailure)?.hint ?? "see the cause above"
+                ?? (cause as? LaunchFailure)?.hint
+                ?? (cause is MonitoredLaunchFailure
+                    ? "Firecracker's own words follow the cause; `microvm doctor ID` reads them and names the fix"
+                    : "see the cause above")
         case .snapshotFailed: "check the destination's free space and permissions"
         case .file: "check the path and its permissions"
         case .network(_, let error): error.hint
