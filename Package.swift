@@ -96,6 +96,7 @@ let package = Package(
                 "MicroVM",
                 "FirecrackerAPI",
                 "MicroVMHost",
+                "CMicroVMSys",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

@@ -394,3 +394,24 @@ int cmv_reap_any(pid_t *pid, int *exited, int *value) {
     }
     return 1;
 }
+
+/* --- Signals caught into a pipe (the command line's Interrupts) --- */
+
+static volatile int cmv_signal_pipe_fd = -1;
+
+static void cmv_signal_to_pipe(int signo) {
+    int saved = errno;
+    unsigned char byte = (unsigned char)signo;
+    if (cmv_signal_pipe_fd >= 0) (void)write(cmv_signal_pipe_fd, &byte, 1);
+    errno = saved;
+}
+
+int cmv_catch_signal_into_pipe(int signo, int write_fd) {
+    cmv_signal_pipe_fd = write_fd;
+    struct sigaction action;
+    memset(&action, 0, sizeof(action));
+    action.sa_handler = cmv_signal_to_pipe;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;
+    return sigaction(signo, &action, NULL);
+}

@@ -148,7 +148,16 @@ public actor MicroVM {
         var logger = logger
         logger[metadataKey: "vm"] = "\(spec.id)"
         // 1. Validate: nothing on the host is touched before the spec is known to be usable.
-        let (id, jail, decision, limits, jailerConfiguration) = try await plan(spec, configuration: configuration, mode: mode, logger: logger)
+        let planned: (VMIdentifier, Jail, SandboxDecision, ResourceLimits, JailerConfiguration)
+        do throws(MicroVMError) {
+            planned = try await plan(spec, configuration: configuration, mode: mode, logger: logger)
+        } catch {
+            // A cancelled preflight (the jailer's `--version`) is a cancellation, not a host fault.
+            if Task.isCancelled { throw .createFailed(id: spec.id, step: "checking the host", cause: CancellationError(), exit: nil) }
+            throw error
+        }
+        if Task.isCancelled { throw .createFailed(id: spec.id, step: "checking the host", cause: CancellationError(), exit: nil) }
+        let (id, jail, decision, limits, jailerConfiguration) = planned
 
         // 2. Claim the id in this process (another VM of this driver may be between its own
         //    checks and its launch), then stage the files: a stale directory of the same id is
@@ -255,9 +264,21 @@ public actor MicroVM {
             }
             arguments = ["--log-path", streams!.logPathForVMM ?? executor.vmmPath(VMFiles.log)] + arguments
             step = "launching Firecracker"
-            (process, command) = try await executor.launch(
-                arguments: arguments, guest: GuestResources(memoryMiB: spec.machine.memoryMiB, vcpuCount: spec.machine.vcpus),
-                streams: streams!, logger: logger)
+            try Task.checkCancellation()
+            // Not cancelled halfway: a process spawned but not yet known by its pid (a wait for
+            // the spawn's report or the jailer's pid file given up) could not be stopped.
+            let (launchArguments, launchStreams) = (arguments, streams!)
+            let launched = await Task { () -> Result<(SupervisedProcess, JailerCommand?), MicroVMError> in
+                do throws(MicroVMError) {
+                    return .success(
+                        try await executor.launch(
+                            arguments: launchArguments, guest: GuestResources(memoryMiB: spec.machine.memoryMiB, vcpuCount: spec.machine.vcpus),
+                            streams: launchStreams, logger: logger))
+                } catch {
+                    return .failure(error)
+                }
+            }.value
+            (process, command) = try launched.get()
 
             // 7. The API, raced against an early exit (then Firecracker's own words explain it).
             step = "waiting for Firecracker's API"
@@ -308,6 +329,7 @@ public actor MicroVM {
             }
 
             // 9. Configure (or load the snapshot).
+            try Task.checkCancellation()
             switch mode {
             case .bootFromConfigFile:
                 step = "putting MMDS data"
@@ -327,6 +349,8 @@ public actor MicroVM {
             }
             step = "recording the VM"
             if let error = await recording?.value { throw error }
+            // A cancelled creation never hands out a VM, even one that came up meanwhile.
+            try Task.checkCancellation()
             await vm.superviseExit()
             let state = await vm.state
             logger.info(
@@ -335,46 +359,60 @@ public actor MicroVM {
             return vm
         } catch {
             // Undo everything: the process, the streams, the directory and cgroups (once the
-            // record's write, if it started, is over).
-            _ = await recording?.value
-            var exit: ExitReason?
-            var status: VMMExit?
-            if let process {
-                process.send(signal: SIGKILL)
-                status = await process.exited()
-                await streams?.vmmExited()
-            }
-            var logLines = await streams?.log.recentLines ?? []
-            var standardError = await streams?.standardError.recentLines.map(\.text) ?? []
-            streams?.closeChildEnds()
-            await streams?.close()
-            await process?.monitor?.ended(within: .seconds(2))
-            if let monitor = streams?.monitor, logLines.isEmpty {
-                // A VMM that failed at once may end, and its monitor with it, before this
-                // driver has read a line through the monitor: the monitor's files have them.
-                logLines = MonitorFiles.lastLines(of: MonitorFiles.firecrackerLog(in: monitor.stateDirectory)).map(FirecrackerLog.parse)
-                if standardError.isEmpty { standardError = MonitorFiles.lastLines(of: MonitorFiles.standardError(in: monitor.stateDirectory)) }
-            }
-            if let status {
-                exit = ExitReason.classify(exit: status, log: logLines, killedByDriver: false).adding(standardError: standardError)
-            }
-            // Without a process (the launch failed before its pid was known) the jail is searched.
-            let report = await executor.cleanup(vmmExited: process != nil, logger: logger)
-            if spec.network != nil { await VMNetworking.tearDown(id, configuration: configuration.networkConfiguration, logger: logger) }
-            store.remove(id: spec.id)
-            LiveDirectories.release(directoryKey)
-            if !report.isComplete {
-                logger.error("cleanup after a failed create was incomplete", metadata: ["failures": "\(report.failures.map(\.summary))"])
-            }
-            let cause: any Error
+            // record's write, if it started, is over). In a task of its own: a cancelled
+            // creation must still wait for the VMM's exit before removing what it had.
+            let (recording, process, streams) = (recording, process, streams)
+            let exit = await Task {
+                await undoLaunch(
+                    recording: recording, process: process, streams: streams, executor: executor, spec: spec, id: id,
+                    configuration: configuration, directoryKey: directoryKey, logger: logger)
+            }.value
+            // Whatever a cancelled wait made of it, the cause is the cancellation.
+            if Task.isCancelled { throw .createFailed(id: spec.id, step: step, cause: CancellationError(), exit: nil) }
+            let cause: any Error = error
             if case .createFailed = error as? MicroVMError { throw error as! MicroVMError }
             if case .invalidSpec = error as? MicroVMError { throw error as! MicroVMError }
-            cause = error
             if let exit, exit.kind != .killedByDriver, exit.exit != .signaled(signal: SIGKILL) {
                 throw .createFailed(id: spec.id, step: step, cause: cause, exit: exit)
             }
             throw .createFailed(id: spec.id, step: step, cause: cause, exit: nil)
         }
+    }
+
+    /// Undoes a launch that failed (or was cancelled) after its files were staged: kills and
+    /// reaps the VMM, closes its streams, removes its directory, cgroups, network and record.
+    /// How the VMM ended, when it had started.
+    private static func undoLaunch(
+        recording: Task<MicroVMError?, Never>?, process: SupervisedProcess?, streams: VMMStreams?, executor: any VMMExecutor,
+        spec: VMSpec, id: VMIdentifier, configuration: DriverConfiguration, directoryKey: String, logger: Logger
+    ) async -> ExitReason? {
+        _ = await recording?.value
+        var status: VMMExit?
+        if let process {
+            process.send(signal: SIGKILL)
+            status = await process.exited()
+            await streams?.vmmExited()
+        }
+        var logLines = await streams?.log.recentLines ?? []
+        var standardError = await streams?.standardError.recentLines.map(\.text) ?? []
+        streams?.closeChildEnds()
+        await streams?.close()
+        await process?.monitor?.ended(within: .seconds(2))
+        if let monitor = streams?.monitor, logLines.isEmpty {
+            // A VMM that failed at once may end, and its monitor with it, before this
+            // driver has read a line through the monitor: the monitor's files have them.
+            logLines = MonitorFiles.lastLines(of: MonitorFiles.firecrackerLog(in: monitor.stateDirectory)).map(FirecrackerLog.parse)
+            if standardError.isEmpty { standardError = MonitorFiles.lastLines(of: MonitorFiles.standardError(in: monitor.stateDirectory)) }
+        }
+        // Without a process (the launch failed before its pid was known) the jail is searched.
+        let report = await executor.cleanup(vmmExited: process != nil, logger: logger)
+        if spec.network != nil { await VMNetworking.tearDown(id, configuration: configuration.networkConfiguration, logger: logger) }
+        configuration.stateStore.remove(id: spec.id)
+        LiveDirectories.release(directoryKey)
+        if !report.isComplete {
+            logger.error("cleanup after a failed create was incomplete", metadata: ["failures": "\(report.failures.map(\.summary))"])
+        }
+        return status.map { ExitReason.classify(exit: $0, log: logLines, killedByDriver: false).adding(standardError: standardError) }
     }
 
     /// Step 1 of a launch: the spec is usable (a restore needs no kernel, but its snapshot's

@@ -58,6 +58,8 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
             // HTTP 400: ..."): the operation is not said twice.
             let text = "\(error)"
             return text.hasPrefix(operation) ? "\(vm)\(text)" : "\(vm)\(operation): \(text)"
+        case .createFailed(_, let step, let cause, _) where cause is CancellationError:
+            return "\(vm)create cancelled while \(step); everything it had made was removed"
         case .createFailed(_, let step, let cause, let exit):
             // How the VMM ended, which names Firecracker where it quotes it.
             let exitText = exit.map { "; \($0)" } ?? ""
@@ -90,6 +92,13 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
         }
     }
 
+    /// Whether the operation ended because its task was cancelled; a cancelled creation has
+    /// removed everything it made, as a failed one does.
+    public var isCancellation: Bool {
+        if case .createFailed(_, _, let cause, _) = self { return cause is CancellationError }
+        return false
+    }
+
     /// What to do about it.
     public var hint: String {
         switch self {
@@ -100,6 +109,8 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
             state.isLive ? "wait for or bring about the state the operation needs" : "the VM has ended; create a new one (or restore a snapshot)"
         case .sandbox(_, let error): error.hint
         case .api(_, _, let error): error.hint
+        case .createFailed(_, _, let cause, _) where cause is CancellationError:
+            "the task that created it was cancelled (an interrupted command); create it again"
         case .createFailed(_, _, let cause, _):
             (cause as? MicroVMError)?.hint ?? (cause as? JailError)?.hint ?? (cause as? FirecrackerAPIError)?.hint
                 ?? (cause as? LaunchFailure)?.hint

@@ -30,10 +30,11 @@ struct ConsoleCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = global.makeLogger(label: "microvm.console")
         let keys = try console.detachSequence()
+        let interrupts = Interrupts.catching()
         let machine = try await VMs.attach(id, configuration: try global.driverConfiguration(), logger: logger)
         Output.note("[microvm] attached to VM \(machine.id) (\(await machine.state.name)); \(console.detachKeys) detaches")
         let end = await ConsoleSession.attach(
-            machine, replay: true, forwardInput: !console.noStdin, detachKeys: keys,
+            machine, replay: true, forwardInput: !console.noStdin, detachKeys: keys, interrupts: interrupts,
             onInterrupt: stopOnInterrupt ? .stop(grace: .seconds(parsing: stopTimeout)) : .detach)
         try ConsoleSession.finish(end, vm: machine)
     }

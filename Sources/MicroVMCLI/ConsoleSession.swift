@@ -49,8 +49,10 @@ enum ConsoleSession {
         case outputEnded
     }
 
+    /// Attaches until the VM ends or the user detaches. `interrupts` were caught since the
+    /// command started, so a signal that came before the console was shown is not lost.
     static func attach(
-        _ vm: MicroVM, replay: Bool, forwardInput: Bool, detachKeys: [UInt8], onInterrupt: InterruptAction
+        _ vm: MicroVM, replay: Bool, forwardInput: Bool, detachKeys: [UInt8], interrupts: Interrupts, onInterrupt: InterruptAction
     ) async -> SessionEnd {
         // Bytes, not lines: the terminal gets exactly what the guest wrote, prompts included.
         let chunks = await vm.console.subscribeBytes(replay: replay)
@@ -69,18 +71,15 @@ enum ConsoleSession {
                 }
             }
         }
-        var sources: [any DispatchSourceSignal] = []
-        for number in [SIGINT, SIGTERM, SIGHUP] {
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number)
-            source.setEventHandler { continuation.yield(.interrupt) }
-            source.resume()
-            sources.append(source)
+        defer { Terminal.restore() }
+        return await interrupts.handling({ continuation.yield(.interrupt) }) {
+            await handle(events, vm: vm, printer: printer, onInterrupt: onInterrupt)
         }
-        defer {
-            for source in sources { source.cancel() }
-            Terminal.restore()
-        }
+    }
+
+    private static func handle(
+        _ events: AsyncStream<Event>, vm: MicroVM, printer: Task<Void, Never>, onInterrupt: InterruptAction
+    ) async -> SessionEnd {
         var stopping: Task<ExitReason, Never>?
         for await event in events {
             switch event {

@@ -16,10 +16,15 @@ struct CreateCommand: AsyncParsableCommand {
         let logger = global.makeLogger(label: "microvm.create")
         let spec = try vm.spec()
         let configuration = try global.driverConfiguration(firecracker: vm.firecracker, jailer: vm.jailer, launches: true)
-        let machine = try await Progress.showing("create \(spec.id)", probe: Progress.driveCopies(spec, configuration: configuration)) {
-            () async throws(MicroVMError) -> MicroVM in
-            try await MicroVM.create(spec, configuration: configuration, logger: logger)
+        // A Ctrl-C cancels the creation, which removes everything it made.
+        let interrupts = Interrupts.catching()
+        let machine = try await interrupts.cancelling {
+            try await Progress.showing("create \(spec.id)", probe: Progress.driveCopies(spec, configuration: configuration)) {
+                () async throws(MicroVMError) -> MicroVM in
+                try await MicroVM.create(spec, configuration: configuration, logger: logger)
+            }
         }
+        try await interrupts.removeIfInterrupted(machine)
         Output.line(machine.id.rawValue)
     }
 }

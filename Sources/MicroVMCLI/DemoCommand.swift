@@ -55,17 +55,12 @@ struct DemoCommand: AsyncParsableCommand {
             boot: .init(kernel: kernel, args: ["console=ttyS0", "microvm.heartbeat_ms=200"]))
 
         let started = ContinuousClock.now
-        let vm = try await MicroVM.run(spec, configuration: configuration, logger: logger)
+        // Ctrl-C cancels the creation (which removes what it made), or stops the VM before we go.
+        let interrupts = Interrupts.catching()
+        let vm = try await interrupts.cancelling { try await MicroVM.run(spec, configuration: configuration, logger: logger) }
         print("[demo] VM \(vm.id) \(vm.isSandboxed ? "jailed" : "UNJAILED") (Firecracker pid \(vm.pid), directory \(vm.directory))")
-        // Ctrl-C stops the VM before we go.
-        signal(SIGINT, SIG_IGN)
-        let interrupt = DispatchSource.makeSignalSource(signal: SIGINT)
-        let work = Task { try await Self.drive(vm: vm, heartbeats: heartbeats, started: started) }
-        interrupt.setEventHandler { work.cancel() }
-        interrupt.resume()
-        defer { interrupt.cancel() }
         do {
-            try await work.value
+            try await interrupts.cancelling { try await Self.drive(vm: vm, heartbeats: heartbeats, started: started) }
         } catch {
             let reason = await vm.kill()
             print("[demo] stopped: \(error) (\(reason))")

@@ -27,7 +27,8 @@ enum PostMortems {
     /// A failed create: kept for `doctor ID` (a write failure is not worth a second error).
     static func record(_ error: any Error) {
         let (store, spec) = context.withLock { ($0.store, $0.spec) }
-        guard let error = error as? MicroVMError, let store else { return }
+        // An interrupted creation is no failure of the VM's: nothing to diagnose.
+        guard let error = error as? MicroVMError, !error.isCancellation, let store else { return }
         guard var postMortem = PostMortem(error: error, spec: nil) else { return }
         if spec?.id == postMortem.id { postMortem.spec = spec }
         try? store.writePostMortem(postMortem)

@@ -15,8 +15,9 @@ struct KillCommand: AsyncParsableCommand {
 
     func run() async throws {
         let logger = global.makeLogger(label: "microvm.kill")
+        let interrupts = Interrupts.catching()
         let machine = try await VMs.attach(id, configuration: try global.driverConfiguration(), logger: logger)
-        let reason = await machine.kill()
+        let reason = await interrupts.deferring { await machine.kill() }
         Output.line("\(id): \(reason)")
     }
 }

@@ -80,17 +80,7 @@ struct LogsCommand: AsyncParsableCommand {
     /// Runs `body` until it returns or SIGINT, SIGTERM or SIGHUP arrives (which cancel it and
     /// end the command normally: the VM is not ours to stop).
     static func untilInterrupted(_ body: sending @escaping () async -> Void) async {
-        let signals = [SIGINT, SIGTERM, SIGHUP]
-        for number in signals { signal(number, SIG_IGN) }
-        let work = Task { await body() }
-        let sources = signals.map { number in
-            let source = DispatchSource.makeSignalSource(signal: number)
-            source.setEventHandler { work.cancel() }
-            source.resume()
-            return source
-        }
-        defer { for source in sources { source.cancel() } }
-        await work.value
+        try? await Interrupts.catching().cancelling { await body() }
     }
 
     /// The fallback for VMs without monitor files: attach (becoming the VM's driver for a

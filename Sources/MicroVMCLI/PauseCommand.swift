@@ -13,7 +13,7 @@ struct PauseCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = global.makeLogger(label: "microvm.pause")
         let machine = try await VMs.attach(id, configuration: try global.driverConfiguration(), logger: logger)
-        try await machine.pause()
+        try await Interrupts.catching().deferring { try await machine.pause() }
         Output.line("\(id): paused")
     }
 }

@@ -41,10 +41,16 @@ struct RestoreCommand: AsyncParsableCommand {
         }
         let snapshot = try Snapshot.load(from: FilePath(Paths.absolute(directory)))
         let configuration = try global.driverConfiguration(firecracker: firecracker, jailer: jailer, launches: true)
-        let machine = try await Progress.showing("restore \(id)", probe: Self.progressProbe(snapshot, id: id, configuration: configuration)) {
-            () async throws(MicroVMError) -> MicroVM in
-            try await MicroVM.restore(snapshot, id: id, resume: !paused, networkOverrides: overrides, configuration: configuration, logger: logger)
+        // A Ctrl-C cancels the restore, which removes everything it made.
+        let interrupts = Interrupts.catching()
+        let (id, paused) = (id, paused)
+        let machine = try await interrupts.cancelling {
+            try await Progress.showing("restore \(id)", probe: Self.progressProbe(snapshot, id: id, configuration: configuration)) {
+                () async throws(MicroVMError) -> MicroVM in
+                try await MicroVM.restore(snapshot, id: id, resume: !paused, networkOverrides: overrides, configuration: configuration, logger: logger)
+            }
         }
+        try await interrupts.removeIfInterrupted(machine)
         Output.line(machine.id.rawValue)
     }
 

@@ -13,7 +13,7 @@ struct ResumeCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = global.makeLogger(label: "microvm.resume")
         let machine = try await VMs.attach(id, configuration: try global.driverConfiguration(), logger: logger)
-        try await machine.resume()
+        try await Interrupts.catching().deferring { try await machine.resume() }
         Output.line("\(id): running")
     }
 }

@@ -35,17 +35,24 @@ struct RunCommand: AsyncParsableCommand {
         let spec = try vm.spec()
         let keys = try console.detachSequence()
         let configuration = try global.driverConfiguration(firecracker: vm.firecracker, jailer: vm.jailer, launches: true)
-        let machine = try await Progress.showing("create \(spec.id)", probe: Progress.driveCopies(spec, configuration: configuration)) {
-            () async throws(MicroVMError) -> MicroVM in
-            try await MicroVM.run(spec, configuration: configuration, logger: logger)
+        // From here until the end: a Ctrl-C while the VM is created cancels the creation
+        // (everything made is removed); once its console is shown, it stops the VM.
+        let interrupts = Interrupts.catching()
+        let machine = try await interrupts.cancelling {
+            try await Progress.showing("create \(spec.id)", probe: Progress.driveCopies(spec, configuration: configuration)) {
+                () async throws(MicroVMError) -> MicroVM in
+                try await MicroVM.run(spec, configuration: configuration, logger: logger)
+            }
         }
         if detach {
+            try await interrupts.removeIfInterrupted(machine)
             Output.line(machine.id.rawValue)
             return
         }
         Output.note("[microvm] VM \(machine.id) running \(machine.isSandboxed ? "jailed" : "UNJAILED") (pid \(machine.pid)); Ctrl-C stops it, \(console.detachKeys) detaches")
         let end = await ConsoleSession.attach(
-            machine, replay: true, forwardInput: !console.noStdin, detachKeys: keys, onInterrupt: .stop(grace: .seconds(parsing: stopTimeout)))
+            machine, replay: true, forwardInput: !console.noStdin, detachKeys: keys, interrupts: interrupts,
+            onInterrupt: .stop(grace: .seconds(parsing: stopTimeout)))
         try ConsoleSession.finish(end, vm: machine)
     }
 }

@@ -28,10 +28,16 @@ struct SnapshotCommand: AsyncParsableCommand {
         let machine = try await VMs.attach(id, configuration: configuration, logger: logger)
         let destination = FilePath(Paths.absolute(directory))
         let probe = Self.progressProbe(record: try? configuration.stateStore.read(id: id), destination: destination, diff: diff)
-        let snapshot = try await Progress.showing("snapshot \(id)", probe: probe) { () async throws(MicroVMError) -> Snapshot in
-            try await machine.snapshot(to: destination, type: diff ? .diff : .full)
+        // Stopped halfway, a snapshot would leave the VM paused and its files half-written: a
+        // Ctrl-C lets it finish, then ends the command.
+        let interrupts = Interrupts.catching()
+        let snapshot = try await interrupts.deferring {
+            try await Progress.showing("snapshot \(id)", probe: probe) { () async throws(MicroVMError) -> Snapshot in
+                try await machine.snapshot(to: destination, type: diff ? .diff : .full)
+            }
         }
         Output.line(snapshot.directory)
+        try interrupts.exitIfInterrupted("the snapshot was finished first")
     }
 
     /// The memory and state files as Firecracker writes them in the VM's directory, or as they

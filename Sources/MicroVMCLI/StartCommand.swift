@@ -23,14 +23,18 @@ struct StartCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = global.makeLogger(label: "microvm.start")
         let keys = try console.detachSequence()
+        let interrupts = Interrupts.catching()
         let machine = try await VMs.attach(id, configuration: try global.driverConfiguration(), logger: logger)
-        try await machine.start()
+        try await interrupts.deferring { try await machine.start() }
         guard attach else {
             Output.line(machine.id.rawValue)
+            try interrupts.exitIfInterrupted("VM \(id) was started")
             return
         }
+        // A Ctrl-C that came while it started stops it now, as one that comes later does.
         let end = await ConsoleSession.attach(
-            machine, replay: true, forwardInput: !console.noStdin, detachKeys: keys, onInterrupt: .stop(grace: .seconds(parsing: stopTimeout)))
+            machine, replay: true, forwardInput: !console.noStdin, detachKeys: keys, interrupts: interrupts,
+            onInterrupt: .stop(grace: .seconds(parsing: stopTimeout)))
         try ConsoleSession.finish(end, vm: machine)
     }
 }

@@ -25,8 +25,10 @@ struct StopCommand: AsyncParsableCommand {
             Output.line("\(id): already ended (\(listing.state?.description ?? "unknown")); `microvm rm \(id)` removes what it left")
             return
         }
+        let interrupts = Interrupts.catching()
         let machine = try await VMs.attach(id, configuration: configuration, logger: logger)
-        let reason = await machine.stop(grace: .seconds(parsing: timeout))
+        // A Ctrl-C during the grace period kills the VMM at once rather than leaving it half-stopped.
+        let reason = await interrupts.handling({ Task { await machine.kill() } }) { await machine.stop(grace: .seconds(parsing: timeout)) }
         Output.line("\(id): \(reason)")
         if !reason.isClean { throw CLIError(.vmFailure, "VM \(id) ended uncleanly: \(reason)", id: id) }
     }

@@ -23,6 +23,9 @@ enum ExitStatus: Int32, Sendable {
     case notFound = 5
     /// The VM's state forbids the operation: id in use, not running, attached elsewhere.
     case conflict = 6
+    /// SIGINT, SIGTERM or SIGHUP ended the command (128 + SIGINT, as shells report it); what it
+    /// was doing was undone (a creation) or finished (a snapshot, a stop).
+    case interrupted = 130
 
     var kind: String {
         switch self {
@@ -33,6 +36,7 @@ enum ExitStatus: Int32, Sendable {
         case .vmFailure: "vm-failure"
         case .notFound: "not-found"
         case .conflict: "conflict"
+        case .interrupted: "interrupted"
         }
     }
 }
@@ -75,6 +79,7 @@ enum Failure {
     }
 
     static func status(of error: MicroVMError) -> ExitStatus {
+        if error.isCancellation { return .interrupted }
         switch error {
         case .invalidSpec: return .usage
         case .invalidState, .stateConflict, .notAttachable, .heldByAnotherDriver: return .conflict

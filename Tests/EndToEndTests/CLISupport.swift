@@ -90,6 +90,8 @@ final class InteractiveCLI: Sendable {
     let pid: Int32
     private let input: Int32
     private let output = Mutex<[String]>([])
+    private let errorOutput = Mutex<[String]>([])
+    private let errorClosed = Mutex(false)
     private let inputOpen = Mutex(true)
     private let finished: Task<Int32, Never>
 
@@ -102,9 +104,12 @@ final class InteractiveCLI: Sendable {
     static func start(_ arguments: [String]) async throws -> InteractiveCLI {
         var inPipe: [Int32] = [-1, -1]
         var outPipe: [Int32] = [-1, -1]
-        guard pipe(&inPipe) == 0, pipe(&outPipe) == 0 else { throw PrerequisiteMissing("pipe failed") }
+        var errPipe: [Int32] = [-1, -1]
+        guard pipe(&inPipe) == 0, pipe(&outPipe) == 0, pipe(&errPipe) == 0 else { throw PrerequisiteMissing("pipe failed") }
         _ = fcntl(inPipe[1], F_SETFD, FD_CLOEXEC)
         _ = fcntl(outPipe[0], F_SETFD, FD_CLOEXEC)
+        _ = fcntl(errPipe[0], F_SETFD, FD_CLOEXEC)
+        let errorEnd = FileDescriptor(rawValue: errPipe[1])
         let (pids, pidContinuation) = AsyncStream<Int32>.makeStream()
         let readEnd = FileDescriptor(rawValue: inPipe[0])
         let writeEnd = FileDescriptor(rawValue: outPipe[1])
@@ -113,7 +118,8 @@ final class InteractiveCLI: Sendable {
                 let result = try await Subprocess.run(
                     .path(FilePath(CLI.binary)), arguments: Arguments(arguments),
                     input: .fileDescriptor(readEnd, closeAfterSpawningProcess: true),
-                    output: .fileDescriptor(writeEnd, closeAfterSpawningProcess: true), error: .discarded
+                    output: .fileDescriptor(writeEnd, closeAfterSpawningProcess: true),
+                    error: .fileDescriptor(errorEnd, closeAfterSpawningProcess: true)
                 ) { execution in
                     pidContinuation.yield(execution.processIdentifier.value)
                     pidContinuation.finish()
@@ -129,10 +135,13 @@ final class InteractiveCLI: Sendable {
         let process = InteractiveCLI(pid: pid, input: inPipe[1], finished: finished)
         let fd = outPipe[0]
         EndToEnd.readLines(from: fd) { line in process.output.withLock { $0.append(line) } }
+        EndToEnd.readLines(from: errPipe[0], { line in process.errorOutput.withLock { $0.append(line) } }, end: { process.errorClosed.withLock { $0 = true } })
         return process
     }
 
     var lines: [String] { output.withLock { $0 } }
+    /// What it wrote on standard error (notes and errors).
+    var errorLines: [String] { errorOutput.withLock { $0 } }
 
     func write(_ text: String) {
         _ = text.utf8CString.withUnsafeBufferPointer { Glibc.write(input, $0.baseAddress, $0.count - 1) }
@@ -165,6 +174,9 @@ final class InteractiveCLI: Sendable {
         defer { watchdog.cancel() }
         let status = await finished.value
         closeInput()
+        // Its last words on standard error are read (the VM's monitor does not hold that pipe).
+        let deadline = ContinuousClock.now + .seconds(2)
+        while !errorClosed.withLock({ $0 }), ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(10)) }
         return status
     }
 }

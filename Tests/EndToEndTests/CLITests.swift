@@ -41,6 +41,34 @@ struct CLITests {
         }
     }
 
+    @Test(
+        "Ctrl-C or SIGTERM at any moment of `microvm run` leaves nothing: a creation in progress is cancelled and undone (exit 130), a VM whose console is shown is stopped (exit 0)"
+    )
+    func interruptedRun() async throws {
+        try await EndToEnd.withDriver(.required, name: "cli-int") { configuration, assets, _ in
+            try await CLI.cleaningUp(configuration) {
+                var outcomes: [String] = []
+                for (round, delay) in [0, 10, 20, 30, 45, 60, 80, 100, 130, 170, 220, 300, 400].enumerated() {
+                    let id = "cli-int-\(getpid())-\(round)"
+                    let process = try await InteractiveCLI.start(["run", "--id", id] + CLI.vmFlags(configuration, assets))
+                    try await Task.sleep(for: .milliseconds(delay))
+                    let signal = round % 2 == 0 ? SIGINT : SIGTERM
+                    process.signal(signal)
+                    let status = await process.exitStatus()
+                    let errors = process.errorLines
+                    // 130: interrupted (or killed by SIGINT before it started); 143: killed by
+                    // SIGTERM before it started; 0: the VM was stopped cleanly.
+                    #expect([0, 130, 128 + SIGTERM].contains(status), "round \(round) (\(delay) ms): exit \(status), \(errors.suffix(3))")
+                    #expect(MicroVM.list(configuration: configuration).isEmpty, "round \(round) (\(delay) ms) left a VM: exit \(status), \(errors.suffix(3))")
+                    #expect(!errors.contains { $0.contains("error") && !$0.contains("create cancelled") }, "round \(round): \(errors)")
+                    outcomes.append(errors.contains { $0.contains("create cancelled") } ? "cancelled" : status == 0 ? "stopped" : "exit \(status)")
+                }
+                #expect(outcomes.contains("cancelled"), "some signal came while the VM was being created: \(outcomes)")
+                #expect(outcomes.contains("stopped"), "some signal came once its console was shown: \(outcomes)")
+            }
+        }
+    }
+
     @Test("run -f with Firecracker's own config file: the guest's console byte for byte as raw `firecracker --config-file` prints it")
     func firecrackerConfigFile() async throws {
         try await EndToEnd.withDriver(.required, name: "cli-fcfile") { configuration, assets, directory in

@@ -142,6 +142,35 @@ struct MicroVMLifecycleTests {
         }
     }
 
+    @Test("Cancelling the task of run or create at any moment: a cancellation error and nothing left, or a VM that came up first", arguments: policies)
+    func cancelledCreation(policy: SandboxPolicy) async throws {
+        try await EndToEnd.withDriver(policy, name: "cx-\(policy.rawValue)") { configuration, assets, _ in
+            var outcomes: [String] = []
+            for (round, delay) in [0, 300, 1000, 2000, 4000, 7000, 10000, 15000, 20000, 30000, 45000, 60000, 90000, 150000].enumerated() {
+                let spec = EndToEnd.spec(assets, id: "cx-\(policy.rawValue.prefix(3))-\(getpid())-\(round)")
+                let creating = Task { () throws(MicroVMError) -> MicroVM in
+                    round % 2 == 0
+                        ? try await MicroVM.run(spec, configuration: configuration, logger: EndToEnd.logger)
+                        : try await MicroVM.create(spec, configuration: configuration, logger: EndToEnd.logger)
+                }
+                try await Task.sleep(for: .microseconds(delay))
+                creating.cancel()
+                switch await creating.result {
+                case .success(let vm):
+                    outcomes.append("created")
+                    await vm.kill()
+                case .failure(let failure):
+                    let error = try #require(failure as? MicroVMError)
+                    #expect(error.isCancellation, "round \(round) (\(delay) µs): \(error)")
+                    #expect(error.description.contains("create cancelled while"), "\(error)")
+                    outcomes.append("cancelled \(error)")
+                }
+                #expect(MicroVM.list(configuration: configuration).isEmpty, "round \(round) left a record")
+            }
+            #expect(outcomes.contains { $0.hasPrefix("cancelled") }, "\(outcomes)")
+        }
+    }
+
     @Test("What the VMM (or the jailer) wrote on stderr before it exited explains the failed create", arguments: policies)
     func standardErrorExplainsExit(policy: SandboxPolicy) async throws {
         try await EndToEnd.withDriver(policy, name: "stderr-\(policy.rawValue)") { configuration, assets, directory in

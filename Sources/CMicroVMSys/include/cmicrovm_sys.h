@@ -147,4 +147,10 @@ int cmv_spawn(const char *path, char *const argv[], const char *cwd, int in, int
  * was reaped, 0 when children remain but none has exited, -1 (ECHILD) when there are none. */
 int cmv_reap_any(pid_t *pid, int *exited, int *value);
 
+/* Catches `signo` with a handler that writes its number, as one byte, to `write_fd` (a
+ * non-blocking pipe shared by every caught signal; the last call's fd is used). A handler,
+ * unlike SIG_IGN, is reset by exec, so children start with the default action; and unlike a
+ * signalfd, it sees a signal whichever thread it is delivered to. Returns 0. */
+int cmv_catch_signal_into_pipe(int signo, int write_fd);
+
 #endif
