@@ -24,8 +24,10 @@ struct LaunchBenchmark: AsyncParsableCommand {
     var scratch: String?
     @Option(
         help: """
-            The series to run, comma-separated (raw, raw-api, raw-jailer, unjailed, jailed), for \
-            profiling one of them. Default: all five, as the comparison needs.
+            The series to run, comma-separated (raw, raw-api, raw-jailer, unjailed, jailed, cli, \
+            cli-jailed), for profiling one of them. Default: the first five, as the comparison \
+            needs. cli and cli-jailed time the command line as a user runs it: `microvm run` \
+            (the `microvm` beside this binary) from its exec to the banner on its stdout.
             """)
     var series = "raw,raw-api,raw-jailer,unjailed,jailed"
 
@@ -62,6 +64,7 @@ struct LaunchBenchmark: AsyncParsableCommand {
         var libraryUnjailed = Samples()
         var libraryJailed = Samples()
         var jailedTeardown = Samples()
+        var commandLine = [Samples(), Samples()]
         /// The driver's CPU time (user + system, all its threads) from the call to the banner.
         var driverCPU = [Samples(), Samples()]
         /// From the call until `MicroVM.run` returns (the VM recorded and running), unjailed and jailed.
@@ -76,7 +79,7 @@ struct LaunchBenchmark: AsyncParsableCommand {
         // jail's cgroups being offlined, a VM's memory freed) slows whatever comes next: with a
         // rotation, raw `--api-sock` (always after the library's jailed launch) measured 1.1x
         // raw `--no-api`; shuffled, the two are equal.
-        let names = ["raw", "raw-jailer", "unjailed", "jailed", "raw-api"]
+        let names = ["raw", "raw-jailer", "unjailed", "jailed", "raw-api", "cli", "cli-jailed"]
         let chosen = Set(self.series.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
         if let unknown = chosen.first(where: { !names.contains($0) }) {
             throw ValidationError("unknown series '\(unknown)': choose among \(names.joined(separator: ", "))")
@@ -85,6 +88,21 @@ struct LaunchBenchmark: AsyncParsableCommand {
         for round in 0..<runs {
             for series in order.shuffled() {
                 switch series {
+                case 5, 6:
+                    // The command line: `microvm run` in the foreground, exec to the banner on its
+                    // stdout; SIGTERM then stops the VM (not timed).
+                    let isJailed = series == 6
+                    var arguments = [
+                        "run", "--id", "cli-\(series)-\(round)", "--no-stdin", "--kernel", kernel, "--memory", "64", "--vcpus", "1",
+                        "--pids", "64", "--chroot-base", base, "--parent-cgroup", jailed.jailer.parentCgroup ?? "microvm-bench",
+                        "--firecracker", firecracker, "--jailer", try assets.jailerPath, "--uid", "123", "--gid", "100",
+                        "--sandbox", isJailed ? "required" : "disabled", "--state-dir", jailed.stateStore.root.string,
+                    ]
+                    for argument in Self.bootArgs { arguments += ["--boot-arg", argument] }
+                    let launch = try await RawLaunch.untilBanner(executable: Self.commandLine, arguments: arguments, banner: Self.banner)
+                    commandLine[isJailed ? 1 : 0].append(launch.elapsed)
+                    kill(launch.pid, SIGTERM)
+                    await launch.termination.value
                 case 4:
                     // Raw with its API server up, as the library's VMs have it: the part of the
                     // gap that is Firecracker's own (the API socket and its thread).
@@ -148,7 +166,8 @@ struct LaunchBenchmark: AsyncParsableCommand {
             ("raw firecracker --api-sock --config-file", rawWithAPI), ("raw jailer -- --config-file", rawJailed),
             ("library unjailed (MicroVM.run)", libraryUnjailed), ("library jailed (MicroVM.run)", libraryJailed),
             ("library jailed teardown (kill+clean)", jailedTeardown),
-        ] {
+            ("cli unjailed (microvm run)", commandLine[0]), ("cli jailed (microvm run)", commandLine[1]),
+        ] where !samples.values.isEmpty {
             print("\(name.padding(toLength: 44, withPad: " ", startingAt: 0)) \(Samples.milliseconds(samples.percentile(50)).leftPad(8)) \(Samples.milliseconds(samples.percentile(95)).leftPad(8)) \(Samples.milliseconds(samples.mean).leftPad(8))")
         }
         /// "a / b" by p50 and by mean, when both series ran (`--series` may leave one out).
@@ -168,11 +187,22 @@ struct LaunchBenchmark: AsyncParsableCommand {
         if let jailed = ratio(libraryJailed, rawJailed) {
             print(String(format: "library jailed / raw jailer (p50): %.2fx (target <= 1.1x); means: %.2fx", jailed.p50, jailed.mean))
         }
+        if let cli = ratio(commandLine[0], rawUnjailed) {
+            print(String(format: "cli unjailed / raw firecracker (p50): %.2fx; means: %.2fx", cli.p50, cli.mean))
+        }
+        if let cli = ratio(commandLine[1], rawJailed) {
+            print(String(format: "cli jailed / raw jailer (p50): %.2fx; means: %.2fx", cli.p50, cli.mean))
+        }
         print(
             "driver CPU time per launch, call to banner (p50 ms): unjailed \(Samples.milliseconds(driverCPU[0].percentile(50))), jailed \(Samples.milliseconds(driverCPU[1].percentile(50)))")
         print(
             "MicroVM.run returned, from the call (p50 ms): unjailed \(Samples.milliseconds(returned[0].percentile(50))), jailed \(Samples.milliseconds(returned[1].percentile(50)))")
         LaunchPhases.printTable(phases)
+    }
+
+    /// The `microvm` built beside this benchmark (its `microvm-monitor` is found beside it).
+    static var commandLine: String {
+        URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().appendingPathComponent("microvm").path
     }
 
     /// The raw baselines' config files: one naming the kernel by its host path (unjailed), one

@@ -58,7 +58,15 @@ enum ConsoleSession {
         let chunks = await vm.console.subscribeBytes(replay: replay)
         let (events, continuation) = AsyncStream<Event>.makeStream()
         let printer = Task {
-            for await chunk in chunks { Output.bytes(chunk) }
+            var readerGone = false
+            for await chunk in chunks where !readerGone {
+                // Nobody reads the console any more (`microvm run | head`): as a Ctrl-C. The rest
+                // is drained, so the session still learns when the console ends.
+                if !Output.bytes(chunk) {
+                    readerGone = true
+                    continuation.yield(.interrupt)
+                }
+            }
             continuation.yield(.outputEnded)
         }
         if forwardInput {

@@ -29,6 +29,9 @@ final class Interrupts: Sendable {
     /// The process's one catcher (a signal's handler is process-wide).
     private static let shared: Interrupts = {
         let interrupts = Interrupts()
+        // A reader gone from standard output is an EPIPE that `Output` handles, never a death by
+        // SIGPIPE halfway through (Firecracker, written in Rust, ignores it too).
+        signal(SIGPIPE, SIG_IGN)
         var fds: [Int32] = [-1, -1]
         guard cmv_pipe_cloexec(&fds) == 0 else { return interrupts }
         // The handler must never block: the write end is non-blocking (a full pipe drops the

@@ -62,7 +62,9 @@ struct LogsCommand: AsyncParsableCommand {
         let record = listing.record
         let id = id
         await Self.untilInterrupted {
-            let end = await files.follow(from: current, stillWriting: { Self.monitorIsWriting(record) }, print: Output.bytes)
+            // A reader gone from standard output (`logs -f | head`) ends the following too.
+            let end = await files.follow(
+                from: current, stillWriting: { Self.monitorIsWriting(record) && !Output.isStandardOutputGone }, print: { Output.bytes($0) })
             if end == .writerGone {
                 Output.note("microvm: VM \(id)'s monitor is gone, so nothing records its output any more (`microvm doctor \(id)`)")
             }

@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import MicroVM
 import MicroVMHost
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -129,21 +130,52 @@ enum Failure {
 }
 
 /// Unbuffered writes: console lines, tables and errors never interleave out of order.
+///
+/// A reader that goes away (`microvm run | head`) is not a crash: Foundation's `FileHandle`
+/// traps on EPIPE, which killed `microvm run` and left its VM running under its monitor. Writes
+/// go through `write(2)`; once standard output is gone, `bytes` says so (a console session then
+/// stops or detaches as for Ctrl-C) and later writes are dropped.
 enum Output {
+    private static let standardOutputGone = Atomic<Bool>(false)
+
+    /// Whether a write to standard output found its reader gone.
+    static var isStandardOutputGone: Bool { standardOutputGone.load(ordering: .relaxed) }
+
     static func line(_ text: String) {
         raw(text + "\n")
     }
 
     static func raw(_ text: String) {
-        FileHandle.standardOutput.write(Data(text.utf8))
+        bytes(Array(text.utf8))
     }
 
-    static func bytes(_ bytes: [UInt8]) {
-        FileHandle.standardOutput.write(Data(bytes))
+    /// Writes `bytes` to standard output; false once its reader is gone.
+    @discardableResult
+    static func bytes(_ bytes: [UInt8]) -> Bool {
+        guard !isStandardOutputGone else { return false }
+        if writeAll(bytes, to: 1) { return true }
+        standardOutputGone.store(true, ordering: .relaxed)
+        return false
     }
 
     static func error(_ text: String) {
-        FileHandle.standardError.write(Data((text + "\n").utf8))
+        _ = writeAll(Array((text + "\n").utf8), to: 2)
+    }
+
+    /// The whole buffer, across partial writes and interruptions; false on any other error.
+    private static func writeAll(_ bytes: [UInt8], to fd: Int32) -> Bool {
+        bytes.withUnsafeBytes { buffer in
+            var offset = 0
+            while offset < buffer.count {
+                let written = Glibc.write(fd, buffer.baseAddress! + offset, buffer.count - offset)
+                if written < 0 {
+                    if errno == EINTR || errno == EAGAIN { continue }
+                    return false
+                }
+                offset += written
+            }
+            return true
+        }
     }
 
     /// A note for a person at a terminal; silent when standard error is not one.

@@ -60,13 +60,6 @@ final class Monitor {
         childrenFD = cmv_signalfd_children()
         guard epoll >= 0, childrenFD >= 0 else { return fail("epoll/signalfd") }
         let directory = options.directory
-        streams = [
-            MonitoredStream(name: "console", ringCapacity: options.consoleRingBytes, file: LogFile(path: directory + "/console.log", maximumBytes: options.fileMaximumBytes)),
-            MonitoredStream(name: "stderr", ringCapacity: 64 * 1024, file: LogFile(path: directory + "/stderr.log", maximumBytes: 1 << 20)),
-            MonitoredStream(name: "log", ringCapacity: 256 * 1024, file: LogFile(path: directory + "/firecracker.log", maximumBytes: options.fileMaximumBytes)),
-        ]
-        listener = cmv_unix_listen(directory + "/monitor.sock", 64)
-        guard listener >= 0 else { return fail("listen on \(directory)/monitor.sock") }
 
         // The VMM's standard streams: pipes whose far ends only the child holds.
         var input: [Int32] = [-1, -1]
@@ -106,6 +99,21 @@ final class Monitor {
             return 1
         }
         launcherPID = pid
+        // The files and the socket are made while the VMM starts, not before: each is an inode,
+        // which on a busy ext4 costs up to half a millisecond, and the VMM's first output waits
+        // in its pipes meanwhile. Nobody connects before the announcement below.
+        streams = [
+            MonitoredStream(name: "console", ringCapacity: options.consoleRingBytes, file: LogFile(path: directory + "/console.log", maximumBytes: options.fileMaximumBytes)),
+            MonitoredStream(name: "stderr", ringCapacity: 64 * 1024, file: LogFile(path: directory + "/stderr.log", maximumBytes: 1 << 20)),
+            MonitoredStream(name: "log", ringCapacity: 256 * 1024, file: LogFile(path: directory + "/firecracker.log", maximumBytes: options.fileMaximumBytes)),
+        ]
+        listener = cmv_unix_listen(directory + "/monitor.sock", 64)
+        guard listener >= 0 else {
+            let status = fail("listen on \(directory)/monitor.sock")
+            // The driver is told it failed and searches the jail; the launcher ends with us.
+            kill(pid, SIGKILL)
+            return status
+        }
         if options.pidFile == nil { announce(vmm: pid) }
 
         watch(childrenFD, .children)

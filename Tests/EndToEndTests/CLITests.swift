@@ -69,6 +69,25 @@ struct CLITests {
         }
     }
 
+    @Test("`microvm run ... | head -n 1`: the reader goes away, the VM is stopped as for Ctrl-C, nothing is left, no crash")
+    func readerGone() async throws {
+        try await EndToEnd.withDriver(.required, name: "cli-pipe") { configuration, assets, directory in
+            try await CLI.cleaningUp(configuration) {
+                let id = "cli-pipe-\(getpid())"
+                let command = ([CLI.binary, "run", "--id", id, "--no-stdin"] + CLI.vmFlags(configuration, assets)).map { "'\($0)'" }
+                    .joined(separator: " ")
+                let script = "{ \(command) 2>'\(directory)/err'; echo $? >'\(directory)/rc'; } | head -n 1"
+                let result = try await Subprocess.run(.path("/bin/sh"), arguments: ["-c", script], output: .string(limit: 1 << 20), error: .discarded)
+                #expect(result.standardOutput.hasPrefix("microvm-guest: banner"), "\(result.standardOutput)")
+                let status = try String(contentsOfFile: directory + "/rc", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+                let errors = (try? String(contentsOfFile: directory + "/err", encoding: .utf8)) ?? ""
+                #expect(status == "0", "microvm run: exit \(status), \(errors.suffix(600))")
+                #expect(!errors.contains("Fatal error"), "\(errors.suffix(600))")
+                #expect(MicroVM.list(configuration: configuration).isEmpty, "the VM was left: \(errors.suffix(600))")
+            }
+        }
+    }
+
     @Test("run -f with Firecracker's own config file: the guest's console byte for byte as raw `firecracker --config-file` prints it")
     func firecrackerConfigFile() async throws {
         try await EndToEnd.withDriver(.required, name: "cli-fcfile") { configuration, assets, directory in
