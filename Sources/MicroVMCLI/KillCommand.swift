@@ -1,7 +1,7 @@
 import ArgumentParser
 import MicroVM
 
-/// `microvm kill ID`: SIGKILL at once.
+/// `microvm kill ID...`: SIGKILL at once.
 struct KillCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kill",
@@ -10,14 +10,19 @@ struct KillCommand: AsyncParsableCommand {
 
     @OptionGroup var global: GlobalOptions
 
-    @Argument(help: "The VM's id.")
-    var id: String
+    @Argument(help: "The VMs' ids.")
+    var ids: [String]
 
     func run() async throws {
         let logger = global.makeLogger(label: "microvm.kill")
+        let configuration = try global.driverConfiguration()
         let interrupts = Interrupts.catching()
-        let machine = try await VMs.attach(id, configuration: try global.driverConfiguration(), logger: logger)
-        let reason = await interrupts.deferring { await machine.kill() }
-        Output.line("\(id): \(reason)")
+        try await interrupts.deferring {
+            try await VMs.each(ids, json: global.json) { id in
+                let machine = try await VMs.attach(id, configuration: configuration, logger: logger)
+                let reason = await machine.kill()
+                Output.line("\(id): \(reason)")
+            }
+        }
     }
 }

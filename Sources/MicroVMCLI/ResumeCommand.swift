@@ -1,19 +1,24 @@
 import ArgumentParser
 import MicroVM
 
-/// `microvm resume ID`.
+/// `microvm resume ID...`.
 struct ResumeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "resume", abstract: "Resume a paused VM.")
 
     @OptionGroup var global: GlobalOptions
 
-    @Argument(help: "The VM's id.")
-    var id: String
+    @Argument(help: "The VMs' ids.")
+    var ids: [String]
 
     func run() async throws {
         let logger = global.makeLogger(label: "microvm.resume")
-        let machine = try await VMs.attach(id, configuration: try global.driverConfiguration(), logger: logger)
-        try await Interrupts.catching().deferring { try await machine.resume() }
-        Output.line("\(id): running")
+        let configuration = try global.driverConfiguration()
+        try await Interrupts.catching().deferring {
+            try await VMs.each(ids, json: global.json) { id in
+                let machine = try await VMs.attach(id, configuration: configuration, logger: logger)
+                try await machine.resume()
+                Output.line("\(id): running")
+            }
+        }
     }
 }

@@ -104,6 +104,12 @@ enum Failure {
             // ArgumentParser's own (usage, help, CleanExit) and anything unexpected (exit 1).
             MicroVMCommand.exitForArgumentParser(error)
         }
+        Foundation.exit(report(error, json: json).rawValue)
+    }
+
+    /// Prints `error` as `exit` does, without exiting: one of several a command ran into.
+    @discardableResult
+    static func report(_ error: any Error, json: Bool) -> ExitStatus {
         let (status, described, hint, id) = classify(error)
         PostMortems.record(error)
         // The library's descriptions end with their hint, which is shown on its own.
@@ -125,7 +131,7 @@ enum Failure {
             Output.error("microvm: error: \(message)")
             if let hint, !hint.isEmpty { Output.error("hint: \(hint)") }
         }
-        Foundation.exit(status.rawValue)
+        return status
     }
 }
 
@@ -225,6 +231,33 @@ enum Terminal {
 
 /// Finding and taking over a VM by id.
 enum VMs {
+    /// Runs `body` for every id at once (`stop a b c` takes as long as the slowest, not the
+    /// sum), each reporting on its own line as it ends. Every failure is printed; the command
+    /// then fails with the first one's status.
+    static func each(_ ids: [String], json: Bool, _ body: @escaping @Sendable (String) async throws -> Void) async throws {
+        let failures = await withTaskGroup(of: (any Error)?.self) { group in
+            for id in ids {
+                group.addTask {
+                    do {
+                        try await body(id)
+                        return nil
+                    } catch {
+                        return error
+                    }
+                }
+            }
+            var failures: [any Error] = []
+            for await failure in group {
+                if let failure { failures.append(failure) }
+            }
+            return failures
+        }
+        guard let first = failures.first else { return }
+        if failures.count == 1 { throw first }
+        for failure in failures.dropFirst() { Failure.report(failure, json: json) }
+        throw first
+    }
+
     /// The VM's listing, or `notFound`.
     static func listing(_ id: String, configuration: DriverConfiguration) throws -> VMListing {
         if let listing = MicroVM.list(configuration: configuration).first(where: { $0.id == id }) { return listing }

@@ -225,10 +225,13 @@ struct CLITests {
                 restoredConsole.write("\u{10}\u{11}")
                 #expect(await restoredConsole.exitStatus() == 0)
 
-                for vm in [id, copy] {
-                    let stopped = try await CLI.run(["stop", vm, "--timeout", "5"] + flags)
-                    #expect(stopped.status == 0 && stopped.stdout.contains("the guest shut down"), "\(stopped)")
-                }
+                // Both at once, as `docker stop a b`: a line each; a gone id fails the command (5)
+                // after the others were stopped.
+                let stopped = try await CLI.run(["stop", id, copy, "no-such-vm", "--timeout", "5"] + flags)
+                #expect(stopped.status == 5, "\(stopped)")
+                #expect(stopped.lines.count == 2 && stopped.lines.allSatisfy { $0.contains("the guest shut down") }, "\(stopped)")
+                #expect(Set(stopped.lines.compactMap { $0.split(separator: ":").first.map(String.init) }) == [id, copy], "\(stopped)")
+                #expect(stopped.stderr.contains("no-such-vm"), "\(stopped)")
                 let empty = try await CLI.run(["ls", "-q"] + flags)
                 #expect(empty.status == 0 && empty.lines.isEmpty, "\(empty)")
             }
