@@ -282,7 +282,10 @@ public actor MicroVM {
 
             // 7. The API, raced against an early exit (then Firecracker's own words explain it).
             step = "waiting for Firecracker's API"
-            let client = FirecrackerClient(socketPath: executor.apiSocketHostPath.string, logger: logger)
+            let client = FirecrackerClient(
+                socketPath: SocketPath.connectable(
+                    executor.apiSocketHostPath.string, vmDirectory: executor.jail.layout.rootDirectory.string, vmmPID: process!.pid),
+                logger: logger)
             let initialState: VMState =
                 switch mode {
                 case .bootFromConfigFile: .running
@@ -437,7 +440,6 @@ public actor MicroVM {
             id = try VMIdentifier(spec.id)
             jail = try Jail(
                 configuration: jailerConfiguration, id: id, cgroupHost: try HostFacts.cgroupHost.get(), topology: HostFacts.topology)
-            _ = try jail.layout.socketHostPath()  // a chroot base too long for the API socket's path
             let policy = spec.sandbox ?? configuration.policy
             if let cached = PreflightCache.cached(policy: policy, configuration: jailerConfiguration, limits: limits) {
                 decision = cached

@@ -74,3 +74,20 @@ enum VMFiles {
             entropy: spec.entropy)
     }
 }
+
+/// A Unix socket in a VM's directory, as this process can connect to it.
+///
+/// A socket address holds at most 103 bytes of path here (SwiftNIO's limit), and `<chroot base>/firecracker/<id>/root/run/firecracker.socket`
+/// is longer for an id of more than about 50 characters (the jailer allows 64), although the
+/// path Firecracker itself binds is short. Such a socket is reached through the VMM's working
+/// directory, which is the VM's directory for both executors (the jailer's chroot, or the
+/// directory the driver starts an unjailed Firecracker in): `/proc/<pid>/cwd/<path>`.
+enum SocketPath {
+    /// SwiftNIO's limit on a socket path, stricter than Linux's 107 bytes.
+    static let limit = JailLayout.maximumSocketPathLength
+
+    static func connectable(_ socket: String, vmDirectory: String, vmmPID: Int32?) -> String {
+        guard socket.utf8.count > limit, let vmmPID, socket.hasPrefix(vmDirectory + "/") else { return socket }
+        return "/proc/\(vmmPID)/cwd/" + socket.dropFirst(vmDirectory.count + 1)
+    }
+}

@@ -154,7 +154,8 @@ enum VMDiagnosis {
         guard info.st_mode & S_IFMT == S_IFSOCK else {
             return Finding(check: "api-socket", status: .fail, seen: "\(path) is not a socket", why: "Firecracker's API cannot be reached", fix: "microvm kill \(record.id) && microvm rm \(record.id)")
         }
-        let client = FirecrackerClient(socketPath: path, configuration: .init(requestTimeout: .seconds(2), connectTimeout: .seconds(1)))
+        let client = FirecrackerClient(
+            socketPath: record.connectableAPISocket, configuration: .init(requestTimeout: .seconds(2), connectTimeout: .seconds(1)))
         do {
             let instance = try await client.describeInstance()
             await client.close()

@@ -39,8 +39,8 @@ extension MicroVM {
         return connection
     }
 
-    /// Listens for guest-initiated connections to host port `port` (on `<vsockPath>_<port>`,
-    /// which must fit SwiftNIO's 103-byte limit on Unix socket paths).
+    /// Listens for guest-initiated connections to host port `port` (on `<vsockPath>_<port>`;
+    /// a path too long for a socket address is bound through the VMM's working directory).
     ///
     /// The socket is handed to the user Firecracker runs as (the jail's uid and gid for a
     /// jailed VM), which must be able to connect to it. The listener is closed and its socket
@@ -57,13 +57,14 @@ extension MicroVM {
         return listener
     }
 
-    /// The host path of the device socket plus `suffix`, within `sun_path`'s limit.
+    /// The host path of the device socket plus `suffix`, within `sun_path`'s limit: through the
+    /// VMM's working directory (the VM's directory) when the path itself is too long.
     private nonisolated func vsockSocketPath(suffix: String) throws(MicroVMError) -> FilePath {
         guard let base = vsockPath else {
             throw .invalidSpec(
                 id: id.rawValue, problems: [SpecProblem(field: "vsock", message: "the VM has no vsock device", hint: "add `vsock: {guest_cid: 3}` to the spec")])
         }
-        let path = base.string + suffix
+        let path = SocketPath.connectable(base.string + suffix, vmDirectory: directory.string, vmmPID: pid)
         let length = path.utf8.count
         guard length <= Self.vsockSocketPathLimit else {
             throw .sandbox(id: id.rawValue, .socketPathTooLong(path: path, length: length, limit: Self.vsockSocketPathLimit))

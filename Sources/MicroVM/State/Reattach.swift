@@ -212,7 +212,7 @@ extension MicroVM {
             LiveDirectories.release(directoryKey)
             throw .file(id: id, error)
         }
-        let client = FirecrackerClient(socketPath: record.apiSocket, logger: logger)
+        let client = FirecrackerClient(socketPath: record.connectableAPISocket, logger: logger)
         var state = record.state
         if let info = try? await client.describeInstance() {
             switch info.state {

@@ -24,6 +24,9 @@ public struct VMRecord: Codable, Sendable, Hashable {
     public var parentCgroup: String
     public var cgroupDirectories: [String]
     public var apiSocket: String
+    /// `apiSocket` as this process connects to it: the path itself, or through the VMM's
+    /// working directory when it is too long for a socket address (a long id).
+    public var connectableAPISocket: String { SocketPath.connectable(apiSocket, vmDirectory: directory, vmmPID: pid) }
     public var firecrackerBinary: String
     /// The driver process that supervises the VM (pid and start time); another driver may take
     /// it over only once that process is gone.
