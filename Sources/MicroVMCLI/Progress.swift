@@ -135,6 +135,7 @@ enum Progress {
 
     /// Redrawn in place: carriage return, erase the line, the new text (no newline).
     @Sendable static func standardError(_ text: String) {
-        FileHandle.standardError.write(Data(text.utf8))
+        // Not FileHandle, which traps when the terminal is gone (EIO) halfway through a create.
+        Output.errorText(text)
     }
 }

@@ -165,7 +165,12 @@ enum Output {
     }
 
     static func error(_ text: String) {
-        _ = writeAll(Array((text + "\n").utf8), to: 2)
+        errorText(text + "\n")
+    }
+
+    /// `text` on standard error as it is (a progress line's carriage returns); a failed write is dropped.
+    static func errorText(_ text: String) {
+        _ = writeAll(Array(text.utf8), to: 2)
     }
 
     /// The whole buffer, across partial writes and interruptions; false on any other error.
