@@ -457,8 +457,25 @@ public actor MicroVM {
         if !decision.isSandboxed {
             logger.warning("starting Firecracker UNJAILED", metadata: ["policy": "\((spec.sandbox ?? configuration.policy).rawValue)"])
         }
+        let missingTAPs = missingTAPProblems(spec, sandboxed: decision.isSandboxed, uid: jailerConfiguration.uid)
+        if !missingTAPs.isEmpty { throw .invalidSpec(id: spec.id, problems: missingTAPs) }
 
         return (id, jail, decision, limits, jailerConfiguration)
+    }
+
+    /// The spec's TAP devices that do not exist although the VMM cannot make them: jailed, it
+    /// runs as the jail's user; unjailed, as this process's user (only root's Firecracker makes
+    /// a missing TAP itself, as raw Firecracker does). Firecracker would only say "Open tap
+    /// device failed ... Operation not permitted" once launched.
+    private static func missingTAPProblems(_ spec: VMSpec, sandboxed: Bool, uid: UInt32) -> [SpecProblem] {
+        guard spec.network == nil, sandboxed || geteuid() != 0 else { return [] }
+        return spec.networkInterfaces.enumerated().compactMap { index, interface in
+            guard access("/sys/class/net/\(interface.tap)", F_OK) != 0 else { return nil }
+            let owner = sandboxed ? "\(uid)" : "\(geteuid())"
+            return SpecProblem(
+                field: "network_interfaces[\(index)].tap", message: "no network interface named '\(interface.tap)' on this host",
+                hint: "create it first (`ip tuntap add \(interface.tap) mode tap user \(owner) && ip link set \(interface.tap) up`), or give the spec a `network` section and the driver makes one")
+        }
     }
 
     /// Step 3 of a launch: the VM's network (spec `network`), made before anything runs, and

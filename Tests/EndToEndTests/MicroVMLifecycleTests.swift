@@ -122,8 +122,23 @@ struct MicroVMLifecycleTests {
                 return step == "launching Firecracker" || step == "waiting for Firecracker's API"
             }
 
+            // A TAP that does not exist, which a jailed VMM (the jail's user) cannot make: named
+            // before anything runs, rather than Firecracker's "Open tap device failed".
+            if policy == .required {
+                var missing = EndToEnd.spec(assets, id: id)
+                missing.networkInterfaces = [NetworkInterfaceSpec(id: "eth0", tap: EndToEnd.tapName("m0"))]
+                await #expect {
+                    try await MicroVM.create(missing, configuration: configuration, logger: EndToEnd.logger)
+                } throws: { error in
+                    guard case .invalidSpec(_, let problems) = error as? MicroVMError else { return false }
+                    return problems.map(\.field) == ["network_interfaces[0].tap"] && problems[0].hint?.contains("ip tuntap add") == true
+                }
+            }
+
             // Configure: Firecracker refuses a request (two interfaces with one MAC, which the
             // spec does not forbid); the step and Firecracker's fault message are kept.
+            let taps = try ["r0", "r1"].map { try TapDevice.create(name: EndToEnd.tapName($0), owner: policy == .required ? EndToEnd.uid : nil) }
+            defer { for tap in taps { try? tap.remove() } }
             var refused = EndToEnd.spec(assets, id: id)
             refused.networkInterfaces = [
                 NetworkInterfaceSpec(id: "eth0", tap: EndToEnd.tapName("r0"), mac: "06:00:00:00:00:01"),
@@ -138,7 +153,7 @@ struct MicroVMLifecycleTests {
                 else { return false }
                 return step.hasPrefix("configuring network interface") && !message.isEmpty
             }
-            for tap in ["r0", "r1"] { #expect(!TapDevice.exists(name: EndToEnd.tapName(tap))) }
+            #expect(!TapDevice.exists(name: EndToEnd.tapName("m0")))
         }
     }
 
