@@ -92,6 +92,12 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
         }
     }
 
+    /// A transport failure of the API (the VMM went away before answering).
+    private static func isLostConnection(_ cause: any Error) -> Bool {
+        if case .api(_, _, .transport)? = cause as? MicroVMError { return true }
+        return false
+    }
+
     /// Whether the operation ended because its task was cancelled; a cancelled creation has
     /// removed everything it made, as a failed one does.
     public var isCancellation: Bool {
@@ -111,6 +117,10 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
         case .api(_, _, let error): error.hint
         case .createFailed(_, _, let cause, _) where cause is CancellationError:
             "the task that created it was cancelled (an interrupted command); create it again"
+        case .createFailed(_, _, let cause, let exit?) where Self.isLostConnection(cause) && !exit.isClean:
+            // Firecracker ended before it answered: its exit and its own words, not the lost
+            // connection, say what to fix.
+            "Firecracker's own words follow the cause; `microvm doctor ID` reads them and names the fix"
         case .createFailed(_, _, let cause, _):
             (cause as? MicroVMError)?.hint ?? (cause as? JailError)?.hint ?? (cause as? FirecrackerAPIError)?.hint
                 ?? (cause as? LaunchFailure)?.hint

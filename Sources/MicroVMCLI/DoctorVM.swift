@@ -90,7 +90,9 @@ enum VMDiagnosis {
                     seen: postMortem.outcome == .createFailed
                         ? "create failed at \(when) while \(postMortem.step ?? "creating it"); everything it made was removed"
                         : "ended uncleanly at \(when); its directory was removed",
-                    why: "the VM is gone; the findings below say why it failed", fix: postMortem.hint))
+                    why: "the VM is gone; the findings below say why it failed",
+                    // A hint that sends the user here is no fix here.
+                    fix: postMortem.hint.flatMap { $0.contains("microvm doctor") ? nil : $0 } ?? "see the findings below"))
         }
         if let spec { findings += files(spec, alive: record?.process.isAlive == true) }
         // A detached VM's monitor kept Firecracker's log in the VM's directory (read for a VM
