@@ -86,6 +86,10 @@ struct GlobalOptions: ParsableArguments {
         Self.bootstrap
         var logger = Logger(label: label)
         logger.logLevel = verbose ? .debug : .error
+        // Firecracker's own error lines, re-emitted by the driver, reach the user once: in the
+        // error or exit reason that quotes them (and `microvm logs --firecracker`), not also as
+        // log lines above it. --verbose shows them as they come.
+        if !verbose { logger.handler = WithoutFirecrackerLines(logger.handler) }
         return logger
     }
 
@@ -118,4 +122,32 @@ struct GlobalOptions: ParsableArguments {
 
 enum CLIVersion {
     static let current = "0.1.0"
+}
+
+/// A log handler that leaves out the lines the driver re-emits from Firecracker's log (they
+/// carry `firecracker_thread`).
+struct WithoutFirecrackerLines: LogHandler {
+    var wrapped: any LogHandler
+
+    init(_ wrapped: any LogHandler) { self.wrapped = wrapped }
+
+    func log(event: LogEvent) {
+        guard event.metadata?["firecracker_thread"] == nil else { return }
+        wrapped.log(event: event)
+    }
+
+    var metadata: Logger.Metadata {
+        get { wrapped.metadata }
+        set { wrapped.metadata = newValue }
+    }
+
+    var logLevel: Logger.Level {
+        get { wrapped.logLevel }
+        set { wrapped.logLevel = newValue }
+    }
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { wrapped[metadataKey: key] }
+        set { wrapped[metadataKey: key] = newValue }
+    }
 }
