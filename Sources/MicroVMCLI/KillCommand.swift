@@ -24,5 +24,6 @@ struct KillCommand: AsyncParsableCommand {
                 Output.line("\(id): \(reason)")
             }
         }
+        try interrupts.exitIfInterrupted("the VMs were killed first")
     }
 }

@@ -13,12 +13,14 @@ struct PauseCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = global.makeLogger(label: "microvm.pause")
         let configuration = try global.driverConfiguration()
-        try await Interrupts.catching().deferring {
+        let interrupts = Interrupts.catching()
+        try await interrupts.deferring {
             try await VMs.each(ids, json: global.json) { id in
                 let machine = try await VMs.attach(id, configuration: configuration, logger: logger)
                 try await machine.pause()
                 Output.line("\(id): paused")
             }
         }
+        try interrupts.exitIfInterrupted("the VMs were paused first")
     }
 }

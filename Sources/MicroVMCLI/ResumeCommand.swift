@@ -13,12 +13,14 @@ struct ResumeCommand: AsyncParsableCommand {
     func run() async throws {
         let logger = global.makeLogger(label: "microvm.resume")
         let configuration = try global.driverConfiguration()
-        try await Interrupts.catching().deferring {
+        let interrupts = Interrupts.catching()
+        try await interrupts.deferring {
             try await VMs.each(ids, json: global.json) { id in
                 let machine = try await VMs.attach(id, configuration: configuration, logger: logger)
                 try await machine.resume()
                 Output.line("\(id): running")
             }
         }
+        try interrupts.exitIfInterrupted("the VMs were resumed first")
     }
 }
