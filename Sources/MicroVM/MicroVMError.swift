@@ -31,10 +31,13 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
     /// Another live driver holds this VM (supervises it, or is still creating it), so this one
     /// must not `operation` it (remove its files, for instance).
     case heldByAnotherDriver(id: String, operation: String, reason: String)
+    /// The warm pool was shut down: it hands out no more VMs.
+    case poolClosed(pool: String)
 
     public var id: String? {
         switch self {
         case .invalidSpec(let id, _): id
+        case .poolClosed: nil
         case .invalidState(let id, _, _, _), .sandbox(let id, _), .api(let id, _, _), .createFailed(let id, _, _, _),
             .snapshotFailed(let id, _, _), .file(let id, _), .network(let id, _), .stateConflict(let id, _, _), .corruptRecord(let id, _, _),
             .notFound(let id, _), .notAttachable(let id, _), .heldByAnotherDriver(let id, _, _):
@@ -89,6 +92,8 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
             return "\(vm)cannot attach: \(reason)"
         case .heldByAnotherDriver(_, let operation, let reason):
             return "\(vm)cannot \(operation): \(reason)"
+        case .poolClosed(let pool):
+            return "the warm pool \(pool) is shut down"
         }
     }
 
@@ -135,6 +140,7 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
         case .notFound: "list the VMs of this state root, or give the state root the VM was created with"
         case .notAttachable: "stop it from the driver that supervises it, or wait until that driver has exited"
         case .heldByAnotherDriver: "wait until the driver that holds it has finished with it (or has exited), or stop the VM from that driver"
+        case .poolClosed: "make a new pool, or restore the snapshot directly"
         }
     }
 }

@@ -15,9 +15,11 @@ enum RawLaunch {
     }
 
     /// Starts `executable`, runs `perform` (e.g. API calls) while its stdout is read, and
-    /// returns once the line containing `banner` has been read to its end.
+    /// returns once the line containing `banner` has been read to its end. `input`, when given,
+    /// is the process's stdin (the guest's serial input), closed here once it is spawned.
     static func untilBanner(
-        executable: String, arguments: [String], banner: String, perform: @Sendable () async throws -> Void = {}
+        executable: String, arguments: [String], banner: String, input: FileDescriptor? = nil,
+        perform: @Sendable () async throws -> Void = {}
     ) async throws -> Result {
         var fds: [Int32] = [-1, -1]
         guard pipe(&fds) == 0 else { throw CocoaError(.fileWriteUnknown) }
@@ -26,12 +28,23 @@ enum RawLaunch {
         let start = ContinuousClock.now
         let (pids, pidContinuation) = AsyncStream<Int32>.makeStream()
         let termination = Task {
-            _ = try? await Subprocess.run(
-                .path(FilePath(executable)), arguments: Arguments(arguments), environment: .custom(InheritedEnvironment.entries),
-                input: .none, output: .fileDescriptor(writeEnd, closeAfterSpawningProcess: true), error: .discarded
-            ) { execution in
-                pidContinuation.yield(execution.processIdentifier.value)
-                pidContinuation.finish()
+            if let input {
+                _ = try? await Subprocess.run(
+                    .path(FilePath(executable)), arguments: Arguments(arguments), environment: .custom(InheritedEnvironment.entries),
+                    input: .fileDescriptor(input, closeAfterSpawningProcess: true),
+                    output: .fileDescriptor(writeEnd, closeAfterSpawningProcess: true), error: .discarded
+                ) { execution in
+                    pidContinuation.yield(execution.processIdentifier.value)
+                    pidContinuation.finish()
+                }
+            } else {
+                _ = try? await Subprocess.run(
+                    .path(FilePath(executable)), arguments: Arguments(arguments), environment: .custom(InheritedEnvironment.entries),
+                    input: .none, output: .fileDescriptor(writeEnd, closeAfterSpawningProcess: true), error: .discarded
+                ) { execution in
+                    pidContinuation.yield(execution.processIdentifier.value)
+                    pidContinuation.finish()
+                }
             }
         }
         async let performed: Void = perform()

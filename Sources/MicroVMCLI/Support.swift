@@ -83,7 +83,7 @@ enum Failure {
         if error.isCancellation { return .interrupted }
         switch error {
         case .invalidSpec: return .usage
-        case .invalidState, .stateConflict, .notAttachable, .heldByAnotherDriver: return .conflict
+        case .invalidState, .stateConflict, .notAttachable, .heldByAnotherDriver, .poolClosed: return .conflict
         case .sandbox(_, let cause):
             if case .invalidSetting = cause { return .usage }
             return .host
