@@ -9,7 +9,7 @@ import SystemPackage
 /// real Firecracker, beside `curl --unix-socket` in the same run.
 struct APIBenchmark: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "api", abstract: "GET/PUT /machine-config through the client vs curl.")
+        commandName: "api", abstract: "GET/PUT /machine-config and pause/resume through the client and the VM handle vs curl.")
 
     @OptionGroup var assets: AssetOptions
     @Option(help: "Requests per measured series (client).") var requests = 5_000
@@ -65,6 +65,42 @@ struct APIBenchmark: AsyncParsableCommand {
                 socket,
                 ["-X", "PUT", "-H", "Content-Type: application/json", "-d", body, "http://localhost/machine-config"])
             report("curl PUT (time_total)", curlPut.exchange, wall: curlPut.wall)
+
+            // The lifecycle operations on the started guest: the VM handle's pause and resume
+            // (state check, request, state change, record written) beside the same requests
+            // made by the client alone and by curl.
+            try await vm.start()
+            let cycles = max(1, requests / 25)
+            var handlePause = Samples(), handleResume = Samples(), clientPause = Samples(), clientResume = Samples()
+            for _ in 0..<cycles {
+                var start = ContinuousClock.now
+                try await vm.pause()
+                handlePause.append(ContinuousClock.now - start)
+                start = ContinuousClock.now
+                try await vm.resume()
+                handleResume.append(ContinuousClock.now - start)
+                start = ContinuousClock.now
+                try await client.pause()
+                clientPause.append(ContinuousClock.now - start)
+                start = ContinuousClock.now
+                try await client.resume()
+                clientResume.append(ContinuousClock.now - start)
+            }
+            report("vm.pause()", handlePause)
+            report("vm.resume()", handleResume)
+            report("client PATCH /vm Paused", clientPause)
+            report("client PATCH /vm Resumed", clientResume)
+            var curlPause = Samples(), curlResume = Samples()
+            for _ in 0..<min(cycles, curlRequests) {
+                for (state, into) in [("Paused", 0), ("Resumed", 1)] {
+                    let one = try await curl(
+                        socket, ["-X", "PATCH", "-H", "Content-Type: application/json", "-d", #"{"state":"\#(state)"}"#, "http://localhost/vm"],
+                        count: 1)
+                    if into == 0 { curlPause.append(one.exchange.values[0]) } else { curlResume.append(one.exchange.values[0]) }
+                }
+            }
+            report("curl PATCH /vm Paused", curlPause)
+            report("curl PATCH /vm Resumed", curlResume)
         } catch {
             await vm.kill()
             throw error
@@ -82,10 +118,10 @@ struct APIBenchmark: AsyncParsableCommand {
     }
 
     /// curl's own `time_total` per request (connect + exchange, no process start), and the wall time.
-    private func curl(_ socket: String, _ arguments: [String]) async throws -> (exchange: Samples, wall: Samples) {
+    private func curl(_ socket: String, _ arguments: [String], count: Int? = nil) async throws -> (exchange: Samples, wall: Samples) {
         var exchange = Samples()
         var wall = Samples()
-        for _ in 0..<curlRequests {
+        for _ in 0..<(count ?? curlRequests) {
             let start = ContinuousClock.now
             let result = try await Subprocess.run(
                 .name("curl"),
