@@ -1,6 +1,7 @@
 import DequeModule
-import MicroVMHost
 public import Logging
+public import Metrics
+import MicroVMHost
 
 /// VMs restored ahead of time from one snapshot, kept paused, and handed out resumed.
 ///
@@ -13,6 +14,11 @@ public import Logging
 /// Every VM of a pool is a clone of the same guest: one snapshot, the same network overrides.
 /// Clones run side by side only where their resources do not collide: without a network, or in
 /// network namespaces (jailed VMs with a `network` section), not on one fixed TAP.
+///
+/// Its ``statistics`` also go to swift-metrics (the bootstrapped backend, or `metricsFactory`),
+/// with the dimension `pool` = the id prefix: the gauge `microvm_pool_ready`, the counters
+/// `microvm_pool_handed_out`, `microvm_pool_cold_restores`, `microvm_pool_discarded` and
+/// `microvm_pool_failed_restores`, and the timer `microvm_pool_acquire` (each acquire's duration).
 ///
 /// ```swift
 /// let pool = try WarmPool(snapshot: snapshot, size: 4, provider: FirecrackerProvider(configuration: driver))
@@ -52,14 +58,17 @@ public actor WarmPool<Provider: MicroVMProvider> {
     private var closed = false
     private var filler: Task<Void, Never>?
     private var wake: AsyncStream<Void>.Continuation?
-    public private(set) var statistics = Statistics()
+    public private(set) var statistics = Statistics() {
+        didSet { report(from: oldValue) }
+    }
+    private let metrics: PoolMetrics
     /// The latest failed restore for the pool; cleared by the next one that succeeds.
     public private(set) var lastError: MicroVMError?
 
     /// Checks the settings; restores nothing until ``start()``.
     public init(
         snapshot: Snapshot, size: Int, idPrefix: String = "pool", networkOverrides: [String: String] = [:], provider: Provider,
-        logger: Logger = Logger(label: "microvm")
+        logger: Logger = Logger(label: "microvm"), metricsFactory: (any MetricsFactory)? = nil
     ) throws(MicroVMError) {
         var problems: [SpecProblem] = []
         if size < 1 {
@@ -80,6 +89,7 @@ public actor WarmPool<Provider: MicroVMProvider> {
         self.idPrefix = idPrefix
         self.networkOverrides = networkOverrides
         self.provider = provider
+        self.metrics = PoolMetrics(pool: idPrefix, factory: metricsFactory)
         var logger = logger
         logger[metadataKey: "pool"] = "\(idPrefix)"
         self.logger = logger
@@ -119,6 +129,8 @@ public actor WarmPool<Provider: MicroVMProvider> {
     /// does not resume is removed and the next one tried.
     public func acquire() async throws(MicroVMError) -> Provider.VM {
         if closed { throw .poolClosed(pool: idPrefix) }
+        let start = ContinuousClock.now
+        defer { metrics.acquire.recordNanoseconds(Self.nanoseconds(ContinuousClock.now - start)) }
         while let vm = ready.popFirst() {
             statistics.ready = ready.count
             wake?.yield()
@@ -147,6 +159,22 @@ public actor WarmPool<Provider: MicroVMProvider> {
         filler = nil
         while let vm = ready.popFirst() { await vm.kill() }
         statistics.ready = 0
+    }
+
+    private static func nanoseconds(_ duration: Duration) -> Int64 {
+        duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000
+    }
+
+    /// Passes a change of ``statistics`` on to swift-metrics.
+    private func report(from old: Statistics) {
+        let new = statistics
+        if new.ready != old.ready { metrics.ready.record(new.ready) }
+        for (counter, delta) in [
+            (metrics.handedOut, new.handedOut - old.handedOut), (metrics.coldRestores, new.coldRestores - old.coldRestores),
+            (metrics.discarded, new.discarded - old.discarded), (metrics.failedRestores, new.failedRestores - old.failedRestores),
+        ] where delta > 0 {
+            counter.increment(by: delta)
+        }
     }
 
     private func nextID() -> String {
@@ -200,5 +228,25 @@ public actor WarmPool<Provider: MicroVMProvider> {
                 delay = min(delay * 2, .seconds(5))
             }
         }
+    }
+}
+
+/// The pool's swift-metrics handles.
+private struct PoolMetrics: Sendable {
+    let ready: Gauge
+    let handedOut: Counter
+    let coldRestores: Counter
+    let discarded: Counter
+    let failedRestores: Counter
+    let acquire: Metrics.Timer
+
+    init(pool: String, factory: (any MetricsFactory)?) {
+        let (dimensions, factory) = ([("pool", pool)], factory ?? MetricsSystem.factory)
+        ready = Gauge(label: "microvm_pool_ready", dimensions: dimensions, factory: factory)
+        handedOut = Counter(label: "microvm_pool_handed_out", dimensions: dimensions, factory: factory)
+        coldRestores = Counter(label: "microvm_pool_cold_restores", dimensions: dimensions, factory: factory)
+        discarded = Counter(label: "microvm_pool_discarded", dimensions: dimensions, factory: factory)
+        failedRestores = Counter(label: "microvm_pool_failed_restores", dimensions: dimensions, factory: factory)
+        acquire = Metrics.Timer(label: "microvm_pool_acquire", dimensions: dimensions, factory: factory)
     }
 }

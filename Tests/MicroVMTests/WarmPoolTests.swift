@@ -1,6 +1,8 @@
 import FirecrackerAPI
 import Foundation
 import Logging
+import Metrics
+import MetricsTestKit
 import MicroVM
 import Synchronization
 import SystemPackage
@@ -62,7 +64,8 @@ struct WarmPoolTests {
     @Test("start fills the pool with paused VMs; acquire hands one out running and the pool refills")
     func fillAndRefill() async throws {
         try await Self.withSnapshot { snapshot, provider in
-            let pool = try WarmPool(snapshot: snapshot, size: 3, idPrefix: "web", provider: provider, logger: Self.quiet)
+            let metrics = TestMetrics()
+            let pool = try WarmPool(snapshot: snapshot, size: 3, idPrefix: "web", provider: provider, logger: Self.quiet, metricsFactory: metrics)
             try await pool.start()
             #expect(await pool.statistics.ready == 3)
             #expect(provider.inner.liveIDs.count == 3)
@@ -76,6 +79,11 @@ struct WarmPoolTests {
             #expect(provider.inner.liveIDs.count == 5)
             let statistics = await pool.statistics
             #expect(statistics.handedOut == 2 && statistics.coldRestores == 0 && statistics.discarded == 0)
+            // The same figures in swift-metrics, with the pool as dimension.
+            let dimensions = [("pool", "web")]
+            #expect(try metrics.expectCounter("microvm_pool_handed_out", dimensions).totalValue == 2)
+            #expect(try metrics.expectGauge("microvm_pool_ready", dimensions).lastValue == 3)
+            #expect(try metrics.expectTimer("microvm_pool_acquire", dimensions).values.count == 2)
 
             // Shut down: the paused ones go, the handed-out ones stay the caller's.
             await pool.shutdown()
