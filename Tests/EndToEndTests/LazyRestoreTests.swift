@@ -1,0 +1,140 @@
+import FirecrackerAPI
+import Foundation
+import MicroVM
+import MicroVMHost
+import SystemPackage
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Lazy restores (`RestoreMemory.lazy`): no memory file is staged, a userfaultfd handler serves
+/// the guest's pages from the snapshot's memory file as it touches them.
+@Suite("Lazy (userfaultfd) restore end to end", .serialized, .enabled(if: EndToEnd.enabled))
+struct LazyRestoreTests {
+    /// Boots the test guest, lets it beat a few times and snapshots it into `directory/name`.
+    static func takeSnapshot(
+        _ configuration: DriverConfiguration, _ assets: TestAssets, id: String, into directory: String
+    ) async throws -> (Snapshot, Int) {
+        let source = try await MicroVM.run(EndToEnd.spec(assets, id: id), configuration: configuration, logger: EndToEnd.logger)
+        return try await EndToEnd.using(source) { vm in
+            _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat 3", timeout: .seconds(10))
+            let snapshot = try await vm.snapshot(to: FilePath(directory + "/snap"), type: .full)
+            let at = await SnapshotTests.lastHeartbeat(vm.console)
+            await vm.kill()
+            return (snapshot, at)
+        }
+    }
+
+    @Test("Restored lazily, jailed and unjailed: the guest carries on, pages are served, nothing is staged or left", arguments: [SandboxPolicy.required, .disabled])
+    func restoresLazily(policy: SandboxPolicy) async throws {
+        try await EndToEnd.withDriver(policy, name: "uffd-\(policy.rawValue)") { configuration, assets, directory in
+            let tag = "\(policy.rawValue.prefix(3))-\(getpid())"
+            let (snapshot, at) = try await Self.takeSnapshot(configuration, assets, id: "uffd-src-\(tag)", into: directory)
+            let vm = try await MicroVM.restore(
+                snapshot, id: "uffd-lazy-\(tag)", memory: .lazy, configuration: configuration, logger: EndToEnd.logger)
+            let lazy = try #require(vm.lazyMemory)
+            let socket = lazy.socketPath.string
+            #expect(FileManager.default.fileExists(atPath: socket))
+            #expect(!FileManager.default.fileExists(atPath: vm.directory.string + "/restore.memory"), "a lazy restore stages no memory")
+            if policy == .required {
+                var status = stat()
+                #expect(stat(socket, &status) == 0 && status.st_uid == EndToEnd.uid, "the jailed VMM's user owns the socket")
+            }
+            try await SnapshotTests.expectCarriesOn(vm, after: at, "lazy \(policy.rawValue)")
+            let statistics = lazy.statistics
+            #expect(statistics.pagesCopied > 0, "\(statistics)")
+            #expect(statistics.regions >= 1)
+            #expect(statistics.phase == .ended, "\(statistics)")
+            #expect(lazy.failure == nil)
+            #expect(statistics.pagesServed < UInt64(snapshot.spec.machine.memoryMiB) << 8, "only touched pages are served: \(statistics)")
+            #expect(!FileManager.default.fileExists(atPath: socket))
+            #expect(EndToEnd.liveThreads(named: "uffd") == 0)
+        }
+    }
+
+    @Test("A truncated memory file: the handler refuses the handshake, the create fails with its words, nothing is left")
+    func truncatedMemory() async throws {
+        try await EndToEnd.withDriver(.required, name: "uffd-trunc") { configuration, assets, directory in
+            let tag = "\(getpid())"
+            let (snapshot, _) = try await Self.takeSnapshot(configuration, assets, id: "uffd-tsrc-\(tag)", into: directory)
+            #expect(truncate(snapshot.memoryPath.string, 16 << 20) == 0)
+            let descriptors = EndToEnd.descriptorCount()
+            await #expect {
+                _ = try await MicroVM.restore(snapshot, id: "uffd-trunc-\(tag)", memory: .lazy, configuration: configuration, logger: EndToEnd.logger)
+            } throws: { error in
+                guard case .createFailed(_, let step, let cause, _) = error as? MicroVMError, let lazy = cause as? LazyMemoryError else {
+                    Issue.record("unexpected error: \(error)")
+                    return false
+                }
+                #expect(step == "loading the snapshot")
+                #expect(lazy.step == .handshake)
+                #expect(lazy.errno == ERANGE)
+                #expect("\(error)".contains("truncated"), "\(error)")
+                #expect((error as? MicroVMError)?.hint.contains("incomplete or corrupt") == true)
+                return true
+            }
+            #expect(EndToEnd.descriptorCount() <= descriptors, "descriptors left open")
+        }
+    }
+
+    @Test("A missing memory file is named before anything runs")
+    func missingMemory() async throws {
+        try await EndToEnd.withDriver(.disabled, name: "uffd-miss") { configuration, assets, directory in
+            let (snapshot, _) = try await Self.takeSnapshot(configuration, assets, id: "uffd-msrc-\(getpid())", into: directory)
+            #expect(unlink(snapshot.memoryPath.string) == 0)
+            await #expect {
+                _ = try await MicroVM.restore(snapshot, id: "uffd-miss-\(getpid())", memory: .lazy, configuration: configuration, logger: EndToEnd.logger)
+            } throws: { error in
+                guard case .invalidSpec(_, let problems) = error as? MicroVMError else { return false }
+                return problems.contains { $0.field == "snapshot.memory" }
+            }
+        }
+    }
+
+    @Test("Under a monitor (detached VMs): the monitor serves the memory; the guest carries on; nothing is left", arguments: [SandboxPolicy.required, .disabled])
+    func monitored(policy: SandboxPolicy) async throws {
+        try await EndToEnd.withDriver(policy, name: "uffd-mon-\(policy.rawValue)") { configuration, assets, directory in
+            let tag = "m\(policy.rawValue.prefix(3))-\(getpid())"
+            let (snapshot, at) = try await Self.takeSnapshot(configuration, assets, id: "uffd-src-\(tag)", into: directory)
+            let monitored = try MonitorTests.monitored(configuration)
+            let vm = try await MicroVM.restore(snapshot, id: "uffd-lazy-\(tag)", memory: .lazy, configuration: monitored, logger: EndToEnd.logger)
+            #expect(vm.lazyMemory == nil, "the monitor runs the server")
+            #expect(FileManager.default.fileExists(atPath: vm.directory.string + "/uffd.sock"))
+            #expect(!FileManager.default.fileExists(atPath: vm.directory.string + "/restore.memory"))
+            try await SnapshotTests.expectCarriesOn(vm, after: at, "lazy, monitored, \(policy.rawValue)")
+        }
+    }
+
+    @Test("A truncated memory file under a monitor: the monitor's handler refuses it, the create fails with its words")
+    func monitoredTruncated() async throws {
+        try await EndToEnd.withDriver(.disabled, name: "uffd-mtrunc") { configuration, assets, directory in
+            let tag = "\(getpid())"
+            let (snapshot, _) = try await Self.takeSnapshot(configuration, assets, id: "uffd-mtsrc-\(tag)", into: directory)
+            #expect(truncate(snapshot.memoryPath.string, 16 << 20) == 0)
+            let monitored = try MonitorTests.monitored(configuration)
+            await #expect {
+                _ = try await MicroVM.restore(snapshot, id: "uffd-mtrunc-\(tag)", memory: .lazy, configuration: monitored, logger: EndToEnd.logger)
+            } throws: { error in
+                guard case .createFailed(_, _, let cause, _) = error as? MicroVMError, let lazy = cause as? LazyMemoryError else {
+                    Issue.record("unexpected error: \(error)")
+                    return false
+                }
+                #expect(lazy.step == .handshake)
+                #expect(lazy.detail.contains("truncated"), "\(lazy)")
+                return true
+            }
+        }
+    }
+}
+
+extension EndToEnd {
+    /// Threads of this process whose name contains `name`.
+    static func liveThreads(named name: String) -> Int {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+        return tasks.filter { task in
+            ((try? String(contentsOfFile: "/proc/self/task/\(task)/comm", encoding: .utf8)) ?? "").contains(name)
+        }.count
+    }
+}
