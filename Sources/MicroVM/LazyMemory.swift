@@ -227,6 +227,33 @@ public final class LazyMemory: Sendable {
         return (LazyMemoryStatistics(stats), stats.state == CMV_UFFD_FAILED ? LazyMemoryError(stats, path: path) : nil)
     }
 
+    /// One guest memory region of Firecracker's handshake.
+    struct Region: Sendable, Hashable {
+        var address: UInt64
+        var size: UInt64
+        var offset: UInt64
+        var pageSize: UInt64
+    }
+
+    /// Parses a handshake the way the handler thread does (the C parser), for tests and
+    /// diagnostics: the regions, or the handler's sentence about what is wrong.
+    static func parseRegions(_ json: String) -> Result<[Region], LazyMemoryError> {
+        var regions = [cmv_uffd_region](repeating: cmv_uffd_region(), count: Int(CMV_UFFD_MAX_REGIONS))
+        var message = [CChar](repeating: 0, count: 192)
+        let bytes = Array(json.utf8)
+        let count = bytes.withUnsafeBufferPointer { text in
+            text.withMemoryRebound(to: CChar.self) { text in
+                cmv_uffd_parse_regions(text.baseAddress, text.count, &regions, CMV_UFFD_MAX_REGIONS, &message, message.count)
+            }
+        }
+        guard count >= 0 else {
+            let detail = String(decoding: message.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            return .failure(LazyMemoryError(step: .handshake, path: "", errno: EINVAL, detail: detail))
+        }
+        return .success(
+            regions.prefix(Int(count)).map { Region(address: $0.base_host_virt_addr, size: $0.size, offset: $0.offset, pageSize: $0.page_size) })
+    }
+
     /// Waits until the handler thread has ended by itself (Firecracker gone, or a failure).
     func waitUntilEnded() async {
         await ended.value

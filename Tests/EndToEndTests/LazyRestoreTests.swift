@@ -129,6 +129,39 @@ struct LazyRestoreTests {
     }
 }
 
+extension LazyRestoreTests {
+    @Test("microvm restore --lazy: the detached VM's monitor serves the memory; the guest carries on; stop leaves nothing")
+    func cli() async throws {
+        try await EndToEnd.withDriver(.required, name: "uffd-cli") { configuration, assets, directory in
+            try await CLI.cleaningUp(configuration) {
+                let flags = CLI.driverFlags(configuration)
+                let id = "uffd-cli-\(getpid())", copy = "uffd-cli-copy-\(getpid())"
+                let started = try await CLI.run(["run", "-d", "--id", id] + CLI.vmFlags(configuration, assets))
+                #expect(started.status == 0, "\(started)")
+                #expect(await CLILogsTests.waitUntil { ((try? String(contentsOfFile: CLILogsTests.consoleFile(configuration, id), encoding: .utf8)) ?? "").contains("heartbeat 3") })
+                let snapshotDirectory = directory + "/snap"
+                let snapshot = try await CLI.run(["snapshot", id, snapshotDirectory] + flags)
+                #expect(snapshot.status == 0, "\(snapshot)")
+                let removed = try await CLI.run(["rm", "-f", id] + flags)
+                #expect(removed.status == 0, "\(removed)")
+                let restored = try await CLI.run(
+                    ["restore", snapshotDirectory, "--id", copy, "--lazy", "--firecracker", assets.firecracker, "--jailer", assets.jailer] + flags,
+                    environment: ["MICROVM_JAILER_CHROOT_BASE": configuration.jailer.chrootBase.string, "MICROVM_JAILER_CGROUP_PARENT": configuration.jailer.parentCgroup ?? ""])
+                #expect(restored.status == 0 && restored.lines == [copy], "\(restored)")
+                let record = try #require(MicroVM.list(configuration: configuration).first { $0.id == copy }?.record)
+                #expect(!FileManager.default.fileExists(atPath: record.directory + "/restore.memory"), "nothing staged")
+                // The restored guest goes on beating: its monitor served the pages it touched.
+                #expect(await CLILogsTests.waitUntil {
+                    ((try? String(contentsOfFile: CLILogsTests.consoleFile(configuration, copy), encoding: .utf8)) ?? "").contains("heartbeat")
+                })
+                let stopped = try await CLI.run(["stop", copy, "--timeout", "5"] + flags)
+                #expect(stopped.status == 0 && stopped.stdout.contains("the guest shut down"), "\(stopped)")
+                #expect(MicroVM.list(configuration: configuration).isEmpty)
+            }
+        }
+    }
+}
+
 extension EndToEnd {
     /// Threads of this process whose name contains `name`.
     static func liveThreads(named name: String) -> Int {
