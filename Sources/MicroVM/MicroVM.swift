@@ -762,14 +762,17 @@ public actor MicroVM {
     /// The VMM is gone: read the rest of its log, judge the exit, release everything at once.
     private func vmmEnded(_ status: VMMExit) async {
         await streams.vmmExited()
-        let reason = ExitReason.classify(exit: status, log: await streams.log.recentLines, killedByDriver: killRequested)
+        // The VMM is gone, so its page-fault server has ended too (or ends now); a server that
+        // failed killed the VMM, and its words are why the VM ended.
+        await lazyMemory?.finish()
+        var reason = ExitReason.classify(exit: status, log: await streams.log.recentLines, killedByDriver: killRequested)
+        if let failure = lazyMemory?.failure { reason.evidence.append("\(failure)") }
         state = .ended(reason)
         for action in teardownActions { await action() }
         teardownActions.removeAll()
         await streams.close()
         await client.close()
         await process.monitor?.ended(within: .seconds(2))
-        await lazyMemory?.finish()
         let report = await executor.cleanup(vmmExited: status != .unknown, logger: logger)
         if spec.network != nil, let networkConfiguration {
             await VMNetworking.tearDown(id, configuration: networkConfiguration, logger: logger)

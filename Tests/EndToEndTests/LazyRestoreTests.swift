@@ -42,14 +42,30 @@ struct LazyRestoreTests {
                 var status = stat()
                 #expect(stat(socket, &status) == 0 && status.st_uid == EndToEnd.uid, "the jailed VMM's user owns the socket")
             }
-            try await SnapshotTests.expectCarriesOn(vm, after: at, "lazy \(policy.rawValue)")
+            // A snapshot of the lazily restored VM reads all of its memory (through the server).
+            let (again, atAgain) = try await EndToEnd.using(vm) { vm in
+                _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat \(at + 2)", timeout: .seconds(5))
+                let again = try await vm.snapshot(to: FilePath(directory + "/again"), type: .full)
+                return (again, await SnapshotTests.lastHeartbeat(vm.console))
+            }
+            #expect(lazy.statistics.pagesServed == UInt64(snapshot.spec.machine.memoryMiB) << 8, "the snapshot touched every page: \(lazy.statistics)")
+            try await SnapshotTests.expectCarriesOn(vm, after: atAgain, "lazy \(policy.rawValue)")
             let statistics = lazy.statistics
             #expect(statistics.pagesCopied > 0, "\(statistics)")
             #expect(statistics.regions >= 1)
             #expect(statistics.phase == .ended, "\(statistics)")
             #expect(lazy.failure == nil)
-            #expect(statistics.pagesServed < UInt64(snapshot.spec.machine.memoryMiB) << 8, "only touched pages are served: \(statistics)")
             #expect(!FileManager.default.fileExists(atPath: socket))
+            #expect(EndToEnd.liveThreads(named: "uffd") == 0)
+            // The snapshot taken from the lazily restored guest restores too (lazily again).
+            let second = try await MicroVM.restore(again, id: "uffd-again-\(tag)", memory: .lazy, configuration: configuration, logger: EndToEnd.logger)
+            let secondLazy = try #require(second.lazyMemory)
+            try await EndToEnd.using(second) { vm in
+                _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat \(atAgain + 1)", timeout: .seconds(5))
+            }
+            let touched = secondLazy.pagesServed
+            #expect(touched > 0 && touched < UInt64(snapshot.spec.machine.memoryMiB) << 8, "only the pages the guest touched are served: \(touched)")
+            await second.kill()
             #expect(EndToEnd.liveThreads(named: "uffd") == 0)
         }
     }
