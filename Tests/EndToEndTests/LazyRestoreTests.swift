@@ -95,6 +95,27 @@ struct LazyRestoreTests {
         }
     }
 
+    @Test("The memory file is cut short while the guest runs: the server fails, stops the VMM (no frozen guest), and the exit reason says why")
+    func memoryLostWhileRunning() async throws {
+        try await EndToEnd.withDriver(.disabled, name: "uffd-cut") { configuration, assets, directory in
+            let tag = "\(getpid())"
+            let (snapshot, _) = try await Self.takeSnapshot(configuration, assets, id: "uffd-csrc-\(tag)", into: directory)
+            // Restored paused: the guest has touched nothing yet when its memory goes.
+            let vm = try await MicroVM.restore(
+                snapshot, id: "uffd-cut-\(tag)", resume: false, memory: .lazy, configuration: configuration, logger: EndToEnd.logger)
+            let lazy = try #require(vm.lazyMemory)
+            #expect(truncate(snapshot.memoryPath.string, 0) == 0)
+            try await EndToEnd.using(vm) { vm in
+                try await vm.resume()
+                let reason = try #require(await vm.waitForExit(timeout: .seconds(10)), "the VM ends instead of freezing")
+                #expect(reason.evidence.contains { $0.contains("lazy memory: serving page faults") }, "\(reason)")
+            }
+            let failure = try #require(lazy.failure)
+            #expect(failure.step == .serving, "\(failure)")
+            #expect(failure.errno == EFAULT, "\(failure)")
+        }
+    }
+
     @Test("A missing memory file is named before anything runs")
     func missingMemory() async throws {
         try await EndToEnd.withDriver(.disabled, name: "uffd-miss") { configuration, assets, directory in
