@@ -45,6 +45,10 @@ public actor MicroVM {
     public nonisolated var layout: JailLayout { executor.jail.layout }
     /// The cgroup directories the jailer made for this VM (removed when it ends).
     public nonisolated let cgroupDirectories: [String]
+    /// The page-fault server of a VM restored with ``RestoreMemory/lazy`` by this process (nil
+    /// otherwise, and for a VM under a monitor, whose monitor runs the server): its counters
+    /// show how much of the memory the guest has touched.
+    public nonisolated let lazyMemory: LazyMemory?
 
     public private(set) var state: VMState
 
@@ -80,8 +84,9 @@ public actor MicroVM {
         spec: VMSpec, id: VMIdentifier, executor: any VMMExecutor, decision: SandboxDecision, process: SupervisedProcess,
         command: JailerCommand?, streams: VMMStreams, client: FirecrackerClient, state: VMState, stateStore: StateStore,
         logger: Logger, networkConfiguration: VMNetworkConfiguration? = nil, network: NetworkAttachment? = nil,
-        cgroups: [String]? = nil, createdAt: Date = Date()
+        cgroups: [String]? = nil, createdAt: Date = Date(), lazyMemory: LazyMemory? = nil
     ) {
+        self.lazyMemory = lazyMemory
         self.createdAt = createdAt
         self.networkConfiguration = spec.network == nil ? nil : networkConfiguration
         self.network = network
@@ -128,18 +133,25 @@ public actor MicroVM {
     /// Restores `snapshot` into a new VM (new id, new jail): its files are linked or copied in,
     /// writable drives come from the snapshot's copies, network interfaces can be pointed at
     /// other TAP devices. The guest carries on where it was (paused unless `resume`).
+    ///
+    /// `memory: .lazy` stages no memory file: the guest's pages are served from the snapshot's
+    /// memory file as the guest first touches them (``RestoreMemory/lazy``), by a thread of this
+    /// process, or of the VM's monitor when the configuration has one. The snapshot must then
+    /// stay in place while the VM runs. A restore no longer waits for a copy of the whole memory
+    /// (a snapshot on another filesystem than the jails), and a VM that touches little memory
+    /// starts with little; ``lazyMemory`` counts what was served.
     public static func restore(
-        _ snapshot: Snapshot, id: String, resume: Bool = true, networkOverrides: [String: String] = [:],
+        _ snapshot: Snapshot, id: String, resume: Bool = true, networkOverrides: [String: String] = [:], memory: RestoreMemory = .file,
         configuration: DriverConfiguration, logger: Logger = Logger(label: "microvm")
     ) async throws(MicroVMError) -> MicroVM {
         let spec = try snapshot.spec(restoredAs: id, networkOverrides: networkOverrides)
-        return try await launch(spec, configuration: configuration, mode: .restore(snapshot, resume: resume), logger: logger)
+        return try await launch(spec, configuration: configuration, mode: .restore(snapshot, resume: resume, memory: memory), logger: logger)
     }
 
     enum LaunchMode: Sendable {
         case configureThroughAPI
         case bootFromConfigFile
-        case restore(Snapshot, resume: Bool)
+        case restore(Snapshot, resume: Bool, memory: RestoreMemory)
     }
 
     private static func launch(
@@ -193,7 +205,7 @@ public actor MicroVM {
         //    is up, and a jailed VMM joins the namespace and runs as the TAP's owner.
         // A restored TAP-mode VM takes its snapshot's allocation: the guest keeps its address.
         var snapshotNetworkIndex: Int?
-        if case .restore(let snapshot, _) = mode { snapshotNetworkIndex = snapshot.networkIndex }
+        if case .restore(let snapshot, _, _) = mode { snapshotNetworkIndex = snapshot.networkIndex }
         let (launchSpec, attachment, executor) = try await attachNetwork(
             spec, id: id, decision: decision, jail: jail, limits: limits, jailerConfiguration: jailerConfiguration,
             tapIndex: snapshotNetworkIndex, configuration: configuration, logger: logger, undo: {
@@ -207,9 +219,11 @@ public actor MicroVM {
         let logThroughPipe = executor.opensDriverDescriptors && configuration.monitor == nil
         var staging: [StagingRequest]
         switch mode {
-        case .restore(let snapshot, _):
+        case .restore(let snapshot, _, let memory):
             staging = VMFiles.staging(for: launchSpec, driveSources: snapshot.driveCopies, boot: false, logFIFO: !logThroughPipe)
-            staging += [.readOnly(snapshot.statePath, at: VMFiles.restoreState), .readOnly(snapshot.memoryPath, at: VMFiles.restoreMemory)]
+            staging.append(.readOnly(snapshot.statePath, at: VMFiles.restoreState))
+            // A lazily restored guest's memory stays where it is: its server reads it there.
+            if memory == .file { staging.append(.readOnly(snapshot.memoryPath, at: VMFiles.restoreMemory)) }
         case .configureThroughAPI, .bootFromConfigFile:
             staging = VMFiles.staging(for: launchSpec, logFIFO: !logThroughPipe)
         }
@@ -226,6 +240,8 @@ public actor MicroVM {
         var command: JailerCommand?
         var streams: VMMStreams?
         var recording: Task<MicroVMError?, Never>?
+        /// The page-fault server of a lazy restore run by this process.
+        var lazyMemory: LazyMemory?
         /// The in-memory config file, open until Firecracker has read it (the launch's end).
         var configFD: Int32?
         defer { if let configFD { Glibc.close(configFD) } }
@@ -249,9 +265,25 @@ public actor MicroVM {
             let console = Console(for: spec)
             let log = FirecrackerLog(logger: logger, forwardLevel: forward)
             let consoleOnDemand = configuration.consoleReading == .onDemand && spec.console?.file == nil
+            // A lazy restore's page-fault server listens before Firecracker starts: it connects
+            // during `PUT /snapshot/load`, and its memory is unusable until it is served. The
+            // monitor of a detached VM runs it (it outlives this process); otherwise a thread here.
+            var lazyServer: VMMStreams.LazyMemoryServer?
+            if case .restore(let snapshot, _, .lazy) = mode {
+                let owner = executor.isSandboxed ? (uid: executor.jail.configuration.uid, gid: executor.jail.configuration.gid) : nil
+                lazyServer = VMMStreams.LazyMemoryServer(
+                    socket: executor.hostPath(VMFiles.lazyMemorySocket), memoryFile: snapshot.memoryPath, owner: owner)
+                if configuration.monitor == nil {
+                    step = "starting the lazy memory server"
+                    lazyMemory = try LazyMemory.start(
+                        directory: executor.jail.layout.rootDirectory, memoryFile: snapshot.memoryPath, owner: owner, id: spec.id, logger: logger)
+                }
+            }
+            step = "opening the console and log"
             if let monitor = configuration.monitor {
                 streams = VMMStreams.monitored(
-                    console: console, log: log, monitor: .init(settings: monitor, stateDirectory: store.directory(for: spec.id)),
+                    console: console, log: log,
+                    monitor: .init(settings: monitor, stateDirectory: store.directory(for: spec.id), lazyMemory: lazyServer),
                     logFIFO: executor.hostPath(VMFiles.log).string, consoleOnDemand: consoleOnDemand)
             } else {
                 do {
@@ -290,12 +322,12 @@ public actor MicroVM {
                 switch mode {
                 case .bootFromConfigFile: .running
                 case .configureThroughAPI: .created
-                case .restore(_, let resume): resume ? .running : .paused
+                case .restore(_, let resume, _): resume ? .running : .paused
                 }
             let vm = MicroVM(
                 spec: spec, id: id, executor: executor, decision: decision, process: process!, command: command, streams: streams!,
                 client: client, state: initialState, stateStore: store, logger: logger,
-                networkConfiguration: configuration.networkConfiguration, network: attachment)
+                networkConfiguration: configuration.networkConfiguration, network: attachment, lazyMemory: lazyMemory)
             // The console and log channels start while the VM boots (the pipes hold what it
             // writes meanwhile).
             step = "reading the console and log"
@@ -339,14 +371,15 @@ public actor MicroVM {
                 if let metadata = spec.mmds?.metadata { try await call("PUT /mmds", id: spec.id) { try await client.putMMDS(metadata) } }
             case .configureThroughAPI:
                 try await configure(client: client, spec: launchSpec, executor: executor, step: &step)
-            case .restore(_, let resume):
+            case .restore(_, let resume, let memory):
                 step = "loading the snapshot"
                 let overrides = launchSpec.networkInterfaces.map { NetworkOverride(ifaceId: $0.id, hostDevName: $0.tap) }
+                let backend: MemoryBackend =
+                    memory == .lazy ? .uffd(executor.vmmPath(VMFiles.lazyMemorySocket)) : .file(executor.vmmPath(VMFiles.restoreMemory))
                 try await call("PUT /snapshot/load", id: spec.id) {
                     try await client.loadSnapshot(
                         SnapshotLoadParams(
-                            snapshotPath: executor.vmmPath(VMFiles.restoreState),
-                            memBackend: .file(executor.vmmPath(VMFiles.restoreMemory)), resumeVm: resume,
+                            snapshotPath: executor.vmmPath(VMFiles.restoreState), memBackend: backend, resumeVm: resume,
                             networkOverrides: overrides.isEmpty ? nil : overrides))
                 }
             }
@@ -364,14 +397,16 @@ public actor MicroVM {
             // Undo everything: the process, the streams, the directory and cgroups (once the
             // record's write, if it started, is over). In a task of its own: a cancelled
             // creation must still wait for the VMM's exit before removing what it had.
-            let (recording, process, streams) = (recording, process, streams)
-            let exit = await Task {
+            let (recording, process, streams, lazy) = (recording, process, streams, lazyMemory)
+            let (exit, lazyFailure) = await Task {
                 await undoLaunch(
-                    recording: recording, process: process, streams: streams, executor: executor, spec: spec, id: id,
+                    recording: recording, process: process, streams: streams, lazyMemory: lazy, executor: executor, spec: spec, id: id,
                     configuration: configuration, directoryKey: directoryKey, logger: logger)
             }.value
             // Whatever a cancelled wait made of it, the cause is the cancellation.
             if Task.isCancelled { throw .createFailed(id: spec.id, step: step, cause: CancellationError(), exit: nil) }
+            // A page-fault server that failed stopped the VMM: the lost connection is its effect.
+            if let lazyFailure { throw .createFailed(id: spec.id, step: step, cause: lazyFailure, exit: nil) }
             let cause: any Error = error
             if case .createFailed = error as? MicroVMError { throw error as! MicroVMError }
             if case .invalidSpec = error as? MicroVMError { throw error as! MicroVMError }
@@ -385,10 +420,11 @@ public actor MicroVM {
     /// Undoes a launch that failed (or was cancelled) after its files were staged: kills and
     /// reaps the VMM, closes its streams, removes its directory, cgroups, network and record.
     /// How the VMM ended, when it had started.
+    /// With a lazy restore, also why its page-fault server failed (which stopped the VMM).
     private static func undoLaunch(
-        recording: Task<MicroVMError?, Never>?, process: SupervisedProcess?, streams: VMMStreams?, executor: any VMMExecutor,
-        spec: VMSpec, id: VMIdentifier, configuration: DriverConfiguration, directoryKey: String, logger: Logger
-    ) async -> ExitReason? {
+        recording: Task<MicroVMError?, Never>?, process: SupervisedProcess?, streams: VMMStreams?, lazyMemory: LazyMemory?,
+        executor: any VMMExecutor, spec: VMSpec, id: VMIdentifier, configuration: DriverConfiguration, directoryKey: String, logger: Logger
+    ) async -> (ExitReason?, LazyMemoryError?) {
         _ = await recording?.value
         var status: VMMExit?
         if let process {
@@ -401,6 +437,12 @@ public actor MicroVM {
         streams?.closeChildEnds()
         await streams?.close()
         await process?.monitor?.ended(within: .seconds(2))
+        await lazyMemory?.finish()
+        var lazyFailure = lazyMemory?.failure
+        if let monitor = streams?.monitor, monitor.lazyMemory != nil {
+            // The monitor's server wrote how it ended before the monitor exited.
+            lazyFailure = MonitorFiles.lazyMemoryFailure(in: monitor.stateDirectory)
+        }
         if let monitor = streams?.monitor, logLines.isEmpty {
             // A VMM that failed at once may end, and its monitor with it, before this
             // driver has read a line through the monitor: the monitor's files have them.
@@ -415,7 +457,7 @@ public actor MicroVM {
         if !report.isComplete {
             logger.error("cleanup after a failed create was incomplete", metadata: ["failures": "\(report.failures.map(\.summary))"])
         }
-        return status.map { ExitReason.classify(exit: $0, log: logLines, killedByDriver: false).adding(standardError: standardError) }
+        return (status.map { ExitReason.classify(exit: $0, log: logLines, killedByDriver: false).adding(standardError: standardError) }, lazyFailure)
     }
 
     /// Step 1 of a launch: the spec is usable (a restore needs no kernel, but its snapshot's
@@ -425,7 +467,7 @@ public actor MicroVM {
         _ spec: VMSpec, configuration: DriverConfiguration, mode: LaunchMode, logger: Logger
     ) async throws(MicroVMError) -> (VMIdentifier, Jail, SandboxDecision, ResourceLimits, JailerConfiguration) {
         var problems = spec.validate()
-        if case .restore(let snapshot, _) = mode {
+        if case .restore(let snapshot, _, _) = mode {
             // A restore boots no kernel: it may be gone since the snapshot.
             problems.removeAll { $0.field.hasPrefix("boot.") }
             problems += snapshot.missingFiles()
@@ -720,7 +762,11 @@ public actor MicroVM {
     /// The VMM is gone: read the rest of its log, judge the exit, release everything at once.
     private func vmmEnded(_ status: VMMExit) async {
         await streams.vmmExited()
-        let reason = ExitReason.classify(exit: status, log: await streams.log.recentLines, killedByDriver: killRequested)
+        // The VMM is gone, so its page-fault server has ended too (or ends now); a server that
+        // failed killed the VMM, and its words are why the VM ended.
+        await lazyMemory?.finish()
+        var reason = ExitReason.classify(exit: status, log: await streams.log.recentLines, killedByDriver: killRequested)
+        if let failure = lazyMemory?.failure { reason.evidence.append("\(failure)") }
         state = .ended(reason)
         for action in teardownActions { await action() }
         teardownActions.removeAll()

@@ -70,7 +70,8 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
             // names the VM once and its hint is the cause's.
             var causeText = (cause as? JailError)?.summary ?? "\(cause)"
             while causeText.hasPrefix(vm), !vm.isEmpty { causeText.removeFirst(vm.count) }
-            if let hint = (cause as? MicroVMError)?.hint ?? (cause as? JailError)?.hint ?? (cause as? LaunchFailure)?.hint,
+            if let hint = (cause as? MicroVMError)?.hint ?? (cause as? JailError)?.hint ?? (cause as? LaunchFailure)?.hint
+                ?? (cause as? LazyMemoryError)?.hint,
                 causeText.hasSuffix(". Hint: \(hint)")
             {
                 causeText.removeLast(". Hint: \(hint)".count)
@@ -128,7 +129,7 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
             "Firecracker's own words follow the cause; `microvm doctor ID` reads them and names the fix"
         case .createFailed(_, _, let cause, _):
             (cause as? MicroVMError)?.hint ?? (cause as? JailError)?.hint ?? (cause as? FirecrackerAPIError)?.hint
-                ?? (cause as? LaunchFailure)?.hint
+                ?? (cause as? LaunchFailure)?.hint ?? (cause as? LazyMemoryError)?.hint
                 ?? (cause is MonitoredLaunchFailure
                     ? "Firecracker's own words follow the cause; `microvm doctor ID` reads them and names the fix"
                     : "see the cause above")

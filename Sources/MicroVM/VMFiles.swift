@@ -24,6 +24,8 @@ enum VMFiles {
     /// A snapshot being restored.
     static let restoreState: FilePath = "/restore.state"
     static let restoreMemory: FilePath = "/restore.memory"
+    /// The page-fault server's socket of a lazy restore (``RestoreMemory/lazy``).
+    static let lazyMemorySocket: FilePath = FilePath("/" + LazyMemory.socketName)
 
     static func drive(_ id: String) -> FilePath {
         FilePath("/drives").appending(id)

@@ -14,6 +14,10 @@ struct SnapshotBenchmark: AsyncParsableCommand {
     @OptionGroup var assets: AssetOptions
     @Option(help: "Rounds per series.") var runs = 10
     @Option(help: "Guest memory in MiB.") var memory = 64
+    @Flag(help: "Also restore each snapshot lazily (memory served on demand by userfaultfd) and time it beside the file backend.")
+    var lazy = false
+    @Option(help: ArgumentHelp("Where the library's snapshots are written (default: beside the jails; another filesystem makes a file-backed restore copy the memory).", valueName: "dir"))
+    var snapshotDirectory: String?
 
     static let heartbeat = "microvm-guest: heartbeat"
 
@@ -39,6 +43,11 @@ struct SnapshotBenchmark: AsyncParsableCommand {
 
         var raw = (full: Samples(), diff: Samples(), restore: Samples())
         var library = [SandboxPolicy.disabled: (full: Samples(), diff: Samples(), restore: Samples()), .required: (full: Samples(), diff: Samples(), restore: Samples())]
+        var lazyRestore = [SandboxPolicy.disabled: Samples(), .required: Samples()]
+        var lazyPages = [SandboxPolicy.disabled: [UInt64](), .required: []]
+        let snapshots = snapshotDirectory.map { $0 + "/microvm-bench-snapshot-\(getpid())" } ?? directory
+        try FileManager.default.createDirectory(atPath: snapshots, withIntermediateDirectories: true)
+        defer { if snapshots != directory { try? FileManager.default.removeItem(atPath: snapshots) } }
 
         for round in 0..<runs {
             // Raw: a Firecracker with an API socket; pause, create, resume as direct calls.
@@ -88,10 +97,10 @@ struct SnapshotBenchmark: AsyncParsableCommand {
                     configuration: configuration, logger: logger)
                 _ = try await vm.console.waitForLine(containing: "microvm-guest: banner", timeout: .seconds(10))
                 var start = ContinuousClock.now
-                let full = try await vm.snapshot(to: FilePath("\(directory)/full-\(tag)"), type: .full)
+                let full = try await vm.snapshot(to: FilePath("\(snapshots)/full-\(tag)"), type: .full)
                 library[policy]!.full.append(ContinuousClock.now - start)
                 start = ContinuousClock.now
-                _ = try await vm.snapshot(to: FilePath("\(directory)/diff-\(tag)"), type: .diff)
+                _ = try await vm.snapshot(to: FilePath("\(snapshots)/diff-\(tag)"), type: .diff)
                 library[policy]!.diff.append(ContinuousClock.now - start)
                 await vm.kill()
                 start = ContinuousClock.now
@@ -99,12 +108,20 @@ struct SnapshotBenchmark: AsyncParsableCommand {
                 _ = try await copy.console.waitForLine(containing: Self.heartbeat, timeout: .seconds(10))
                 library[policy]!.restore.append(ContinuousClock.now - start)
                 await copy.kill()
-                try? FileManager.default.removeItem(atPath: "\(directory)/full-\(tag)")
-                try? FileManager.default.removeItem(atPath: "\(directory)/diff-\(tag)")
+                if lazy {
+                    start = ContinuousClock.now
+                    let lazyCopy = try await MicroVM.restore(full, id: "lazy-\(tag)", memory: .lazy, configuration: configuration, logger: logger)
+                    _ = try await lazyCopy.console.waitForLine(containing: Self.heartbeat, timeout: .seconds(10))
+                    lazyRestore[policy]!.append(ContinuousClock.now - start)
+                    lazyPages[policy]!.append(lazyCopy.lazyMemory?.pagesServed ?? 0)
+                    await lazyCopy.kill()
+                }
+                try? FileManager.default.removeItem(atPath: "\(snapshots)/full-\(tag)")
+                try? FileManager.default.removeItem(atPath: "\(snapshots)/diff-\(tag)")
             }
         }
         print("snapshots of a \(memory) MiB guest, \(runs) runs (ms)                   p50      p95")
-        let rows: [(String, Samples)] = [
+        var rows: [(String, Samples)] = [
             ("raw: pause + create full + resume", raw.full),
             ("library unjailed: snapshot(.full)", library[.disabled]!.full),
             ("library jailed: snapshot(.full)", library[.required]!.full),
@@ -115,8 +132,20 @@ struct SnapshotBenchmark: AsyncParsableCommand {
             ("library unjailed: restore -> first heartbeat", library[.disabled]!.restore),
             ("library jailed: restore -> first heartbeat", library[.required]!.restore),
         ]
+        if lazy {
+            rows += [
+                ("library unjailed: restore(.lazy) -> first heartbeat", lazyRestore[.disabled]!),
+                ("library jailed: restore(.lazy) -> first heartbeat", lazyRestore[.required]!),
+            ]
+        }
         for (name, samples) in rows {
             print("\(name.padding(toLength: 52, withPad: " ", startingAt: 0)) \(Samples.milliseconds(samples.percentile(50)).leftPad(8)) \(Samples.milliseconds(samples.percentile(95)).leftPad(8))")
+        }
+        if lazy {
+            for policy in [SandboxPolicy.disabled, .required] {
+                let pages = lazyPages[policy]!.sorted()
+                print("lazy \(policy.rawValue): pages served until the first heartbeat (median of \(pages.count)): \(pages.isEmpty ? 0 : pages[pages.count / 2]) of \(memory * 256)")
+            }
         }
     }
 }

@@ -8,7 +8,7 @@ struct RestoreCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "restore",
         abstract: "Restore a snapshot into a new VM (new id, new jail); the guest carries on where it was.",
-        discussion: "Leaves the VM running (or paused with --paused) and prints its id; `microvm console NEWID` attaches. On a terminal, a progress line on standard error shows the memory and state staged into the new jail (a copy when the snapshot is on another filesystem); none in scripts."
+        discussion: "Leaves the VM running (or paused with --paused) and prints its id; `microvm console NEWID` attaches. On a terminal, a progress line on standard error shows the memory and state staged into the new jail (a copy when the snapshot is on another filesystem); none in scripts. With --lazy the memory is not staged at all: the VM's monitor serves each page from the snapshot's memory file when the guest first touches it (userfaultfd), so the restore does not wait for the memory, and the snapshot directory must stay in place until the VM ends."
     )
 
     @OptionGroup var global: GlobalOptions
@@ -21,6 +21,9 @@ struct RestoreCommand: AsyncParsableCommand {
 
     @Flag(help: "Leave the guest paused (`microvm resume` starts it).")
     var paused = false
+
+    @Flag(help: "Serve the guest's memory from the snapshot on demand (userfaultfd) instead of staging the memory file; keep the snapshot until the VM ends.")
+    var lazy = false
 
     @Option(name: .customLong("tap"), help: ArgumentHelp("Point an interface at another TAP device: IFACE=TAP; repeatable.", valueName: "iface=tap"))
     var taps: [String] = []
@@ -43,11 +46,12 @@ struct RestoreCommand: AsyncParsableCommand {
         let configuration = try global.driverConfiguration(firecracker: firecracker, jailer: jailer, launches: true)
         // A Ctrl-C cancels the restore, which removes everything it made.
         let interrupts = Interrupts.catching()
-        let (id, paused) = (id, paused)
+        let (id, paused, memory) = (id, paused, lazy ? RestoreMemory.lazy : .file)
         let machine = try await interrupts.cancelling {
             try await Progress.showing("restore \(id)", probe: Self.progressProbe(snapshot, id: id, configuration: configuration)) {
                 () async throws(MicroVMError) -> MicroVM in
-                try await MicroVM.restore(snapshot, id: id, resume: !paused, networkOverrides: overrides, configuration: configuration, logger: logger)
+                try await MicroVM.restore(
+                    snapshot, id: id, resume: !paused, networkOverrides: overrides, memory: memory, configuration: configuration, logger: logger)
             }
         }
         try await interrupts.removeIfInterrupted(machine)

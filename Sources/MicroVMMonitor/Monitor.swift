@@ -11,6 +11,11 @@ struct MonitorOptions {
     var pidFile: String?
     var inputFIFO: String?
     var workingDirectory: String?
+    /// A lazy restore's page-fault server: its socket, the snapshot's memory file, and the
+    /// VMM's user (who must be able to connect to the socket).
+    var lazyMemorySocket: String?
+    var lazyMemoryFile: String?
+    var lazyMemoryOwner: (uid: Int32, gid: Int32)?
     var consoleRingBytes = 256 * 1024
     var fileMaximumBytes = 8 * 1024 * 1024
     var command: [String] = []
@@ -43,6 +48,7 @@ final class Monitor {
     private var pendingInput: [UInt8] = []
     private var clients: [Int32: Client] = [:]
 
+    private var lazyMemory: OpaquePointer?
     private var launcherPID: Int32 = 0
     private var vmmPID: Int32?
     private var reaped: [Int32: (exited: Bool, value: Int32)] = [:]
@@ -82,6 +88,15 @@ final class Monitor {
             // Read-write: the FIFO never reads end of file between Firecracker's opens of it.
             sources[2] = open(fifo, O_RDWR | O_NONBLOCK | O_CLOEXEC)
             if sources[2] < 0 { return fail("open \(fifo)") }
+        }
+
+        // A lazy restore's page-fault server listens before the VMM exists: Firecracker
+        // connects to it during its snapshot load. A failure here starts nothing.
+        if let socket = options.lazyMemorySocket, let memory = options.lazyMemoryFile {
+            if let failure = startLazyMemory(socket: socket, memoryFile: memory) {
+                report("failed \(failure)")
+                return 1
+            }
         }
 
         // Spawn the launcher (the jailer, or Firecracker itself).
@@ -389,7 +404,80 @@ final class Monitor {
 
     /// Every child is gone: read what the streams still hold, record the exit, let the clients
     /// read the rest, and leave.
+    /// Listens at `socket` and starts the C handler thread; a sentence when it could not. The
+    /// thread kills the VMM if it fails once Firecracker connected (its guest would freeze).
+    private func startLazyMemory(socket: String, memoryFile: String) -> String? {
+        let slash = socket.lastIndex(of: "/")
+        let directory = slash.map { String(socket[..<$0]) } ?? "."
+        let name = slash.map { String(socket[socket.index(after: $0)...]) } ?? socket
+        var step = "listening"
+        var path = socket
+        var code: Int32 = 0
+        let directoryFD = open(directory.isEmpty ? "/" : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if directoryFD < 0 {
+            code = errno
+        } else {
+            defer { close(directoryFD) }
+            let listener = cmv_uffd_listen(directoryFD, name, options.lazyMemoryOwner?.uid ?? -1, options.lazyMemoryOwner?.gid ?? -1)
+            if listener < 0 {
+                code = errno
+            } else {
+                let memory = open(memoryFile, O_RDONLY | O_CLOEXEC)
+                if memory < 0 {
+                    (code, step, path) = (errno, "opening-memory", memoryFile)
+                } else if cmv_uffd_server_start(listener, memory, 1, &lazyMemory) != 0 {
+                    (code, step, path) = (errno, errno == ENODATA ? "opening-memory" : "starting", memoryFile)
+                    close(memory)
+                } else {
+                    return nil
+                }
+                close(listener)
+                unlink(socket)
+            }
+        }
+        writeLazyMemoryFile(["state failed", "step \(step)", "path \(path)", "errno \(code)"])
+        return "lazy memory: \(step) \(path): \(String(cString: strerror(code)))"
+    }
+
+    /// Stops and joins the page-fault server and records how it ended (the driver reads the
+    /// failure from `lazy-memory` when its create fails).
+    private func finishLazyMemory() {
+        guard let server = lazyMemory else { return }
+        // The VMM is reaped: its connection is closed, so the thread has ended or is ending,
+        // and a failure it had is recorded (before it killed the VMM).
+        cmv_uffd_server_signal_stop(server)
+        var stats = cmv_uffd_stats()
+        cmv_uffd_server_stats(server, &stats)
+        cmv_uffd_server_free(server)
+        lazyMemory = nil
+        if let socket = options.lazyMemorySocket { unlink(socket) }
+        let detail = withUnsafeBytes(of: stats.error_detail) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let step =
+            switch stats.error_step {
+            case CMV_UFFD_STEP_ACCEPT: "accepting"
+            case CMV_UFFD_STEP_HANDSHAKE: "handshake"
+            default: "serving"
+            }
+        var lines = [
+            "state \(stats.state == CMV_UFFD_FAILED ? "failed" : "ended")", "faults \(stats.faults)", "pages-copied \(stats.pages_copied)",
+            "zero-pages \(stats.zero_pages)",
+        ]
+        if stats.state == CMV_UFFD_FAILED {
+            lines += ["step \(step)", "path \(options.lazyMemorySocket ?? "")", "errno \(stats.error_errno)", "detail \(detail)"]
+        }
+        writeLazyMemoryFile(lines)
+    }
+
+    private func writeLazyMemoryFile(_ lines: [String]) {
+        let fd = open(options.directory + "/lazy-memory", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return }
+        let text = Array((lines.joined(separator: "\n") + "\n").utf8)
+        _ = text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+    }
+
     private func finish() {
+        finishLazyMemory()
         for index in 0..<3 where sources[index] >= 0 {
             pump(index)
             if index == 2, sources[2] >= 0 {

@@ -7,7 +7,11 @@
 // for the VM's whole life, so its size is paid once per VM.
 //
 //   microvm-monitor --dir STATE_DIR [--log-fifo PATH] [--pid-file PATH] [--stdin-fifo PATH] [--cwd DIR]
-//                   [--console-ring BYTES] [--file-max BYTES] -- EXECUTABLE [ARGUMENT...]
+//                   [--console-ring BYTES] [--file-max BYTES]
+//                   [--uffd-socket PATH --uffd-memory FILE [--uffd-owner UID:GID]] -- EXECUTABLE [ARGUMENT...]
+//
+// With --uffd-socket, the monitor serves a lazily restored guest's memory from FILE: a
+// page-fault handler thread listens at PATH before the VMM starts (Firecracker's `Uffd` backend).
 //
 // stdout: one line for the driver, `vmm PID` or `failed REASON`. Files in STATE_DIR:
 // monitor.sock (the streams), console.log, stderr.log, firecracker.log (each rotated once at
@@ -33,6 +37,14 @@ while let argument = arguments.popFirst() {
     case "--pid-file": options.pidFile = value
     case "--stdin-fifo": options.inputFIFO = value
     case "--cwd": options.workingDirectory = value
+    case "--uffd-socket": options.lazyMemorySocket = value
+    case "--uffd-memory": options.lazyMemoryFile = value
+    case "--uffd-owner":
+        let parts = value.split(separator: ":")
+        guard parts.count == 2, let uid = Int32(parts[0]), let gid = Int32(parts[1]), uid >= 0, gid >= 0 else {
+            usage("--uffd-owner: '\(value)' is not UID:GID")
+        }
+        options.lazyMemoryOwner = (uid, gid)
     case "--console-ring":
         guard let bytes = Int(value), bytes > 0 else { usage("--console-ring: '\(value)' is not a positive number of bytes") }
         options.consoleRingBytes = bytes
@@ -44,4 +56,5 @@ while let argument = arguments.popFirst() {
 }
 if options.directory.isEmpty { usage("--dir is required") }
 if options.command.isEmpty { usage("no command after --") }
+if (options.lazyMemorySocket == nil) != (options.lazyMemoryFile == nil) { usage("--uffd-socket and --uffd-memory go together") }
 exit(Monitor(options: options).run())

@@ -153,4 +153,77 @@ int cmv_reap_any(pid_t *pid, int *exited, int *value);
  * signalfd, it sees a signal whichever thread it is delivered to. Returns 0. */
 int cmv_catch_signal_into_pipe(int signo, int write_fd);
 
+/* --- Lazy snapshot restore: a userfaultfd page-fault server (cmicrovm_uffd.c) --- */
+
+#define CMV_UFFD_MAX_REGIONS 32
+
+/* One guest memory region as Firecracker describes it in its handshake: `size` bytes mapped at
+ * `base_host_virt_addr` in the VMM, found at `offset` in the snapshot's memory file. */
+struct cmv_uffd_region {
+    unsigned long long base_host_virt_addr;
+    unsigned long long size;
+    unsigned long long offset;
+    unsigned long long page_size; /* bytes (from `page_size`, else the misnamed `page_size_kib`) */
+};
+
+/* The server's state (cmv_uffd_stats.state). */
+#define CMV_UFFD_WAITING 0   /* listening; Firecracker has not connected */
+#define CMV_UFFD_HANDSHAKE 1 /* connected; reading the regions and the userfaultfd */
+#define CMV_UFFD_SERVING 2
+#define CMV_UFFD_ENDED 3  /* Firecracker went away, or stop was asked: no error */
+#define CMV_UFFD_FAILED 4 /* see error_step, error_errno, error_detail */
+
+/* Where a failure happened (cmv_uffd_stats.error_step). */
+#define CMV_UFFD_STEP_NONE 0
+#define CMV_UFFD_STEP_ACCEPT 1
+#define CMV_UFFD_STEP_HANDSHAKE 2
+#define CMV_UFFD_STEP_SERVE 3
+
+struct cmv_uffd_stats {
+    unsigned long long faults;          /* page-fault events read */
+    unsigned long long pages_copied;    /* answered from the memory file (UFFDIO_COPY) */
+    unsigned long long zero_pages;      /* answered with zeros (ranges the balloon removed) */
+    unsigned long long already_present; /* EEXIST: another fault on that page was served first */
+    unsigned long long removes;         /* UFFD_EVENT_REMOVE events */
+    unsigned long long other_events;
+    int state;
+    int regions;
+    int peer_pid; /* Firecracker's pid (SO_PEERCRED), 0 before it connects */
+    int error_step;
+    int error_errno;
+    char error_detail[192];
+};
+
+typedef struct cmv_uffd_server cmv_uffd_server;
+
+/* Parses Firecracker's handshake (a JSON array of region objects). Unknown keys are skipped;
+ * every region must have base_host_virt_addr, size, offset and a page size, aligned and
+ * consistent. Returns the number of regions, or -1 (EINVAL) with a sentence in `error`. */
+int cmv_uffd_parse_regions(const char *text, size_t length, struct cmv_uffd_region *out, int capacity, char *error, size_t error_capacity);
+
+/* A close-on-exec, non-blocking Unix socket listening at `name` in the directory `directory_fd`
+ * (a stale file there is replaced), mode 0600, owned by uid:gid when uid >= 0. Returns the fd. */
+int cmv_uffd_listen(int directory_fd, const char *name, int uid, int gid);
+
+/* Starts a thread that accepts ONE connection on `listen_fd`, takes the userfaultfd and regions
+ * Firecracker sends, and serves page faults from `memory_fd` (mapped private, read-only) until
+ * Firecracker goes away or cmv_uffd_server_signal_stop. The server owns both descriptors from
+ * here on (on failure the caller still owns them). When
+ * `kill_peer_on_failure`, a failure after Firecracker connected SIGKILLs it (through a pidfd):
+ * a VMM whose faults nobody serves would freeze forever. Returns 0 and sets *server. */
+int cmv_uffd_server_start(int listen_fd, int memory_fd, int kill_peer_on_failure, cmv_uffd_server **server);
+
+/* An eventfd that turns readable once the serving thread has ended (for any reason). */
+int cmv_uffd_server_done_fd(const cmv_uffd_server *server);
+
+/* A consistent copy of the counters and state, from any thread. */
+void cmv_uffd_server_stats(cmv_uffd_server *server, struct cmv_uffd_stats *out);
+
+/* Asks the thread to end (it answers within one poll). */
+void cmv_uffd_server_signal_stop(cmv_uffd_server *server);
+
+/* Stops and joins the thread, unmaps the memory file and closes every descriptor the server
+ * owns (the listener and memory file included). The socket file is the caller's to unlink. */
+void cmv_uffd_server_free(cmv_uffd_server *server);
+
 #endif

@@ -120,7 +120,7 @@ extension VMMExecutor {
     ) async throws(LaunchFailure) -> Result<SupervisedProcess, MonitoredLaunchFailure> {
         let launched = try await MonitorLauncher.spawn(
             settings: monitor.settings, stateDirectory: monitor.stateDirectory, logFIFO: hostPath(VMFiles.log), pidFile: pidFile,
-            workingDirectory: workingDirectory, executable: executable, arguments: arguments)
+            workingDirectory: workingDirectory, lazyMemory: monitor.lazyMemory, executable: executable, arguments: arguments)
         let monitorProcess = MonitorProcess(pid: launched.monitor.pid, pidfd: launched.monitor.pidfd, termination: launched.monitor.termination)
         switch launched.outcome {
         case .vmm(let pid):

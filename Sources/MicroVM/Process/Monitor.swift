@@ -52,6 +52,31 @@ enum MonitorFiles {
     static func firecrackerLog(in directory: FilePath) -> FilePath { directory.appending("firecracker.log") }
     static func standardError(in directory: FilePath) -> FilePath { directory.appending("stderr.log") }
     static func diagnostics(in directory: FilePath) -> FilePath { directory.appending("monitor.err") }
+    /// How a lazy restore's page-fault server ended (`key value` lines), written by the monitor
+    /// when the server's thread ends.
+    static func lazyMemory(in directory: FilePath) -> FilePath { directory.appending("lazy-memory") }
+
+    /// The failure the monitor's page-fault server recorded; nil when it did not fail (or
+    /// wrote nothing).
+    static func lazyMemoryFailure(in directory: FilePath) -> LazyMemoryError? {
+        guard let text = try? String(contentsOfFile: lazyMemory(in: directory).string, encoding: .utf8) else { return nil }
+        var fields: [String: String] = [:]
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: " ", maxSplits: 1).map(String.init)
+            if parts.count == 2 { fields[parts[0]] = parts[1] }
+        }
+        guard fields["state"] == "failed" else { return nil }
+        let step: LazyMemoryError.Step =
+            switch fields["step"] {
+            case "listening": .listening
+            case "opening-memory": .openingMemory
+            case "starting": .starting
+            case "accepting": .accepting
+            case "handshake": .handshake
+            default: .serving
+            }
+        return LazyMemoryError(step: step, path: fields["path"] ?? "", errno: Int32(fields["errno"] ?? "") ?? 0, detail: fields["detail"] ?? "")
+    }
 
     /// The last lines of one of the monitor's files (none when it is missing).
     static func lastLines(of file: FilePath) -> [String] {
@@ -118,7 +143,7 @@ enum MonitorLauncher {
 
     static func spawn(
         settings: MonitorSettings, stateDirectory: FilePath, logFIFO: FilePath?, pidFile: FilePath?, workingDirectory: FilePath?,
-        executable: FilePath, arguments: [String]
+        lazyMemory: VMMStreams.LazyMemoryServer? = nil, executable: FilePath, arguments: [String]
     ) async throws(LaunchFailure) -> Launched {
         var monitorArguments = [
             "--dir", stateDirectory.string, "--console-ring", "\(settings.consoleRingBytes)", "--file-max", "\(settings.fileMaximumBytes)",
@@ -127,6 +152,10 @@ enum MonitorLauncher {
         if let pidFile { monitorArguments += ["--pid-file", pidFile.string] }
         monitorArguments += ["--stdin-fifo", stateDirectory.appending("stdin").string]
         if let workingDirectory { monitorArguments += ["--cwd", workingDirectory.string] }
+        if let lazyMemory {
+            monitorArguments += ["--uffd-socket", lazyMemory.socket.string, "--uffd-memory", lazyMemory.memoryFile.string]
+            if let owner = lazyMemory.owner { monitorArguments += ["--uffd-owner", "\(owner.uid):\(owner.gid)"] }
+        }
         monitorArguments += ["--", executable.string] + arguments
 
         var pipe: [Int32] = [-1, -1]

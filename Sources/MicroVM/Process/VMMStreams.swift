@@ -71,7 +71,18 @@ final class VMMStreams: Sendable {
         /// before is taken into the recent lines (they explain how the VMM ends) but not
         /// re-emitted through swift-log, which the earlier driver did.
         var attaching = false
+        /// A lazy restore's page-fault server, which the monitor runs (it outlives the driver).
+        var lazyMemory: LazyMemoryServer? = nil
         var socket: String { MonitorFiles.socket(in: stateDirectory).string }
+    }
+
+    /// Where a lazy restore's page-fault server listens and what it serves.
+    struct LazyMemoryServer: Sendable {
+        /// The socket's host path (in the VM's directory).
+        var socket: FilePath
+        var memoryFile: FilePath
+        /// The VMM's user, who must be able to connect (a jailed VMM's); nil: this process's.
+        var owner: (uid: UInt32, gid: UInt32)?
     }
 
     private init(

@@ -186,7 +186,7 @@ public struct StateStore: Sendable, Hashable {
         let directory = directory(for: id)
         let monitorFiles = [
             "monitor.sock", "exit", "exit.tmp", "console.log", "console.log.1", "firecracker.log", "firecracker.log.1", "stderr.log",
-            "stderr.log.1", "monitor.err",
+            "stderr.log.1", "monitor.err", "lazy-memory",
         ]
         for name in ["state.json", "state.json.tmp", "stdin", "stdout", "stderr"] + monitorFiles {
             unlink(directory.appending(name).string)

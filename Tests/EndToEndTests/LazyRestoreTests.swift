@@ -1,0 +1,210 @@
+import FirecrackerAPI
+import Foundation
+import MicroVM
+import MicroVMHost
+import SystemPackage
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Lazy restores (`RestoreMemory.lazy`): no memory file is staged, a userfaultfd handler serves
+/// the guest's pages from the snapshot's memory file as it touches them.
+@Suite("Lazy (userfaultfd) restore end to end", .serialized, .enabled(if: EndToEnd.enabled))
+struct LazyRestoreTests {
+    /// Boots the test guest, lets it beat a few times and snapshots it into `directory/name`.
+    static func takeSnapshot(
+        _ configuration: DriverConfiguration, _ assets: TestAssets, id: String, into directory: String
+    ) async throws -> (Snapshot, Int) {
+        let source = try await MicroVM.run(EndToEnd.spec(assets, id: id), configuration: configuration, logger: EndToEnd.logger)
+        return try await EndToEnd.using(source) { vm in
+            _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat 3", timeout: .seconds(10))
+            let snapshot = try await vm.snapshot(to: FilePath(directory + "/snap"), type: .full)
+            let at = await SnapshotTests.lastHeartbeat(vm.console)
+            await vm.kill()
+            return (snapshot, at)
+        }
+    }
+
+    @Test("Restored lazily, jailed and unjailed: the guest carries on, pages are served, nothing is staged or left", arguments: [SandboxPolicy.required, .disabled])
+    func restoresLazily(policy: SandboxPolicy) async throws {
+        try await EndToEnd.withDriver(policy, name: "uffd-\(policy.rawValue)") { configuration, assets, directory in
+            let tag = "\(policy.rawValue.prefix(3))-\(getpid())"
+            let (snapshot, at) = try await Self.takeSnapshot(configuration, assets, id: "uffd-src-\(tag)", into: directory)
+            let vm = try await MicroVM.restore(
+                snapshot, id: "uffd-lazy-\(tag)", memory: .lazy, configuration: configuration, logger: EndToEnd.logger)
+            let lazy = try #require(vm.lazyMemory)
+            let socket = lazy.socketPath.string
+            #expect(FileManager.default.fileExists(atPath: socket))
+            #expect(!FileManager.default.fileExists(atPath: vm.directory.string + "/restore.memory"), "a lazy restore stages no memory")
+            if policy == .required {
+                var status = stat()
+                #expect(stat(socket, &status) == 0 && status.st_uid == EndToEnd.uid, "the jailed VMM's user owns the socket")
+            }
+            // A snapshot of the lazily restored VM reads all of its memory (through the server).
+            let (again, atAgain) = try await EndToEnd.using(vm) { vm in
+                _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat \(at + 2)", timeout: .seconds(5))
+                let again = try await vm.snapshot(to: FilePath(directory + "/again"), type: .full)
+                return (again, await SnapshotTests.lastHeartbeat(vm.console))
+            }
+            #expect(lazy.statistics.pagesServed == UInt64(snapshot.spec.machine.memoryMiB) << 8, "the snapshot touched every page: \(lazy.statistics)")
+            try await SnapshotTests.expectCarriesOn(vm, after: atAgain, "lazy \(policy.rawValue)")
+            let statistics = lazy.statistics
+            #expect(statistics.pagesCopied > 0, "\(statistics)")
+            #expect(statistics.regions >= 1)
+            #expect(statistics.phase == .ended, "\(statistics)")
+            #expect(lazy.failure == nil)
+            #expect(!FileManager.default.fileExists(atPath: socket))
+            #expect(EndToEnd.liveThreads(named: "uffd") == 0)
+            // The snapshot taken from the lazily restored guest restores too (lazily again).
+            let second = try await MicroVM.restore(again, id: "uffd-again-\(tag)", memory: .lazy, configuration: configuration, logger: EndToEnd.logger)
+            let secondLazy = try #require(second.lazyMemory)
+            try await EndToEnd.using(second) { vm in
+                _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat \(atAgain + 1)", timeout: .seconds(5))
+            }
+            let touched = secondLazy.pagesServed
+            #expect(touched > 0 && touched < UInt64(snapshot.spec.machine.memoryMiB) << 8, "only the pages the guest touched are served: \(touched)")
+            await second.kill()
+            #expect(EndToEnd.liveThreads(named: "uffd") == 0)
+        }
+    }
+
+    @Test("A truncated memory file: the handler refuses the handshake, the create fails with its words, nothing is left")
+    func truncatedMemory() async throws {
+        try await EndToEnd.withDriver(.required, name: "uffd-trunc") { configuration, assets, directory in
+            let tag = "\(getpid())"
+            let (snapshot, _) = try await Self.takeSnapshot(configuration, assets, id: "uffd-tsrc-\(tag)", into: directory)
+            #expect(truncate(snapshot.memoryPath.string, 16 << 20) == 0)
+            let descriptors = EndToEnd.descriptorCount()
+            await #expect {
+                _ = try await MicroVM.restore(snapshot, id: "uffd-trunc-\(tag)", memory: .lazy, configuration: configuration, logger: EndToEnd.logger)
+            } throws: { error in
+                guard case .createFailed(_, let step, let cause, _) = error as? MicroVMError, let lazy = cause as? LazyMemoryError else {
+                    Issue.record("unexpected error: \(error)")
+                    return false
+                }
+                #expect(step == "loading the snapshot")
+                #expect(lazy.step == .handshake)
+                #expect(lazy.errno == ERANGE)
+                #expect("\(error)".contains("truncated"), "\(error)")
+                #expect((error as? MicroVMError)?.hint.contains("incomplete or corrupt") == true)
+                return true
+            }
+            #expect(EndToEnd.descriptorCount() <= descriptors, "descriptors left open")
+        }
+    }
+
+    @Test("The memory file is cut short while the guest runs: the server fails, stops the VMM (no frozen guest), and the exit reason says why")
+    func memoryLostWhileRunning() async throws {
+        try await EndToEnd.withDriver(.disabled, name: "uffd-cut") { configuration, assets, directory in
+            let tag = "\(getpid())"
+            let (snapshot, _) = try await Self.takeSnapshot(configuration, assets, id: "uffd-csrc-\(tag)", into: directory)
+            // Restored paused: the guest has touched nothing yet when its memory goes.
+            let vm = try await MicroVM.restore(
+                snapshot, id: "uffd-cut-\(tag)", resume: false, memory: .lazy, configuration: configuration, logger: EndToEnd.logger)
+            let lazy = try #require(vm.lazyMemory)
+            #expect(truncate(snapshot.memoryPath.string, 0) == 0)
+            try await EndToEnd.using(vm) { vm in
+                try await vm.resume()
+                let reason = try #require(await vm.waitForExit(timeout: .seconds(10)), "the VM ends instead of freezing")
+                #expect(reason.evidence.contains { $0.contains("lazy memory: serving page faults") }, "\(reason)")
+            }
+            let failure = try #require(lazy.failure)
+            #expect(failure.step == .serving, "\(failure)")
+            #expect(failure.errno == EFAULT, "\(failure)")
+        }
+    }
+
+    @Test("A missing memory file is named before anything runs")
+    func missingMemory() async throws {
+        try await EndToEnd.withDriver(.disabled, name: "uffd-miss") { configuration, assets, directory in
+            let (snapshot, _) = try await Self.takeSnapshot(configuration, assets, id: "uffd-msrc-\(getpid())", into: directory)
+            #expect(unlink(snapshot.memoryPath.string) == 0)
+            await #expect {
+                _ = try await MicroVM.restore(snapshot, id: "uffd-miss-\(getpid())", memory: .lazy, configuration: configuration, logger: EndToEnd.logger)
+            } throws: { error in
+                guard case .invalidSpec(_, let problems) = error as? MicroVMError else { return false }
+                return problems.contains { $0.field == "snapshot.memory" }
+            }
+        }
+    }
+
+    @Test("Under a monitor (detached VMs): the monitor serves the memory; the guest carries on; nothing is left", arguments: [SandboxPolicy.required, .disabled])
+    func monitored(policy: SandboxPolicy) async throws {
+        try await EndToEnd.withDriver(policy, name: "uffd-mon-\(policy.rawValue)") { configuration, assets, directory in
+            let tag = "m\(policy.rawValue.prefix(3))-\(getpid())"
+            let (snapshot, at) = try await Self.takeSnapshot(configuration, assets, id: "uffd-src-\(tag)", into: directory)
+            let monitored = try MonitorTests.monitored(configuration)
+            let vm = try await MicroVM.restore(snapshot, id: "uffd-lazy-\(tag)", memory: .lazy, configuration: monitored, logger: EndToEnd.logger)
+            #expect(vm.lazyMemory == nil, "the monitor runs the server")
+            #expect(FileManager.default.fileExists(atPath: vm.directory.string + "/uffd.sock"))
+            #expect(!FileManager.default.fileExists(atPath: vm.directory.string + "/restore.memory"))
+            try await SnapshotTests.expectCarriesOn(vm, after: at, "lazy, monitored, \(policy.rawValue)")
+        }
+    }
+
+    @Test("A truncated memory file under a monitor: the monitor's handler refuses it, the create fails with its words")
+    func monitoredTruncated() async throws {
+        try await EndToEnd.withDriver(.disabled, name: "uffd-mtrunc") { configuration, assets, directory in
+            let tag = "\(getpid())"
+            let (snapshot, _) = try await Self.takeSnapshot(configuration, assets, id: "uffd-mtsrc-\(tag)", into: directory)
+            #expect(truncate(snapshot.memoryPath.string, 16 << 20) == 0)
+            let monitored = try MonitorTests.monitored(configuration)
+            await #expect {
+                _ = try await MicroVM.restore(snapshot, id: "uffd-mtrunc-\(tag)", memory: .lazy, configuration: monitored, logger: EndToEnd.logger)
+            } throws: { error in
+                guard case .createFailed(_, _, let cause, _) = error as? MicroVMError, let lazy = cause as? LazyMemoryError else {
+                    Issue.record("unexpected error: \(error)")
+                    return false
+                }
+                #expect(lazy.step == .handshake)
+                #expect(lazy.detail.contains("truncated"), "\(lazy)")
+                return true
+            }
+        }
+    }
+}
+
+extension LazyRestoreTests {
+    @Test("microvm restore --lazy: the detached VM's monitor serves the memory; the guest carries on; stop leaves nothing")
+    func cli() async throws {
+        try await EndToEnd.withDriver(.required, name: "uffd-cli") { configuration, assets, directory in
+            try await CLI.cleaningUp(configuration) {
+                let flags = CLI.driverFlags(configuration)
+                let id = "uffd-cli-\(getpid())", copy = "uffd-cli-copy-\(getpid())"
+                let started = try await CLI.run(["run", "-d", "--id", id] + CLI.vmFlags(configuration, assets))
+                #expect(started.status == 0, "\(started)")
+                #expect(await CLILogsTests.waitUntil { ((try? String(contentsOfFile: CLILogsTests.consoleFile(configuration, id), encoding: .utf8)) ?? "").contains("heartbeat 3") })
+                let snapshotDirectory = directory + "/snap"
+                let snapshot = try await CLI.run(["snapshot", id, snapshotDirectory] + flags)
+                #expect(snapshot.status == 0, "\(snapshot)")
+                let removed = try await CLI.run(["rm", "-f", id] + flags)
+                #expect(removed.status == 0, "\(removed)")
+                let restored = try await CLI.run(
+                    ["restore", snapshotDirectory, "--id", copy, "--lazy", "--firecracker", assets.firecracker, "--jailer", assets.jailer] + flags,
+                    environment: ["MICROVM_JAILER_CHROOT_BASE": configuration.jailer.chrootBase.string, "MICROVM_JAILER_CGROUP_PARENT": configuration.jailer.parentCgroup ?? ""])
+                #expect(restored.status == 0 && restored.lines == [copy], "\(restored)")
+                let record = try #require(MicroVM.list(configuration: configuration).first { $0.id == copy }?.record)
+                #expect(!FileManager.default.fileExists(atPath: record.directory + "/restore.memory"), "nothing staged")
+                // The restored guest goes on beating: its monitor served the pages it touched.
+                #expect(await CLILogsTests.waitUntil {
+                    ((try? String(contentsOfFile: CLILogsTests.consoleFile(configuration, copy), encoding: .utf8)) ?? "").contains("heartbeat")
+                })
+                let stopped = try await CLI.run(["stop", copy, "--timeout", "5"] + flags)
+                #expect(stopped.status == 0 && stopped.stdout.contains("the guest shut down"), "\(stopped)")
+                #expect(MicroVM.list(configuration: configuration).isEmpty)
+            }
+        }
+    }
+}
+
+extension EndToEnd {
+    /// Threads of this process whose name contains `name`.
+    static func liveThreads(named name: String) -> Int {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
+        return tasks.filter { task in
+            ((try? String(contentsOfFile: "/proc/self/task/\(task)/comm", encoding: .utf8)) ?? "").contains(name)
+        }.count
+    }
+}
