@@ -39,10 +39,14 @@ extension MicroVM: MicroVMHandle {}
 public struct FirecrackerProvider: MicroVMProvider {
     public var configuration: DriverConfiguration
     public var logger: Logger
+    /// How its restores bring the guest's memory in (``RestoreMemory``): a ``WarmPool`` of
+    /// lazily restored VMs is a pool over a provider with `.lazy`.
+    public var restoreMemory: RestoreMemory
 
-    public init(configuration: DriverConfiguration, logger: Logger = Logger(label: "microvm")) {
+    public init(configuration: DriverConfiguration, logger: Logger = Logger(label: "microvm"), restoreMemory: RestoreMemory = .file) {
         self.configuration = configuration
         self.logger = logger
+        self.restoreMemory = restoreMemory
     }
 
     public func create(_ spec: VMSpec) async throws(MicroVMError) -> MicroVM {
@@ -57,6 +61,7 @@ public struct FirecrackerProvider: MicroVMProvider {
         _ snapshot: Snapshot, id: String, resume: Bool = true, networkOverrides: [String: String] = [:]
     ) async throws(MicroVMError) -> MicroVM {
         try await MicroVM.restore(
-            snapshot, id: id, resume: resume, networkOverrides: networkOverrides, configuration: configuration, logger: logger)
+            snapshot, id: id, resume: resume, networkOverrides: networkOverrides, memory: restoreMemory, configuration: configuration,
+            logger: logger)
     }
 }
