@@ -131,9 +131,11 @@ public actor WarmPool<Provider: MicroVMProvider> {
         if closed { throw .poolClosed(pool: idPrefix) }
         let start = ContinuousClock.now
         defer { metrics.acquire.recordNanoseconds(Self.nanoseconds(ContinuousClock.now - start)) }
+        // The refill is woken once the VM is handed out: a restore started meanwhile would
+        // take the CPUs from this resume on a small host (0.3-0.9 ms of a 2 ms acquire here).
+        defer { wake?.yield() }
         while let vm = ready.popFirst() {
             statistics.ready = ready.count
-            wake?.yield()
             do {
                 try await vm.resume()
                 statistics.handedOut += 1
@@ -144,7 +146,6 @@ public actor WarmPool<Provider: MicroVMProvider> {
                 await vm.kill()
             }
         }
-        wake?.yield()
         statistics.coldRestores += 1
         return try await provider.restore(snapshot, id: nextID(), resume: true, networkOverrides: networkOverrides)
     }

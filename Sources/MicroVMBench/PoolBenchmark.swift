@@ -3,6 +3,7 @@ import FirecrackerAPI
 import Foundation
 import MicroVM
 import MicroVMHost
+import Synchronization
 import SystemPackage
 
 /// A VM from a warm pool against a restore made on demand, and against raw Firecracker's own
@@ -38,33 +39,45 @@ struct PoolBenchmark: AsyncParsableCommand {
         await source.kill()
 
         var raw = Samples()
+        var rawResume = Samples()
         var onDemand = [SandboxPolicy.disabled: Samples(), .required: Samples()]
         var pooled = [SandboxPolicy.disabled: Samples(), .required: Samples()]
         var acquire = [SandboxPolicy.disabled: Samples(), .required: Samples()]
 
-        // Raw: exec firecracker, load the snapshot (resume), write a line, until its echo.
+        // Raw: exec firecracker, load the snapshot, write a line, until its echo. Once with the
+        // load resuming the guest (a restore on demand), once with it restored paused
+        // beforehand and timed from `PATCH /vm Resumed` (what a raw pool would do).
         for round in 0..<runs {
-            let socket = directory + "/raw-\(round).sock"
-            var fds: [Int32] = [-1, -1]
-            guard pipe(&fds) == 0 else { throw ValidationError("pipe: errno \(errno)") }
-            let inputWrite = fds[1]
-            defer { close(inputWrite) }
-            let restored = try await RawLaunch.untilBanner(
-                executable: firecracker, arguments: ["--api-sock", socket, "--log-path", "/dev/null"],
-                banner: "microvm-guest: echo raw-\(round)", input: FileDescriptor(rawValue: fds[0])
-            ) {
-                let client = FirecrackerClient(socketPath: socket)
-                try await client.waitUntilReady(initialBackoff: .microseconds(500), maximumBackoff: .milliseconds(2))
-                try await client.loadSnapshot(
-                    SnapshotLoadParams(snapshotPath: snapshot.statePath.string, memBackend: .file(snapshot.memoryPath.string), resumeVm: true))
-                await client.close()
-                let line = Array("raw-\(round)\n".utf8)
-                _ = line.withUnsafeBytes { write(inputWrite, $0.baseAddress, $0.count) }
+            for paused in [false, true] {
+                let socket = directory + "/raw-\(round).sock"
+                var fds: [Int32] = [-1, -1]
+                guard pipe(&fds) == 0 else { throw ValidationError("pipe: errno \(errno)") }
+                let inputWrite = fds[1]
+                defer { close(inputWrite) }
+                let resumedAt = Mutex<ContinuousClock.Instant?>(nil)
+                let text = "raw-\(round)-\(paused)"
+                let restored = try await RawLaunch.untilBanner(
+                    executable: firecracker, arguments: ["--api-sock", socket, "--log-path", "/dev/null"],
+                    banner: "microvm-guest: echo \(text)", input: FileDescriptor(rawValue: fds[0])
+                ) {
+                    let client = FirecrackerClient(socketPath: socket)
+                    try await client.waitUntilReady(initialBackoff: .microseconds(500), maximumBackoff: .milliseconds(2))
+                    try await client.loadSnapshot(
+                        SnapshotLoadParams(snapshotPath: snapshot.statePath.string, memBackend: .file(snapshot.memoryPath.string), resumeVm: !paused))
+                    if paused {
+                        try await Task.sleep(for: .milliseconds(20))
+                        resumedAt.withLock { $0 = ContinuousClock.now }
+                        try await client.resume()
+                    }
+                    await client.close()
+                    let line = Array((text + "\n").utf8)
+                    _ = line.withUnsafeBytes { write(inputWrite, $0.baseAddress, $0.count) }
+                }
+                if let resumed = resumedAt.withLock({ $0 }) { rawResume.append(restored.found - resumed) } else { raw.append(restored.elapsed) }
+                kill(restored.pid, SIGKILL)
+                await restored.termination.value
+                unlink(socket)
             }
-            raw.append(restored.elapsed)
-            kill(restored.pid, SIGKILL)
-            await restored.termination.value
-            unlink(socket)
         }
 
         for policy in [SandboxPolicy.disabled, .required] {
@@ -101,6 +114,7 @@ struct PoolBenchmark: AsyncParsableCommand {
         print("a VM from a \(snapshot.spec.machine.memoryMiB) MiB snapshot, request to the guest's echo, \(runs) runs (ms)   p50      p95     mean")
         let rows: [(String, Samples)] = [
             ("raw firecracker: exec + load (resume) + write", raw),
+            ("raw firecracker restored paused: PATCH /vm Resumed + write", rawResume),
             ("library unjailed: restore + write", onDemand[.disabled]!),
             ("library jailed: restore + write", onDemand[.required]!),
             ("pool unjailed: acquire + write", pooled[.disabled]!),
@@ -113,10 +127,11 @@ struct PoolBenchmark: AsyncParsableCommand {
                 "\(name.padding(toLength: 72, withPad: " ", startingAt: 0)) \(Samples.milliseconds(samples.percentile(50)).leftPad(8)) \(Samples.milliseconds(samples.percentile(95)).leftPad(8)) \(Samples.milliseconds(samples.mean).leftPad(8))"
             )
         }
-        let rawP50 = raw.percentile(50)
         for policy in [SandboxPolicy.disabled, .required] {
+            let name = policy == .disabled ? "unjailed" : "jailed"
             print(
-                "pool \(policy == .disabled ? "unjailed" : "jailed") / raw restore (p50): \(String(format: "%.2fx", pooled[policy]!.percentile(50) / rawP50))")
+                "pool \(name) / raw restore (p50): \(String(format: "%.2fx", pooled[policy]!.percentile(50) / raw.percentile(50)))"
+                    + "; / raw resume of a paused restore: \(String(format: "%.2fx", pooled[policy]!.percentile(50) / rawResume.percentile(50)))")
         }
     }
 

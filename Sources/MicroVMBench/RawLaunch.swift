@@ -10,6 +10,8 @@ import SystemPackage
 enum RawLaunch {
     struct Result {
         let elapsed: Duration
+        /// When the banner's line was read to its end.
+        let found: ContinuousClock.Instant
         let pid: Int32
         let termination: Task<Void, Never>
     }
@@ -77,6 +79,6 @@ enum RawLaunch {
         var iterator = pids.makeAsyncIterator()
         let pid = await iterator.next() ?? -1
         guard let found else { throw CocoaError(.fileReadUnknown, userInfo: [NSLocalizedDescriptionKey: "\(executable) ended before its banner"]) }
-        return Result(elapsed: found - start, pid: pid, termination: termination)
+        return Result(elapsed: found - start, found: found, pid: pid, termination: termination)
     }
 }
