@@ -18,6 +18,7 @@ struct ResumeCommand: AsyncParsableCommand {
             try await VMs.each(ids, json: global.json) { id in
                 let machine = try await VMs.attach(id, configuration: configuration, logger: logger)
                 try await machine.resume()
+                await machine.recordWritten()
                 Output.line("\(id): running")
             }
         }

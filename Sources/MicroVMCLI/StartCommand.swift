@@ -25,7 +25,10 @@ struct StartCommand: AsyncParsableCommand {
         let keys = try console.detachSequence()
         let interrupts = Interrupts.catching()
         let machine = try await VMs.attach(id, configuration: try global.driverConfiguration(), logger: logger)
-        try await interrupts.deferring { try await machine.start() }
+        try await interrupts.deferring {
+            try await machine.start()
+            await machine.recordWritten()
+        }
         guard attach else {
             Output.line(machine.id.rawValue)
             try interrupts.exitIfInterrupted("VM \(id) was started")

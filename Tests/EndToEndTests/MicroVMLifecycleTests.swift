@@ -49,12 +49,17 @@ struct MicroVMLifecycleTests {
                 try await vm.pause()
                 #expect(await vm.state == .paused)
                 #expect(try await vm.client.describeInstance().state == .paused)
+                // The record follows in the background; recordWritten() waits for it.
+                await vm.recordWritten()
+                #expect(try vm.stateStore.read(id: vm.id.rawValue).state == .paused)
                 let last = await vm.console.nextLineIndex
                 try await Task.sleep(for: .milliseconds(500))
                 let whilePaused = await vm.console.recentLines.filter { $0.index >= last && $0.text.contains("heartbeat") }
                 #expect(whilePaused.isEmpty, "the guest ran while paused: \(whilePaused)")
                 try await vm.resume()
                 #expect(await vm.state == .running)
+                await vm.recordWritten()
+                #expect(try vm.stateStore.read(id: vm.id.rawValue).state == .running)
                 _ = try await vm.console.waitForLine(after: last, timeout: .seconds(2), "heartbeat after resume") { $0.contains("heartbeat") }
 
                 vm.write("hello from the host\n")
