@@ -17,8 +17,9 @@ public enum RestoreMemory: String, Sendable, Hashable, CaseIterable, Codable {
     /// page from the snapshot's memory file the first time the guest touches it (userfaultfd,
     /// Firecracker's `Uffd` backend). A restore no longer waits for a copy of the whole memory
     /// across filesystems, and a guest that touches little of its memory costs little; the
-    /// price is a fault round trip on each first touch, and the snapshot's memory file must
-    /// stay in place while the VM runs.
+    /// price is a fault round trip on each first touch, and nothing may write into the
+    /// snapshot's memory file while the VM runs (the server holds it open: removing or
+    /// replacing it is harmless).
     case lazy
 }
 

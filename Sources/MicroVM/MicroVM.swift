@@ -139,8 +139,8 @@ public actor MicroVM {
     ///
     /// `memory: .lazy` stages no memory file: the guest's pages are served from the snapshot's
     /// memory file as the guest first touches them (``RestoreMemory/lazy``), by a thread of this
-    /// process, or of the VM's monitor when the configuration has one. The snapshot must then
-    /// stay in place while the VM runs. A restore no longer waits for a copy of the whole memory
+    /// process, or of the VM's monitor when the configuration has one, which holds the memory
+    /// file open: nothing may write into it while the VM runs. A restore no longer waits for a copy of the whole memory
     /// (a snapshot on another filesystem than the jails), and a VM that touches little memory
     /// starts with little; ``lazyMemory`` counts what was served.
     public static func restore(

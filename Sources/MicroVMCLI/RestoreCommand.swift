@@ -8,7 +8,7 @@ struct RestoreCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "restore",
         abstract: "Restore a snapshot into a new VM (new id, new jail); the guest carries on where it was.",
-        discussion: "Leaves the VM running (or paused with --paused) and prints its id; `microvm console NEWID` attaches. On a terminal, a progress line on standard error shows the memory and state staged into the new jail (a copy when the snapshot is on another filesystem); none in scripts. With --lazy the memory is not staged at all: the VM's monitor serves each page from the snapshot's memory file when the guest first touches it (userfaultfd), so the restore does not wait for the memory, and the snapshot directory must stay in place until the VM ends."
+        discussion: "Leaves the VM running (or paused with --paused) and prints its id; `microvm console NEWID` attaches. On a terminal, a progress line on standard error shows the memory and state staged into the new jail (a copy when the snapshot is on another filesystem); none in scripts. With --lazy the memory is not staged at all: the VM's monitor serves each page from the snapshot's memory file when the guest first touches it (userfaultfd), so the restore does not wait for the memory. The monitor holds the memory file open: removing the snapshot is harmless, writing into that file while the VM runs is not."
     )
 
     @OptionGroup var global: GlobalOptions
@@ -22,7 +22,7 @@ struct RestoreCommand: AsyncParsableCommand {
     @Flag(help: "Leave the guest paused (`microvm resume` starts it).")
     var paused = false
 
-    @Flag(help: "Serve the guest's memory from the snapshot on demand (userfaultfd) instead of staging the memory file; keep the snapshot until the VM ends.")
+    @Flag(help: "Serve the guest's memory from the snapshot on demand (userfaultfd) instead of staging the memory file; never write into that file while the VM runs.")
     var lazy = false
 
     @Option(name: .customLong("tap"), help: ArgumentHelp("Point an interface at another TAP device: IFACE=TAP; repeatable.", valueName: "iface=tap"))
