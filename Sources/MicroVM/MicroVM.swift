@@ -49,6 +49,8 @@ public actor MicroVM {
     /// otherwise, and for a VM under a monitor, whose monitor runs the server): its counters
     /// show how much of the memory the guest has touched.
     public nonisolated let lazyMemory: LazyMemory?
+    /// The memory file of a lazy restore, wherever its server runs (recorded for later drivers).
+    nonisolated let lazyMemoryFile: String?
 
     public private(set) var state: VMState
 
@@ -87,9 +89,10 @@ public actor MicroVM {
         spec: VMSpec, id: VMIdentifier, executor: any VMMExecutor, decision: SandboxDecision, process: SupervisedProcess,
         command: JailerCommand?, streams: VMMStreams, client: FirecrackerClient, state: VMState, stateStore: StateStore,
         logger: Logger, networkConfiguration: VMNetworkConfiguration? = nil, network: NetworkAttachment? = nil,
-        cgroups: [String]? = nil, createdAt: Date = Date(), lazyMemory: LazyMemory? = nil
+        cgroups: [String]? = nil, createdAt: Date = Date(), lazyMemory: LazyMemory? = nil, lazyMemoryFile: String? = nil
     ) {
         self.lazyMemory = lazyMemory
+        self.lazyMemoryFile = lazyMemoryFile ?? lazyMemory?.memoryFile.string
         self.createdAt = createdAt
         self.networkConfiguration = spec.network == nil ? nil : networkConfiguration
         self.network = network
@@ -330,7 +333,8 @@ public actor MicroVM {
             let vm = MicroVM(
                 spec: spec, id: id, executor: executor, decision: decision, process: process!, command: command, streams: streams!,
                 client: client, state: initialState, stateStore: store, logger: logger,
-                networkConfiguration: configuration.networkConfiguration, network: attachment, lazyMemory: lazyMemory)
+                networkConfiguration: configuration.networkConfiguration, network: attachment, lazyMemory: lazyMemory,
+                lazyMemoryFile: lazyServer?.memoryFile.string)
             // The console and log channels start while the VM boots (the pipes hold what it
             // writes meanwhile).
             step = "reading the console and log"
@@ -754,7 +758,7 @@ public actor MicroVM {
             cgroupDirectories: cgroupDirectories, apiSocket: executor.apiSocketHostPath.string,
             firecrackerBinary: executor.jail.configuration.firecrackerBinary.string, driverPID: getpid(),
             driverStartTime: Self.driverStartTime, createdAt: createdAt, updatedAt: Date(), monitorPID: process.monitor?.pid,
-            monitorStartTime: process.monitor?.startTime, logPipeInode: streams.logPipeInode)
+            monitorStartTime: process.monitor?.startTime, logPipeInode: streams.logPipeInode, lazyMemoryFile: lazyMemoryFile)
     }
 
     static let driverStartTime = ProcFS.startTime(of: getpid())

@@ -38,6 +38,8 @@ struct LazyRestoreTests {
             let socket = lazy.socketPath.string
             #expect(FileManager.default.fileExists(atPath: socket))
             #expect(!FileManager.default.fileExists(atPath: vm.directory.string + "/restore.memory"), "a lazy restore stages no memory")
+            // The record names the memory file, for a later driver (its server dies with this one).
+            #expect(try configuration.stateStore.read(id: vm.id.rawValue).lazyMemoryFile == snapshot.memoryPath.string)
             if policy == .required {
                 var status = stat()
                 #expect(stat(socket, &status) == 0 && status.st_uid == EndToEnd.uid, "the jailed VMM's user owns the socket")
@@ -138,6 +140,7 @@ struct LazyRestoreTests {
             let monitored = try MonitorTests.monitored(configuration)
             let vm = try await MicroVM.restore(snapshot, id: "uffd-lazy-\(tag)", memory: .lazy, configuration: monitored, logger: EndToEnd.logger)
             #expect(vm.lazyMemory == nil, "the monitor runs the server")
+            #expect(try monitored.stateStore.read(id: vm.id.rawValue).lazyMemoryFile == snapshot.memoryPath.string)
             #expect(FileManager.default.fileExists(atPath: vm.directory.string + "/uffd.sock"))
             #expect(!FileManager.default.fileExists(atPath: vm.directory.string + "/restore.memory"))
             try await SnapshotTests.expectCarriesOn(vm, after: at, "lazy, monitored, \(policy.rawValue)")

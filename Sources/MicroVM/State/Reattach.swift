@@ -226,7 +226,14 @@ extension MicroVM {
             process: process, command: nil, streams: streams, client: client, state: state, stateStore: store, logger: logger,
             networkConfiguration: configuration.networkConfiguration,
             network: record.spec.network == nil ? nil : try? VMNetwork(configuration: configuration.networkConfiguration, logger: logger).attachment(for: vmID),
-            cgroups: record.cgroupDirectories, createdAt: record.createdAt)
+            cgroups: record.cgroupDirectories, createdAt: record.createdAt, lazyMemoryFile: record.lazyMemoryFile)
+        if let memoryFile = record.lazyMemoryFile, monitor == nil {
+            // Its pages were served by the driver that is gone (or by a monitor that was killed):
+            // the guest runs until it first touches a page not yet served, then hangs there.
+            logger.warning(
+                "the VM was restored lazily and the process that served its memory is gone: the guest hangs at its next first touch of a page; stop or kill it",
+                metadata: ["memory_file": "\(memoryFile)", "previous_driver": "\(record.driverPID)"])
+        }
         do {
             try await vm.record()
         } catch {

@@ -41,6 +41,10 @@ public struct VMRecord: Codable, Sendable, Hashable {
     /// again among the VMM's descriptors by a later driver. Nil: the log is the FIFO
     /// `firecracker.log` in the VM's directory.
     public var logPipeInode: UInt64? = nil
+    /// The snapshot memory file a lazily restored VM's pages come from (``RestoreMemory/lazy``),
+    /// served by its monitor, or without one by the driver: when that driver is gone, the guest
+    /// hangs at its next first touch of a page.
+    public var lazyMemoryFile: String? = nil
 
     enum CodingKeys: String, CodingKey {
         case format, id, spec, state, pid
@@ -60,6 +64,7 @@ public struct VMRecord: Codable, Sendable, Hashable {
         case monitorPID = "monitor_pid"
         case monitorStartTime = "monitor_start_time"
         case logPipeInode = "log_pipe_inode"
+        case lazyMemoryFile = "lazy_memory_file"
     }
 
     /// Firecracker's metrics file, when the spec asks for metrics.
