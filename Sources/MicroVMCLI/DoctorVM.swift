@@ -220,7 +220,7 @@ enum VMDiagnosis {
         if let initrd = spec.boot.initrd, !FileManager.default.fileExists(atPath: initrd) { missing.append("boot.initrd \(initrd)") }
         for drive in spec.drives where !FileManager.default.fileExists(atPath: drive.path) { missing.append("drive \(drive.id) \(drive.path)") }
         var findings: [Finding] = []
-        if let problem = kernelFormat(spec.boot.kernel) {
+        if let problem = KernelImage.defect(at: spec.boot.kernel) {
             findings.append(
                 Finding(
                     check: "kernel", status: .fail, seen: "\(spec.boot.kernel) \(problem)",
@@ -236,23 +236,6 @@ enum VMDiagnosis {
         ]
     }
 
-    /// What is wrong with the kernel image for Firecracker on x86_64; nil when it is an ELF64
-    /// x86-64 file (or cannot be read: the files check says so).
-    static func kernelFormat(_ path: String) -> String? {
-        guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
-        defer { try? handle.close() }
-        let header = Array((try? handle.read(upToCount: 20)) ?? Data())
-        guard !header.isEmpty else { return "is empty" }
-        guard header.count >= 20, header[0] == 0x7f, header[1] == UInt8(ascii: "E"), header[2] == UInt8(ascii: "L"), header[3] == UInt8(ascii: "F") else {
-            if header.count > 0x202, header[0x202..<0x206] == [0x48, 0x64, 0x72, 0x53][...] { return "is a bzImage, not an ELF vmlinux" }
-            let start = header.prefix(8).map { String(format: "%02x", $0) }.joined(separator: " ")
-            return "is not an ELF file (it starts with \(start))"
-        }
-        if header[4] != 2 { return "is a 32-bit ELF file, not a 64-bit vmlinux" }
-        let machine = UInt16(header[18]) | UInt16(header[19]) << 8
-        if machine != 0x3e { return "is an ELF file for machine 0x\(String(machine, radix: 16)), not x86-64" }
-        return nil
-    }
 
     // MARK: Why it ended
 
@@ -364,7 +347,7 @@ enum VMDiagnosis {
                     Finding(
                         check: "exit-reason", status: .fail, seen: seen,
                         why: "Firecracker could not build the VM from its configuration; 1.12.1 with its API on panics instead of saying why (and its seccomp filter ends the panic with exit 148)",
-                        fix: spec.flatMap { kernelFormat($0.boot.kernel) } != nil
+                        fix: spec.flatMap { KernelImage.defect(at: $0.boot.kernel) } != nil
                             ? "replace the kernel (see the kernel finding): microvm run --kernel /path/to/vmlinux ..."
                             : "check the spec's kernel (an uncompressed ELF vmlinux), drives (readable images) and memory; firecracker --no-api --config-file CONFIG prints the reason"))
                 break

@@ -126,6 +126,18 @@ struct MicroVMLifecycleTests {
                 guard case .createFailed(_, let step, _, _) = error as? MicroVMError else { return false }
                 return step == "launching Firecracker" || step == "waiting for Firecracker's API"
             }
+            // No Firecracker binary at all: named before anything is made, jailed (the preflight)
+            // or not.
+            broken.jailer.firecrackerBinary = FilePath(directory + "/no-firecracker")
+            await #expect {
+                try await MicroVM.run(EndToEnd.spec(assets, id: id), configuration: broken, logger: EndToEnd.logger)
+            } throws: { error in
+                switch error as? MicroVMError {
+                case .sandbox(_, .firecrackerMissing(let path, "no such file"))?: return path.hasSuffix("/no-firecracker")
+                case .sandbox(_, .sandboxUnavailable(let problems))?: return problems.contains { if case .firecrackerMissing = $0 { true } else { false } }
+                default: return false
+                }
+            }
 
             // A TAP that does not exist, which a jailed VMM (the jail's user) cannot make: named
             // before anything runs, rather than Firecracker's "Open tap device failed".

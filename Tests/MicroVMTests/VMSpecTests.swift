@@ -231,4 +231,48 @@ struct FirecrackerConfigFileTests {
         #expect(try VMSpec.decode(json: Data(VMSpecTests.json.utf8)).id == "vm-1")
         #expect(throws: MicroVMError.self) { try VMSpec.decode(json: Data(#"{"boot-source": {"kernel_image_path": "/k"}, "id": "x"}"#.utf8)) }
     }
+
+    @Test("A kernel that Firecracker cannot boot is named from its first bytes, before anything is made")
+    func kernelImages() throws {
+        let directory = NSTemporaryDirectory() + "microvm-kernels-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        func file(_ name: String, _ bytes: [UInt8]) throws -> String {
+            let path = directory + "/" + name
+            try Data(bytes).write(to: URL(fileURLWithPath: path))
+            return path
+        }
+        var elf = [UInt8](repeating: 0, count: 64)
+        elf[0...3] = [0x7F, 0x45, 0x4C, 0x46]
+        elf[4] = 2
+        elf[18] = 0x3E
+        var bzImage = [UInt8](repeating: 0, count: 0x400)
+        bzImage[0x202..<0x206] = [0x48, 0x64, 0x72, 0x53]
+        var elf32 = elf
+        elf32[4] = 1
+        var arm64 = elf
+        arm64[18] = 0xB7
+        let cases: [(String, [UInt8], String?)] = [
+            ("vmlinux", elf, nil),
+            ("bzImage", bzImage, "is a bzImage"),
+            ("vmlinux.gz", [0x1F, 0x8B, 8, 0], "is gzip-compressed"),
+            ("script", Array("#!/bin/sh\n".utf8), "is not an ELF file (it starts with 23 21 2f 62 69 6e 2f 73)"),
+            ("empty", [], "is empty"),
+            ("elf32", elf32, "is a 32-bit ELF file"),
+            ("arm64", arm64, "machine 0xb7, not x86-64"),
+        ]
+        for (name, bytes, defect) in cases {
+            let path = try file(name, bytes)
+            #expect(KernelImage.defect(at: path).map { $0.contains(defect ?? "-") } ?? (defect == nil), "\(name): \(String(describing: KernelImage.defect(at: path)))")
+            let problems = VMSpec(id: "k", machine: .init(vcpus: 1, memoryMiB: 64), boot: .init(kernel: path)).validate()
+            let kernel = problems.filter { $0.field == "boot.kernel" }
+            if defect == nil {
+                #expect(kernel.isEmpty, "\(name): \(kernel)")
+            } else {
+                #expect(kernel.count == 1 && kernel[0].message.hasPrefix("\(path) ") && kernel[0].hint?.contains("extract-vmlinux") == true, "\(name): \(kernel)")
+            }
+        }
+        // Unreadable or missing: left to the existence check and to Firecracker.
+        #expect(KernelImage.defect(at: directory + "/missing") == nil)
+    }
 }

@@ -31,7 +31,9 @@ extension VMSpec {
             problem("balloon", "a balloon cannot be used with huge pages", "drop the balloon or huge_pages")
         }
 
-        Self.checkFile(boot.kernel, field: "boot.kernel", into: &problems)
+        if Self.checkFile(boot.kernel, field: "boot.kernel", into: &problems), let defect = KernelImage.defect(at: boot.kernel) {
+            problem("boot.kernel", "\(boot.kernel) \(defect); Firecracker on x86_64 boots only an uncompressed ELF vmlinux", KernelImage.hint(for: boot.kernel))
+        }
         if let initrd = boot.initrd { Self.checkFile(initrd, field: "boot.initrd", into: &problems) }
         for (index, word) in boot.args.enumerated() where word.isEmpty || word.contains(where: { $0.isNewline || $0 == " " || $0 == "\0" }) {
             problem("boot.args[\(index)]", "'\(word)' is empty or contains a space or line break", "give each word of the command line as its own list item")
@@ -139,18 +141,23 @@ extension VMSpec {
         return parts.count == 6 && parts.allSatisfy { $0.count == 2 && UInt8($0, radix: 16) != nil }
     }
 
-    static func checkFile(_ path: String, field: String, into problems: inout [SpecProblem]) {
+    /// Whether `path` is an absolute path to a regular file; a problem is added when not.
+    @discardableResult
+    static func checkFile(_ path: String, field: String, into problems: inout [SpecProblem]) -> Bool {
         guard path.hasPrefix("/") else {
             problems.append(SpecProblem(field: field, message: "'\(path)' is not an absolute path"))
-            return
+            return false
         }
         var status = stat()
         guard stat(path, &status) == 0 else {
             problems.append(SpecProblem(field: field, message: "\(path): \(String(cString: strerror(errno)))", hint: "check the path"))
-            return
+            return false
         }
         if status.st_mode & S_IFMT != S_IFREG {
             problems.append(SpecProblem(field: field, message: "\(path) is not a regular file"))
+            return false
         }
+        return true
     }
+
 }

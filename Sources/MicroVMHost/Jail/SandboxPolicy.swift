@@ -61,8 +61,18 @@ public enum SandboxPolicy: String, Sendable, Hashable, CaseIterable, Codable {
     public func evaluate(
         configuration: JailerConfiguration, limits: ResourceLimits = .none, logger: Logger
     ) throws(JailError) -> SandboxDecision {
-        if self == .disabled { return try decide(PreflightReport(problems: []), logger: logger) }
-        return try decide(SandboxPreflight.check(configuration: configuration, limits: limits), logger: logger)
+        // Unjailed, Firecracker's binary is the one thing to check: missing, it was found only
+        // once the VM's files and directory had been made (then removed again).
+        let firecracker = configuration.firecrackerBinary.string
+        if self == .disabled {
+            if let problem = SandboxPreflight.executableProblem(firecracker) { throw .firecrackerMissing(path: firecracker, reason: problem) }
+            return try decide(PreflightReport(problems: []), logger: logger)
+        }
+        let decision = try decide(SandboxPreflight.check(configuration: configuration, limits: limits), logger: logger)
+        if case .unjailed(let reasons) = decision, let missing = reasons.first(where: { if case .firecrackerMissing = $0 { true } else { false } }) {
+            throw missing
+        }
+        return decision
     }
 }
 
