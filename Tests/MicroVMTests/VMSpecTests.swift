@@ -162,6 +162,78 @@ struct VMSpecTests {
             ], "\(fields)")
         #expect(throws: MicroVMError.self) { try spec.check() }
     }
+    @Test("A kernel that Firecracker cannot boot is named from its first bytes, before anything is made")
+    func kernelImages() throws {
+        let directory = NSTemporaryDirectory() + "microvm-kernels-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        func file(_ name: String, _ bytes: [UInt8]) throws -> String {
+            let path = directory + "/" + name
+            try Data(bytes).write(to: URL(fileURLWithPath: path))
+            return path
+        }
+        var elf = [UInt8](repeating: 0, count: 64)
+        elf[0...3] = [0x7F, 0x45, 0x4C, 0x46]
+        elf[4] = 2
+        elf[18] = 0x3E
+        var bzImage = [UInt8](repeating: 0, count: 0x400)
+        bzImage[0x202..<0x206] = [0x48, 0x64, 0x72, 0x53]
+        var elf32 = elf
+        elf32[4] = 1
+        var arm64 = elf
+        arm64[18] = 0xB7
+        let cases: [(String, [UInt8], String?)] = [
+            ("vmlinux", elf, nil),
+            ("bzImage", bzImage, "is a bzImage"),
+            ("vmlinux.gz", [0x1F, 0x8B, 8, 0], "is gzip-compressed"),
+            ("script", Array("#!/bin/sh\n".utf8), "is not an ELF file (it starts with 23 21 2f 62 69 6e 2f 73)"),
+            ("empty", [], "is empty"),
+            ("elf32", elf32, "is a 32-bit ELF file"),
+            ("arm64", arm64, "machine 0xb7, not x86-64"),
+        ]
+        for (name, bytes, defect) in cases {
+            let path = try file(name, bytes)
+            #expect(KernelImage.defect(at: path).map { $0.contains(defect ?? "-") } ?? (defect == nil), "\(name): \(String(describing: KernelImage.defect(at: path)))")
+            let problems = VMSpec(id: "k", machine: .init(vcpus: 1, memoryMiB: 64), boot: .init(kernel: path)).validate()
+            let kernel = problems.filter { $0.field == "boot.kernel" }
+            if defect == nil {
+                #expect(kernel.isEmpty, "\(name): \(kernel)")
+            } else {
+                #expect(kernel.count == 1 && kernel[0].message.hasPrefix("\(path) ") && kernel[0].hint?.contains("extract-vmlinux") == true, "\(name): \(kernel)")
+            }
+        }
+        // Unreadable or missing: left to the existence check and to Firecracker.
+        #expect(KernelImage.defect(at: directory + "/missing") == nil)
+    }
+
+    @Test("A drive in a container format (qcow2, VMDK, VHDX, VDI) is named with the conversion; raw images pass")
+    func diskImages() throws {
+        let directory = NSTemporaryDirectory() + "microvm-disks-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var vdi = [UInt8](repeating: 0, count: 0x200)
+        vdi[0x40..<0x44] = [0x7F, 0x10, 0xDA, 0xBE]
+        let cases: [(String, [UInt8], String?)] = [
+            ("raw", [UInt8](repeating: 0, count: 4096), nil),
+            ("cloud.img", [0x51, 0x46, 0x49, 0xFB, 0, 0, 0, 3], "qcow2"),
+            ("disk.vmdk", Array("KDMV".utf8) + [1, 0, 0, 0], "VMDK"),
+            ("disk.vhdx", Array("vhdxfile".utf8), "VHDX"),
+            ("disk.vdi", vdi, "VDI"),
+        ]
+        for (name, bytes, format) in cases {
+            let path = directory + "/" + name
+            try Data(bytes).write(to: URL(fileURLWithPath: path))
+            #expect(DiskImage.containerFormat(at: path) == format, "\(name)")
+            var spec = VMSpec(id: "d", machine: .init(vcpus: 1, memoryMiB: 64), boot: .init(kernel: VMSpecTests.kernel))
+            spec.drives = [DriveSpec(id: "rootfs", path: path, root: true)]
+            let problems = spec.validate().filter { $0.field == "drives[0].path" }
+            if let format {
+                #expect(problems.count == 1 && problems[0].message.contains("is a \(format) image") && problems[0].hint?.contains("qemu-img convert -O raw") == true, "\(problems)")
+            } else {
+                #expect(problems.isEmpty, "\(problems)")
+            }
+        }
+    }
 }
 
 @Suite("Firecracker's own config file, read as a spec")
@@ -232,47 +304,4 @@ struct FirecrackerConfigFileTests {
         #expect(throws: MicroVMError.self) { try VMSpec.decode(json: Data(#"{"boot-source": {"kernel_image_path": "/k"}, "id": "x"}"#.utf8)) }
     }
 
-    @Test("A kernel that Firecracker cannot boot is named from its first bytes, before anything is made")
-    func kernelImages() throws {
-        let directory = NSTemporaryDirectory() + "microvm-kernels-\(getpid())"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        func file(_ name: String, _ bytes: [UInt8]) throws -> String {
-            let path = directory + "/" + name
-            try Data(bytes).write(to: URL(fileURLWithPath: path))
-            return path
-        }
-        var elf = [UInt8](repeating: 0, count: 64)
-        elf[0...3] = [0x7F, 0x45, 0x4C, 0x46]
-        elf[4] = 2
-        elf[18] = 0x3E
-        var bzImage = [UInt8](repeating: 0, count: 0x400)
-        bzImage[0x202..<0x206] = [0x48, 0x64, 0x72, 0x53]
-        var elf32 = elf
-        elf32[4] = 1
-        var arm64 = elf
-        arm64[18] = 0xB7
-        let cases: [(String, [UInt8], String?)] = [
-            ("vmlinux", elf, nil),
-            ("bzImage", bzImage, "is a bzImage"),
-            ("vmlinux.gz", [0x1F, 0x8B, 8, 0], "is gzip-compressed"),
-            ("script", Array("#!/bin/sh\n".utf8), "is not an ELF file (it starts with 23 21 2f 62 69 6e 2f 73)"),
-            ("empty", [], "is empty"),
-            ("elf32", elf32, "is a 32-bit ELF file"),
-            ("arm64", arm64, "machine 0xb7, not x86-64"),
-        ]
-        for (name, bytes, defect) in cases {
-            let path = try file(name, bytes)
-            #expect(KernelImage.defect(at: path).map { $0.contains(defect ?? "-") } ?? (defect == nil), "\(name): \(String(describing: KernelImage.defect(at: path)))")
-            let problems = VMSpec(id: "k", machine: .init(vcpus: 1, memoryMiB: 64), boot: .init(kernel: path)).validate()
-            let kernel = problems.filter { $0.field == "boot.kernel" }
-            if defect == nil {
-                #expect(kernel.isEmpty, "\(name): \(kernel)")
-            } else {
-                #expect(kernel.count == 1 && kernel[0].message.hasPrefix("\(path) ") && kernel[0].hint?.contains("extract-vmlinux") == true, "\(name): \(kernel)")
-            }
-        }
-        // Unreadable or missing: left to the existence check and to Firecracker.
-        #expect(KernelImage.defect(at: directory + "/missing") == nil)
-    }
 }

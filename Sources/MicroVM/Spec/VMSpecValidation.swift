@@ -49,7 +49,11 @@ extension VMSpec {
             } else if !driveIDs.insert(drive.id).inserted {
                 problem("\(field).id", "'\(drive.id)' is used by another drive")
             }
-            Self.checkFile(drive.path, field: "\(field).path", into: &problems)
+            if Self.checkFile(drive.path, field: "\(field).path", into: &problems), let format = DiskImage.containerFormat(at: drive.path) {
+                problem(
+                    "\(field).path", "\(drive.path) is a \(format) image; Firecracker's drives are raw images (the guest would find no filesystem)",
+                    "convert it: qemu-img convert -O raw \(drive.path) \(drive.path).raw")
+            }
         }
         if drives.filter(\.isRoot).count > 1 { problem("drives", "more than one drive has root: true") }
 

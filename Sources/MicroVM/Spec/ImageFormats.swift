@@ -42,3 +42,26 @@ public enum KernelImage {
         "use the kernel build tree's vmlinux (`file` says 'ELF 64-bit LSB executable, x86-64'), or extract it: scripts/extract-vmlinux \(path) > vmlinux"
     }
 }
+
+/// Firecracker's block devices expose their file as raw bytes. A cloud image is often a qcow2
+/// file (`*-cloudimg-*.img`): attached as it is, the guest finds no filesystem and panics at
+/// "VFS: Unable to mount root fs", long after the launch succeeded. The container formats
+/// below say so in their first bytes.
+public enum DiskImage {
+    /// The container format `path` is in, when it is one Firecracker cannot use ("qcow2",
+    /// "VMDK", "VHDX", "VDI"); nil for anything else (raw images have no signature) or a file
+    /// that cannot be read.
+    public static func containerFormat(at path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var header = [UInt8](repeating: 0, count: 0x44)
+        let count = header.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
+        guard count >= 4 else { return nil }
+        if header[0..<4].elementsEqual([0x51, 0x46, 0x49, 0xFB]) { return "qcow2" }
+        if header[0..<4].elementsEqual(Array("KDMV".utf8)) { return "VMDK" }
+        if count >= 8, header[0..<8].elementsEqual(Array("vhdxfile".utf8)) { return "VHDX" }
+        if count >= 0x44, header[0x40..<0x44].elementsEqual([0x7F, 0x10, 0xDA, 0xBE]) { return "VDI" }
+        return nil
+    }
+}
