@@ -148,6 +148,26 @@ struct WarmPoolTests {
         }
     }
 
+    @Test("Concurrent acquires never hand out one VM twice; warm and cold takes add up")
+    func concurrentAcquires() async throws {
+        try await Self.withSnapshot { snapshot, provider in
+            let pool = try WarmPool(snapshot: snapshot, size: 3, provider: provider, logger: Self.quiet)
+            try await pool.start()
+            let vms = try await withThrowingTaskGroup(of: InMemoryMicroVM.self) { group in
+                for _ in 0..<20 { group.addTask { try await pool.acquire() } }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(Set(vms.map(\.id)).count == 20)
+            for vm in vms { #expect(await vm.state == .running) }
+            let statistics = await pool.statistics
+            #expect(statistics.handedOut + statistics.coldRestores == 20, "\(statistics)")
+            await pool.shutdown()
+            #expect(provider.inner.liveIDs == Set(vms.map(\.id.rawValue)))
+            for vm in vms { await vm.kill() }
+            #expect(provider.inner.liveIDs.isEmpty)
+        }
+    }
+
     @Test("Bad settings are refused before anything is restored")
     func settings() async throws {
         try await Self.withSnapshot { snapshot, provider in
