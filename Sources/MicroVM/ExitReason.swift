@@ -19,6 +19,9 @@ public struct ExitReason: Sendable, Hashable, Codable, CustomStringConvertible {
         case killedByDriver = "killed-by-driver"
         /// Something else killed it with a signal.
         case killed = "killed"
+        /// A lazy restore's page-fault server could not serve the guest's memory (a truncated or
+        /// unreadable snapshot memory file) and killed the VMM rather than leave the guest frozen.
+        case lazyMemoryFailed = "lazy-memory-failed"
         /// The status could not be collected.
         case unknown = "unknown"
     }
@@ -49,10 +52,20 @@ public struct ExitReason: Sendable, Hashable, Codable, CustomStringConvertible {
         case .vmmError: base = "Firecracker failed"
         case .killedByDriver: base = "stopped by the driver"
         case .killed: base = "killed from outside"
+        case .lazyMemoryFailed: base = "its memory could not be served (lazy restore)"
         case .unknown: base = "ended for an unknown reason"
         }
-        let detail = evidence.isEmpty ? "" : "; Firecracker: \(evidence.suffix(2).joined(separator: " | "))"
+        // The page-fault server's words are the driver's, not Firecracker's.
+        let source = kind == .lazyMemoryFailed ? "" : "Firecracker: "
+        let detail = evidence.isEmpty ? "" : "; \(source)\(evidence.suffix(kind == .lazyMemoryFailed ? 1 : 2).joined(separator: " | "))"
         return "\(base) (\(exit))\(detail)"
+    }
+
+    /// A lazy restore's page-fault server that failed killed the VMM: that, not the signal, is
+    /// why the VM ended.
+    func adding(lazyMemoryFailure failure: LazyMemoryError?) -> ExitReason {
+        guard let failure else { return self }
+        return ExitReason(kind: .lazyMemoryFailed, exit: exit, evidence: evidence + ["\(failure)"])
     }
 
     /// Firecracker's stderr (argument errors) as evidence, when the log said nothing.

@@ -813,8 +813,12 @@ public actor MicroVM {
         // The VMM is gone, so its page-fault server has ended too (or ends now); a server that
         // failed killed the VMM, and its words are why the VM ended.
         await lazyMemory?.finish()
-        var reason = ExitReason.classify(exit: status, log: await streams.log.recentLines, killedByDriver: killRequested)
-        if let failure = lazyMemory?.failure { reason.evidence.append("\(failure)") }
+        // Under a monitor, its server's end is in the state directory (written before its exit).
+        let lazyFailure =
+            lazyMemory?.failure
+            ?? (lazyMemoryFile != nil && process.monitor != nil ? MonitorFiles.lazyMemoryFailure(in: stateStore.directory(for: id.rawValue)) : nil)
+        let reason = ExitReason.classify(exit: status, log: await streams.log.recentLines, killedByDriver: killRequested)
+            .adding(lazyMemoryFailure: killRequested ? nil : lazyFailure)
         state = .ended(reason)
         // A record write under way lands before the directory goes (one landing after would
         // leave it behind); those queued after it see the VM ended and write nothing.

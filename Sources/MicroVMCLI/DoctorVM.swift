@@ -305,7 +305,9 @@ enum VMDiagnosis {
             }
             return findings
         }
-        let evidence = reason.evidence.isEmpty ? "" : "; Firecracker: " + reason.evidence.suffix(3).joined(separator: " | ")
+        // A page-fault server's words are the driver's own, not Firecracker's.
+        let source = reason.kind == .lazyMemoryFailed ? "; " : "; Firecracker: "
+        let evidence = reason.evidence.isEmpty ? "" : source + reason.evidence.suffix(3).joined(separator: " | ")
         let seen = "\(reason.kind.rawValue): \(reason.exit)\(evidence)"
         switch reason.kind {
         case .guestShutdown, .killedByDriver:
@@ -363,6 +365,12 @@ enum VMDiagnosis {
                     check: "exit-reason", status: .fail, seen: seen,
                     why: "something outside microvm killed the VMM (the OOM killer, an operator, a service manager)",
                     fix: "journalctl -k | grep -i -e oom -e 'killed process'   (an OOM kill shows in the VM's memory cgroup: see memory-limit)"))
+        case .lazyMemoryFailed:
+            findings.append(
+                Finding(
+                    check: "exit-reason", status: .fail, seen: seen,
+                    why: "the VM was restored lazily, and its page-fault server could not serve a page from the snapshot's memory file (truncated, overwritten or unreadable since the restore), so it stopped the VMM rather than leave the guest frozen",
+                    fix: "restore it again from an intact snapshot (microvm restore DIR --id NEW, with or without --lazy), and never write into a snapshot's memory file while VMs restored lazily from it run"))
         case .unknown:
             let lost = record != nil && !(record!.process.isAlive)
             findings.append(

@@ -119,6 +119,16 @@ struct CLIDoctorVMTests {
 
             try store.writePostMortem(
                 PostMortem(
+                    id: "lazy", outcome: .ended, message: "ended",
+                    exitReason: ExitReason(
+                        kind: .lazyMemoryFailed, exit: .signaled(signal: 9),
+                        evidence: ["lazy memory: serving page faults /srv/jailer/firecracker/lazy/root/uffd.sock: Bad address (populating the page at 0x7f0000000000)"]),
+                    spec: spec("lazy", kernel: kernel)))
+            (_, checks, _) = try await Self.doctor(["lazy", "--state-dir", state])
+            Self.expect(checks, "exit-reason", "fail", seen: "lazy-memory-failed", fix: "intact snapshot")
+
+            try store.writePostMortem(
+                PostMortem(
                     id: "kvmperm", outcome: .createFailed, step: "starting Firecracker", message: "create failed",
                     exitReason: ExitReason(kind: .vmmError, exit: .exited(code: 1), evidence: ["Error creating KVM object: Permission denied (os error 13) opening /dev/kvm"]),
                     spec: spec("kvmperm", kernel: kernel)))

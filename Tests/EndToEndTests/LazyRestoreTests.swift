@@ -97,15 +97,17 @@ struct LazyRestoreTests {
         }
     }
 
-    @Test("The memory file is cut short while the guest runs: the server fails, stops the VMM (no frozen guest), and the exit reason says why")
-    func memoryLostWhileRunning() async throws {
-        try await EndToEnd.withDriver(.disabled, name: "uffd-cut") { configuration, assets, directory in
-            let tag = "\(getpid())"
+    @Test("The memory file is cut short while the guest runs: the server fails, stops the VMM (no frozen guest), and the exit reason says why, in this process or under a monitor (then also for a later driver)", arguments: [false, true])
+    func memoryLostWhileRunning(monitored: Bool) async throws {
+        try await EndToEnd.withDriver(.disabled, name: "uffd-cut-\(monitored)") { configuration, assets, directory in
+            let tag = "\(monitored ? "m" : "d")-\(getpid())"
             let (snapshot, _) = try await Self.takeSnapshot(configuration, assets, id: "uffd-csrc-\(tag)", into: directory)
+            let driver = monitored ? try MonitorTests.monitored(configuration) : configuration
             // Restored paused: the guest has touched nothing yet when its memory goes.
             let vm = try await MicroVM.restore(
-                snapshot, id: "uffd-cut-\(tag)", resume: false, memory: .lazy, configuration: configuration, logger: EndToEnd.logger)
-            let lazy = try #require(vm.lazyMemory)
+                snapshot, id: "uffd-cut-\(tag)", resume: false, memory: .lazy, configuration: driver, logger: EndToEnd.logger)
+            let lazy = vm.lazyMemory
+            #expect((lazy == nil) == monitored)
             #expect(truncate(snapshot.memoryPath.string, 0) == 0)
             try await EndToEnd.using(vm) { vm in
                 // The first fault may come, and the server kill the VMM, before Firecracker has
@@ -116,11 +118,16 @@ struct LazyRestoreTests {
                     guard case .api(_, _, .transport)? = error as? MicroVMError else { throw error }
                 }
                 let reason = try #require(await vm.waitForExit(timeout: .seconds(10)), "the VM ends instead of freezing")
+                #expect(reason.kind == .lazyMemoryFailed, "\(reason)")
+                #expect(!reason.isClean)
                 #expect(reason.evidence.contains { $0.contains("lazy memory: serving page faults") }, "\(reason)")
+                #expect("\(reason)".hasPrefix("its memory could not be served (lazy restore)"), "\(reason)")
             }
-            let failure = try #require(lazy.failure)
-            #expect(failure.step == .serving, "\(failure)")
-            #expect(failure.errno == EFAULT, "\(failure)")
+            if let lazy {
+                let failure = try #require(lazy.failure)
+                #expect(failure.step == .serving, "\(failure)")
+                #expect(failure.errno == EFAULT, "\(failure)")
+            }
         }
     }
 

@@ -90,7 +90,7 @@ extension MicroVM {
         if !status.isVMM {
             reason = reason.adding(standardError: [status.spawnError ?? "the launcher ended before the VMM started"])
         }
-        return reason
+        return reason.adding(lazyMemoryFailure: MonitorFiles.lazyMemoryFailure(in: directory))
     }
 
     /// Takes over a VM whose driver is gone (crashed, killed, upgraded): its process must still
