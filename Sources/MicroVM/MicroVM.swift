@@ -875,7 +875,7 @@ public actor MicroVM {
     /// Boots the guest (InstanceStart).
     public func start() async throws(MicroVMError) {
         try VMOperation.start.check(in: state, id: id.rawValue)
-        try await Self.call("InstanceStart", id: id.rawValue) { try await client.startInstance() }
+        try await lifecycleCall("InstanceStart") { [client] in try await client.startInstance() }
         if case .created = state { state = .running }
         persist()
     }
@@ -883,7 +883,7 @@ public actor MicroVM {
     /// Pauses the vCPUs.
     public func pause() async throws(MicroVMError) {
         try VMOperation.pause.check(in: state, id: id.rawValue)
-        try await Self.call("PATCH /vm Paused", id: id.rawValue) { try await client.pause() }
+        try await lifecycleCall("PATCH /vm Paused") { [client] in try await client.pause() }
         if state == .running { state = .paused }
         persist()
     }
@@ -891,7 +891,7 @@ public actor MicroVM {
     /// Resumes paused vCPUs.
     public func resume() async throws(MicroVMError) {
         try VMOperation.resume.check(in: state, id: id.rawValue)
-        try await Self.call("PATCH /vm Resumed", id: id.rawValue) { try await client.resume() }
+        try await lifecycleCall("PATCH /vm Resumed") { [client] in try await client.resume() }
         if state == .paused { state = .running }
         persist()
     }
@@ -899,7 +899,19 @@ public actor MicroVM {
     /// Sends Ctrl-Alt-Del to the guest (which may ignore it).
     public func sendCtrlAltDel() async throws(MicroVMError) {
         try VMOperation.sendCtrlAltDel.check(in: state, id: id.rawValue)
-        try await Self.call("SendCtrlAltDel", id: id.rawValue) { try await client.sendCtrlAltDel() }
+        try await lifecycleCall("SendCtrlAltDel") { [client] in try await client.sendCtrlAltDel() }
+    }
+
+    /// A lifecycle request. When Firecracker drops its connection because the VM ended under
+    /// the request (a crash, a kill from outside, a lazy restore's page server that could not
+    /// serve a page), the error says how the VM ended, not only that the connection closed.
+    private func lifecycleCall(_ operation: String, _ body: @Sendable () async throws -> Void) async throws(MicroVMError) {
+        do {
+            try await Self.call(operation, id: id.rawValue, body)
+        } catch {
+            guard case .api(_, _, .transport) = error, let reason = await ended.wait(timeout: .milliseconds(500)) else { throw error }
+            throw .vmEnded(id: id.rawValue, operation: operation, reason: reason)
+        }
     }
 
     /// Writes to the guest's serial input.

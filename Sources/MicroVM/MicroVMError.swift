@@ -33,6 +33,9 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
     case heldByAnotherDriver(id: String, operation: String, reason: String)
     /// The warm pool was shut down: it hands out no more VMs.
     case poolClosed(pool: String)
+    /// The VM ended while `operation` was under way (Firecracker closed the request's
+    /// connection as it went): how it ended.
+    case vmEnded(id: String, operation: String, reason: ExitReason)
 
     public var id: String? {
         switch self {
@@ -40,7 +43,7 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
         case .poolClosed: nil
         case .invalidState(let id, _, _, _), .sandbox(let id, _), .api(let id, _, _), .createFailed(let id, _, _, _),
             .snapshotFailed(let id, _, _), .file(let id, _), .network(let id, _), .stateConflict(let id, _, _), .corruptRecord(let id, _, _),
-            .notFound(let id, _), .notAttachable(let id, _), .heldByAnotherDriver(let id, _, _):
+            .notFound(let id, _), .notAttachable(let id, _), .heldByAnotherDriver(let id, _, _), .vmEnded(let id, _, _):
             id
         }
     }
@@ -95,6 +98,8 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
             return "\(vm)cannot \(operation): \(reason)"
         case .poolClosed(let pool):
             return "the warm pool \(pool) is shut down"
+        case .vmEnded(_, let operation, let reason):
+            return "\(vm)\(operation): the VM ended while it was under way: \(reason)"
         }
     }
 
@@ -142,6 +147,8 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
         case .notAttachable: "stop it from the driver that supervises it, or wait until that driver has exited"
         case .heldByAnotherDriver: "wait until the driver that holds it has finished with it (or has exited), or stop the VM from that driver"
         case .poolClosed: "make a new pool, or restore the snapshot directly"
+        case .vmEnded(_, _, let reason):
+            reason.isClean ? "the guest shut down first; create or restore a new VM" : "`microvm doctor ID` reads how it ended and names the fix"
         }
     }
 }

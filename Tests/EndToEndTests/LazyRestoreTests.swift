@@ -111,11 +111,13 @@ struct LazyRestoreTests {
             #expect(truncate(snapshot.memoryPath.string, 0) == 0)
             try await EndToEnd.using(vm) { vm in
                 // The first fault may come, and the server kill the VMM, before Firecracker has
-                // answered the resume: then the request fails with the lost connection.
+                // answered the resume: then the request fails, saying how the VM ended.
                 do {
                     try await vm.resume()
                 } catch {
-                    guard case .api(_, _, .transport)? = error as? MicroVMError else { throw error }
+                    guard case .vmEnded(_, "PATCH /vm Resumed", let reason)? = error as? MicroVMError else { throw error }
+                    #expect(reason.kind == .lazyMemoryFailed, "\(reason)")
+                    #expect("\(error)".contains("the VM ended while it was under way: its memory could not be served"), "\(error)")
                 }
                 let reason = try #require(await vm.waitForExit(timeout: .seconds(10)), "the VM ends instead of freezing")
                 #expect(reason.kind == .lazyMemoryFailed, "\(reason)")

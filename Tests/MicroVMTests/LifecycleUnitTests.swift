@@ -94,6 +94,19 @@ struct ExitReasonTests {
         #expect(line.level == .warning && line.thread == "fc_vcpu 0" && line.message == "Something odd")
         #expect(FirecrackerLog.parse("no brackets").message == "no brackets")
     }
+
+    @Test("A VM that ends under an operation: the error says how, a post-mortem keeps an unclean end for doctor")
+    func endedUnderAnOperation() {
+        let lazy = ExitReason(kind: .lazyMemoryFailed, exit: .signaled(signal: 9), evidence: ["lazy memory: serving page faults (/x/uffd.sock) failed: populating the page at 0x1000 (Bad address)"])
+        let error = MicroVMError.vmEnded(id: "vm-1", operation: "PATCH /vm Resumed", reason: lazy)
+        #expect("\(error)" == "VM vm-1: PATCH /vm Resumed: the VM ended while it was under way: \(lazy)")
+        #expect("\(lazy)".hasPrefix("its memory could not be served (lazy restore) (killed (SIGKILL)); lazy memory:"))
+        #expect(error.hint.contains("microvm doctor"))
+        let postMortem = PostMortem(error: error)
+        #expect(postMortem?.outcome == .ended && postMortem?.exitReason == lazy && postMortem?.step == "PATCH /vm Resumed")
+        let clean = MicroVMError.vmEnded(id: "vm-1", operation: "PATCH /vm Paused", reason: ExitReason(kind: .guestShutdown, exit: .exited(code: 0)))
+        #expect(PostMortem(error: clean) == nil, "a clean end is nothing to diagnose")
+    }
 }
 
 @Suite("Console ring")

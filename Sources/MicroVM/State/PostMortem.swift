@@ -57,12 +57,21 @@ public struct PostMortem: Codable, Sendable, Hashable {
         case firecrackerLog = "firecracker_log"
     }
 
-    /// The post-mortem of a failed create, from the error the driver threw.
+    /// The post-mortem of a failed create, or of a VM that ended uncleanly under an operation,
+    /// from the error the driver threw; nil for other errors.
     public init?(error: MicroVMError, spec: VMSpec? = nil) {
-        guard case .createFailed(let id, let step, _, let exit) = error else { return nil }
-        self.init(
-            id: id, outcome: .createFailed, step: step, message: error.description, hint: error.hint, exitReason: exit, spec: spec,
-            firecrackerLog: exit?.evidence ?? [])
+        switch error {
+        case .createFailed(let id, let step, _, let exit):
+            self.init(
+                id: id, outcome: .createFailed, step: step, message: error.description, hint: error.hint, exitReason: exit, spec: spec,
+                firecrackerLog: exit?.evidence ?? [])
+        case .vmEnded(let id, let operation, let reason) where !reason.isClean:
+            self.init(
+                id: id, outcome: .ended, step: operation, message: error.description, hint: error.hint, exitReason: reason, spec: spec,
+                firecrackerLog: reason.evidence)
+        default:
+            return nil
+        }
     }
 }
 
