@@ -133,6 +133,61 @@ struct LazyRestoreTests {
         }
     }
 
+    @Test("Pages the balloon took back are answered with zeros, not the snapshot's bytes; the guest carries on")
+    func balloonRemovedPages() async throws {
+        try await EndToEnd.withDriver(.disabled, name: "uffd-balloon") { configuration, assets, directory in
+            let tag = "\(getpid())"
+            var spec = EndToEnd.spec(assets, id: "uffd-bsrc-\(tag)", args: EndToEnd.heartbeatArgs + ["microvm.balloon=on"])
+            spec.balloon = Balloon(amountMiB: 0, deflateOnOom: false)
+            let source = try await MicroVM.run(spec, configuration: configuration, logger: EndToEnd.logger)
+            let (snapshot, at) = try await EndToEnd.using(source) { vm in
+                _ = try await vm.console.waitForLine(containing: "balloon ready", timeout: .seconds(5))
+                _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat 2", timeout: .seconds(10))
+                let snapshot = try await vm.snapshot(to: FilePath(directory + "/snap"), type: .full)
+                let at = await SnapshotTests.lastHeartbeat(vm.console)
+                await vm.kill()
+                return (snapshot, at)
+            }
+            let vm = try await MicroVM.restore(snapshot, id: "uffd-balloon-\(tag)", memory: .lazy, configuration: configuration, logger: EndToEnd.logger)
+            let lazy = try #require(vm.lazyMemory)
+            let (again, atAgain) = try await EndToEnd.using(vm) { vm in
+                _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat \(at + 1)", timeout: .seconds(5))
+                #expect(lazy.statistics.zeroPages == 0, "nothing removed yet: \(lazy.statistics)")
+                // 8 MiB inflated: Firecracker drops those pages (MADV_DONTNEED), the kernel tells
+                // the server (UFFD_EVENT_REMOVE), and a later touch must read zeros.
+                try await vm.setBalloon(targetMiB: 8)
+                _ = try await vm.console.waitForLine(containing: "balloon target=2048 actual=2048", timeout: .seconds(10))
+                #expect(lazy.statistics.removeEvents > 0, "\(lazy.statistics)")
+                // A full snapshot reads every page of guest memory, the removed ones included.
+                let again = try await vm.snapshot(to: FilePath(directory + "/again"), type: .full)
+                return (again, await SnapshotTests.lastHeartbeat(vm.console))
+            }
+            await vm.kill()
+            let statistics = lazy.statistics
+            #expect(statistics.zeroPages >= 2048, "the balloon's 2048 pages come back as zero pages: \(statistics)")
+            #expect(statistics.pagesServed == UInt64(spec.machine.memoryMiB) << 8, "\(statistics)")
+            #expect(lazy.failure == nil)
+            // The snapshot holds zeros where the balloon was (the top 8 MiB of guest memory).
+            let memory = try FileHandle(forReadingFrom: URL(fileURLWithPath: again.memoryPath.string))
+            defer { try? memory.close() }
+            try memory.seek(toOffset: UInt64(spec.machine.memoryMiB - 8) << 20)
+            let top = try #require(try memory.read(upToCount: 8 << 20))
+            #expect(top.count == 8 << 20 && top.allSatisfy { $0 == 0 })
+            // It restores (lazily again) and the guest carries on, its balloon still inflated.
+            let second = try await MicroVM.restore(again, id: "uffd-balloon2-\(tag)", memory: .lazy, configuration: configuration, logger: EndToEnd.logger)
+            try await EndToEnd.using(second) { vm in
+                _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat \(atAgain + 1)", timeout: .seconds(5))
+                try await vm.setBalloon(targetMiB: 0)
+                _ = try await vm.console.waitForLine(containing: "balloon target=0 actual=0", timeout: .seconds(10))
+                vm.write("after restore\n")
+                _ = try await vm.console.waitForLine(containing: "microvm-guest: echo after restore", timeout: .seconds(5))
+                let reason = await vm.stop(grace: .seconds(5))
+                #expect(reason.kind == .guestShutdown, "\(reason)")
+            }
+            #expect(EndToEnd.liveThreads(named: "uffd") == 0)
+        }
+    }
+
     @Test("A missing memory file is named before anything runs")
     func missingMemory() async throws {
         try await EndToEnd.withDriver(.disabled, name: "uffd-miss") { configuration, assets, directory in
