@@ -18,12 +18,9 @@ struct APIBenchmark: AsyncParsableCommand {
     @Option(help: "Firecracker's own log level (Info is the driver's default).") var vmmLevel: LogLevel = .warning
 
     func run() async throws {
-        let directory = NSTemporaryDirectory() + "microvm-bench-api-\(getpid())"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        defer {
-            try? FileManager.default.removeItem(atPath: directory)
-            removeBenchCgroups()
-        }
+        let workspace = try BenchWorkspace("api")
+        defer { workspace.remove() }
+        let directory = workspace.directory
         // A created (configured, not started) VM: pre-boot PUT /machine-config can be repeated.
         let vm = try await MicroVM.create(
             // Firecracker logs every API request at Info; vmm_level Warning keeps that out of the

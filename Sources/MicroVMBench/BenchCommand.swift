@@ -76,3 +76,30 @@ func quietLogger() -> Logger {
     logger.logLevel = .error
     return logger
 }
+
+/// A benchmark's scratch directory (`<parent>/microvm-bench-<name>-<pid>`, with the jails'
+/// base in `jails/`) and its parent cgroups: `remove()` takes both away again, as the teardown
+/// of a VM keeps shared parent cgroups on purpose.
+struct BenchWorkspace {
+    let directory: String
+    var jails: String { directory + "/jails" }
+
+    init(_ name: String, under parent: String = NSTemporaryDirectory()) throws {
+        let parent = parent.hasSuffix("/") ? String(parent.dropLast()) : parent
+        directory = parent + "/microvm-bench-\(name)-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory + "/jails", withIntermediateDirectories: true)
+    }
+
+    func remove() {
+        // A child cgroup removed a moment ago may still be going offline (EBUSY, ENOTEMPTY).
+        for hierarchy in ["cpu", "cpuacct", "cpuset", "memory", "pids", "unified"].map({ "/sys/fs/cgroup/" + $0 }) + ["/sys/fs/cgroup"] {
+            let parent = "\(hierarchy)/microvm-bench-\(getpid())"
+            var attempts = 0
+            while rmdir(parent) != 0, errno == EBUSY || errno == ENOTEMPTY, attempts < 100 {
+                attempts += 1
+                usleep(10_000)
+            }
+        }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}

@@ -21,18 +21,14 @@ struct DetachedBenchmark: AsyncParsableCommand {
         guard let monitor = MonitorSettings.locate(environment: ProcessInfo.processInfo.environment) else {
             throw ValidationError("microvm-monitor not found beside microvm-bench; swift build builds it")
         }
-        let directory = NSTemporaryDirectory() + "microvm-bench-detached-\(getpid())"
-        let base = directory + "/jails"
-        try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
+        let workspace = try BenchWorkspace("detached")
+        defer { workspace.remove() }
+        let (directory, base) = (workspace.directory, workspace.jails)
         var inProcess = try assets.driverConfiguration(policy: .required, chrootBase: base)
         inProcess.stateStore = StateStore(root: FilePath(directory + "/state"))
         var monitored = inProcess
         monitored.monitor = monitor
         let logger = quietLogger()
-        defer {
-            removeBenchCgroups()
-            try? FileManager.default.removeItem(atPath: directory)
-        }
 
         // 1. The monitor alone: exec to its one line ("vmm PID"), with /bin/true as the VMM.
         var monitorStart = Samples()

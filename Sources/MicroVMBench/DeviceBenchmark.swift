@@ -33,9 +33,8 @@ struct DeviceBenchmark: AsyncParsableCommand {
     func run() async throws {
         let firecracker = try assets.firecrackerPath
         let kernel = try assets.kernelPath
-        let directory = NSTemporaryDirectory() + "microvm-bench-devices-\(getpid())"
-        let base = directory + "/jails"
-        try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
+        let workspace = try BenchWorkspace("devices")
+        let (directory, base) = (workspace.directory, workspace.jails)
         var driver = try assets.driverConfiguration(policy: .disabled, chrootBase: base)
         driver.stateStore = StateStore(root: FilePath(directory + "/state"))
         let configuration = driver
@@ -44,8 +43,7 @@ struct DeviceBenchmark: AsyncParsableCommand {
         var createdTaps: [TapDevice] = []
         defer {
             for tap in createdTaps { try? tap.remove() }
-            removeBenchCgroups()
-            try? FileManager.default.removeItem(atPath: directory)
+            workspace.remove()
         }
 
         /// Runs `body` on a VM and always kills it.

@@ -17,13 +17,11 @@ struct FleetBenchmark: AsyncParsableCommand {
 
     func run() async throws {
         let kernel = try assets.kernelPath
-        let directory = NSTemporaryDirectory() + "microvm-bench-fleet-\(getpid())"
-        let base = directory + "/jails"
-        try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let workspace = try BenchWorkspace("fleet")
+        defer { workspace.remove() }
+        let (directory, base) = (workspace.directory, workspace.jails)
         let jailed = try assets.driverConfiguration(policy: .required, chrootBase: base)
         let logger = quietLogger()
-        defer { removeBenchCgroups() }
         let args = ["console=ttyS0", "microvm.heartbeat_ms=0"]
         let jailedConfig = directory + "/vm.json"
         try Data(
@@ -144,12 +142,5 @@ struct FleetBenchmark: AsyncParsableCommand {
 
     private func seconds(_ value: Duration) -> Double {
         Double(value.components.seconds) + Double(value.components.attoseconds) / 1e18
-    }
-}
-
-/// Removes this run's parent cgroups (teardown keeps shared parents on purpose).
-func removeBenchCgroups() {
-    for hierarchy in ["cpu", "cpuacct", "cpuset", "memory", "pids", "unified"].map({ "/sys/fs/cgroup/" + $0 }) + ["/sys/fs/cgroup"] {
-        rmdir("\(hierarchy)/microvm-bench-\(getpid())")
     }
 }

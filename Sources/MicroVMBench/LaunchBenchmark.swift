@@ -38,9 +38,8 @@ struct LaunchBenchmark: AsyncParsableCommand {
 
     func run() async throws {
         let firecracker = try assets.firecrackerPath
-        let directory = (scratch ?? NSTemporaryDirectory()) + "/microvm-bench-launch-\(getpid())"
-        let base = directory + "/jails"
-        try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
+        let workspace = try BenchWorkspace("launch", under: scratch ?? NSTemporaryDirectory())
+        let (directory, base) = (workspace.directory, workspace.jails)
         var kernel = try assets.kernelPath
         var jailed = try assets.driverConfiguration(policy: .required, chrootBase: base)
         var unjailed = try assets.driverConfiguration(policy: .disabled, chrootBase: base)
@@ -52,10 +51,7 @@ struct LaunchBenchmark: AsyncParsableCommand {
             unjailed.stateStore = jailed.stateStore
         }
         let logger = quietLogger()
-        defer {
-            removeBenchCgroups()
-            try? FileManager.default.removeItem(atPath: directory)
-        }
+        defer { workspace.remove() }
         let (configPath, jailedConfig) = try Self.writeRawConfigurations(in: directory, kernel: kernel)
 
         var rawUnjailed = Samples()

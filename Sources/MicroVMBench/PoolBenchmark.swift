@@ -20,13 +20,9 @@ struct PoolBenchmark: AsyncParsableCommand {
     func run() async throws {
         let firecracker = try assets.firecrackerPath
         let kernel = try assets.kernelPath
-        let directory = NSTemporaryDirectory() + "microvm-bench-pool-\(getpid())"
-        let base = directory + "/jails"
-        try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
-        defer {
-            removeBenchCgroups()
-            try? FileManager.default.removeItem(atPath: directory)
-        }
+        let workspace = try BenchWorkspace("pool")
+        defer { workspace.remove() }
+        let (directory, base) = (workspace.directory, workspace.jails)
         let logger = quietLogger()
         let spec = VMSpec(
             id: "pool-source", machine: .init(vcpus: 1, memoryMiB: 64), boot: .init(kernel: kernel, args: ["console=ttyS0", "microvm.heartbeat_ms=1000"]))

@@ -24,13 +24,9 @@ struct SnapshotBenchmark: AsyncParsableCommand {
     func run() async throws {
         let firecracker = try assets.firecrackerPath
         let kernel = try assets.kernelPath
-        let directory = NSTemporaryDirectory() + "microvm-bench-snapshot-\(getpid())"
-        let base = directory + "/jails"
-        try FileManager.default.createDirectory(atPath: base, withIntermediateDirectories: true)
-        defer {
-            removeBenchCgroups()
-            try? FileManager.default.removeItem(atPath: directory)
-        }
+        let workspace = try BenchWorkspace("snapshot")
+        defer { workspace.remove() }
+        let (directory, base) = (workspace.directory, workspace.jails)
         let logger = quietLogger()
         let args = ["console=ttyS0", "microvm.heartbeat_ms=50"]
         let configPath = directory + "/vm.json"
