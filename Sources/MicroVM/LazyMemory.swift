@@ -55,6 +55,31 @@ public struct LazyMemoryStatistics: Sendable, Hashable {
     /// Pages put into the guest's memory, from the file or as zeros.
     public var pagesServed: UInt64 { pagesCopied + zeroPages }
 
+    /// From the monitor's report of its server (`state`, `faults`, `pages-copied`, ... as
+    /// `key value` fields); nil without a state it knows.
+    init?(report fields: [String: String]) {
+        guard let state = fields["state"], let phase = Phase(rawValue: state) else { return nil }
+        func count(_ key: String) -> UInt64 { fields[key].flatMap { UInt64($0) } ?? 0 }
+        self.phase = phase
+        faults = count("faults")
+        pagesCopied = count("pages-copied")
+        zeroPages = count("zero-pages")
+        alreadyPresent = count("already-present")
+        removeEvents = count("remove-events")
+        regions = Int(clamping: count("regions"))
+        firecrackerPID = fields["pid"].flatMap { Int32($0) }.flatMap { $0 > 0 ? $0 : nil }
+    }
+
+    /// `key value` lines as a dictionary (a line without a value is skipped).
+    static func reportFields(_ text: String) -> [String: String] {
+        var fields: [String: String] = [:]
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: " ", maxSplits: 1).map(String.init)
+            if parts.count == 2 { fields[parts[0]] = parts[1] }
+        }
+        return fields
+    }
+
     init(_ stats: cmv_uffd_stats) {
         phase =
             switch stats.state {

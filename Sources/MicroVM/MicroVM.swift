@@ -52,6 +52,30 @@ public actor MicroVM {
     /// The memory file of a lazy restore, wherever its server runs (recorded for later drivers).
     nonisolated let lazyMemoryFile: String?
 
+    /// The counters of a lazily restored VM's page-fault server, wherever it runs: this
+    /// process's (``lazyMemory``), or the VM's monitor's, asked live while the VM runs and read
+    /// from its final report once it has ended. nil for a VM not restored lazily, and when a
+    /// monitor neither answers nor left a report.
+    public func lazyMemoryStatistics() async -> LazyMemoryStatistics? {
+        if let lazyMemory { return lazyMemory.statistics }
+        guard lazyMemoryFile != nil, process.monitor != nil else { return nil }
+        return await Self.monitoredLazyMemoryStatistics(stateDirectory: stateStore.directory(for: id.rawValue))
+    }
+
+    /// ``lazyMemoryStatistics()`` of a VM recorded under the configuration's state root, from
+    /// any process, without attaching to it: its monitor is asked (or its final report read).
+    /// nil for a VM not restored lazily, and for one whose server ran in the process that
+    /// created it (only that process can count).
+    public static func lazyMemoryStatistics(id: String, configuration: DriverConfiguration) async -> LazyMemoryStatistics? {
+        guard let record = try? configuration.stateStore.read(id: id), record.lazyMemoryFile != nil, record.monitorPID != nil else { return nil }
+        return await monitoredLazyMemoryStatistics(stateDirectory: configuration.stateStore.directory(for: id))
+    }
+
+    private static func monitoredLazyMemoryStatistics(stateDirectory: FilePath) async -> LazyMemoryStatistics? {
+        if let live = await MonitorFiles.liveLazyMemoryStatistics(socket: MonitorFiles.socket(in: stateDirectory)) { return live }
+        return MonitorFiles.lazyMemoryStatistics(in: stateDirectory)
+    }
+
     public private(set) var state: VMState
 
     let executor: any VMMExecutor

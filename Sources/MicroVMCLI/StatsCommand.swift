@@ -19,10 +19,17 @@ struct StatsCommand: AsyncParsableCommand {
             A VM without metrics says so (firecracker_metrics.configured false, and a line under \
             the table) instead of leaving them out.
 
+            A VM restored with --lazy also shows its page-fault server's counters, asked from \
+            its monitor: the pages served so far (from the snapshot's memory file, or as zeros \
+            where the balloon had removed memory) tell how much of its memory the guest has \
+            touched.
+
             --json keys: id, cpu_usage_ns, memory_bytes, memory_limit_bytes, pids, pids_limit, \
             cgroups, firecracker_metrics {configured, note, file, lines, last_written, \
             block_read_bytes, block_write_bytes, net_rx_bytes, net_tx_bytes, vcpu_exits, \
-            vcpu_failures, api_requests, totals {group: {field: total}}}.
+            vcpu_failures, api_requests, totals {group: {field: total}}}, lazy_memory (lazily \
+            restored VMs) {state, faults, pages_served, pages_copied, zero_pages, \
+            already_present, remove_events}.
             """
     )
 
@@ -41,6 +48,7 @@ struct StatsCommand: AsyncParsableCommand {
         var pidsLimit: UInt64?
         var cgroups: [String]
         var firecrackerMetrics: MetricsFigures
+        var lazyMemory: LazyMemoryFigures?
 
         enum CodingKeys: String, CodingKey {
             case id
@@ -51,6 +59,32 @@ struct StatsCommand: AsyncParsableCommand {
             case pidsLimit = "pids_limit"
             case cgroups
             case firecrackerMetrics = "firecracker_metrics"
+            case lazyMemory = "lazy_memory"
+        }
+    }
+
+    /// A lazy restore's page-fault server, as its monitor counts.
+    struct LazyMemoryFigures: Encodable {
+        var state: String
+        var faults, pagesServed, pagesCopied, zeroPages, alreadyPresent, removeEvents: UInt64
+
+        init(_ statistics: LazyMemoryStatistics) {
+            state = statistics.phase.rawValue
+            faults = statistics.faults
+            pagesServed = statistics.pagesServed
+            pagesCopied = statistics.pagesCopied
+            zeroPages = statistics.zeroPages
+            alreadyPresent = statistics.alreadyPresent
+            removeEvents = statistics.removeEvents
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case state, faults
+            case pagesServed = "pages_served"
+            case pagesCopied = "pages_copied"
+            case zeroPages = "zero_pages"
+            case alreadyPresent = "already_present"
+            case removeEvents = "remove_events"
         }
     }
 
@@ -125,6 +159,9 @@ struct StatsCommand: AsyncParsableCommand {
             throw CLIError(.conflict, "VM \(id) has no cgroups (it runs unjailed)", id: id)
         }
         var figures = Figures(id: id, cgroups: record.cgroupDirectories, firecrackerMetrics: .read(record))
+        if record.lazyMemoryFile != nil {
+            figures.lazyMemory = await MicroVM.lazyMemoryStatistics(id: id, configuration: try global.driverConfiguration()).map(LazyMemoryFigures.init)
+        }
         for directory in record.cgroupDirectories {
             func number(_ file: String) -> UInt64? {
                 guard let text = try? String(contentsOfFile: directory + "/" + file, encoding: .utf8) else { return nil }
@@ -173,6 +210,15 @@ struct StatsCommand: AsyncParsableCommand {
             Output.line("firecracker metrics: \(note)")
         } else if let written = metrics.lastWritten {
             Output.line("firecracker metrics: totals of \(metrics.lines ?? 0) line(s) of \(metrics.file ?? "?"), newest written \(written.formatted(.iso8601))")
+        }
+        if let lazy = figures.lazyMemory {
+            Output.line(
+                "lazy memory: \(lazy.state), \(lazy.pagesServed) pages served (\(lazy.pagesCopied) from the snapshot, \(lazy.zeroPages) as zeros) on \(lazy.faults) faults")
+        } else if record.lazyMemoryFile != nil {
+            Output.line(
+                record.monitorPID == nil
+                    ? "lazy memory: counted only by the process that restored the VM (its page-fault server runs there)"
+                    : "lazy memory: the VM's monitor did not report its page-fault server")
         }
     }
 }

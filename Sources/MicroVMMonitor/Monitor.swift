@@ -273,6 +273,8 @@ final class Monitor {
         var stream: Int?
         var pending: [UInt8] = []
         var watchingOutput = false
+        /// A one-shot request (`lazy-memory`): the connection ends once its answer is sent.
+        var closesWhenFlushed = false
     }
 
     private func acceptClients() {
@@ -317,6 +319,20 @@ final class Monitor {
         let rest = client.request[(newline + 1)...]
         client.request = []
         let words = line.split(separator: " ")
+        if words.first == "lazy-memory" {
+            // The page-fault server's counters as they are now (`key value` lines, as in the
+            // `lazy-memory` file), for a driver or `microvm stats` while the VM runs.
+            if let server = lazyMemory {
+                var stats = cmv_uffd_stats()
+                cmv_uffd_server_stats(server, &stats)
+                client.pending = Array((["ok"] + Self.lazyMemoryReport(stats)).map { $0 + "\n" }.joined().utf8)
+            } else {
+                client.pending = Array("error this VM has no lazy memory server (or it has ended)\n".utf8)
+            }
+            client.closesWhenFlushed = true
+            flush(fd, client)
+            return
+        }
         let names = ["console", "stderr", "log", "input"]
         guard words.count == 2, let index = names.firstIndex(of: String(words[0])), let offset = UInt64(words[1]) else {
             client.pending = Array("error expected 'console|stderr|log|input OFFSET'\n".utf8)
@@ -349,6 +365,10 @@ final class Monitor {
             }
             if count < 0 && errno == EINTR { continue }
             if count < 0 && errno == EAGAIN { break }
+            drop(fd)
+            return
+        }
+        if client.pending.isEmpty, client.closesWhenFlushed {
             drop(fd)
             return
         }
@@ -458,14 +478,28 @@ final class Monitor {
             case CMV_UFFD_STEP_HANDSHAKE: "handshake"
             default: "serving"
             }
-        var lines = [
-            "state \(stats.state == CMV_UFFD_FAILED ? "failed" : "ended")", "faults \(stats.faults)", "pages-copied \(stats.pages_copied)",
-            "zero-pages \(stats.zero_pages)",
-        ]
+        var lines = Self.lazyMemoryReport(stats, ended: true)
         if stats.state == CMV_UFFD_FAILED {
             lines += ["step \(step)", "path \(options.lazyMemorySocket ?? "")", "errno \(stats.error_errno)", "detail \(detail)"]
         }
         writeLazyMemoryFile(lines)
+    }
+
+    /// The server's counters as `key value` lines (the driver's `LazyMemoryStatistics` reads
+    /// them); `ended`: the server's thread is over, whatever state it last set.
+    private static func lazyMemoryReport(_ stats: cmv_uffd_stats, ended: Bool = false) -> [String] {
+        let state =
+            switch stats.state {
+            case CMV_UFFD_FAILED: "failed"
+            case _ where ended, CMV_UFFD_ENDED: "ended"
+            case CMV_UFFD_WAITING: "waiting"
+            case CMV_UFFD_HANDSHAKE: "handshake"
+            default: "serving"
+            }
+        return [
+            "state \(state)", "faults \(stats.faults)", "pages-copied \(stats.pages_copied)", "zero-pages \(stats.zero_pages)",
+            "already-present \(stats.already_present)", "remove-events \(stats.removes)", "regions \(stats.regions)", "pid \(stats.peer_pid)",
+        ]
     }
 
     private func writeLazyMemoryFile(_ lines: [String]) {

@@ -213,6 +213,14 @@ struct LazyRestoreTests {
             #expect(try monitored.stateStore.read(id: vm.id.rawValue).lazyMemoryFile == snapshot.memoryPath.string)
             #expect(FileManager.default.fileExists(atPath: vm.directory.string + "/uffd.sock"))
             #expect(!FileManager.default.fileExists(atPath: vm.directory.string + "/restore.memory"))
+            // The monitor's server counts live, for this driver and for any other process.
+            _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat \(at + 1)", timeout: .seconds(5))
+            let live = try #require(await vm.lazyMemoryStatistics())
+            #expect(live.phase == .serving && live.pagesCopied > 0 && live.faults >= live.pagesServed, "\(live)")
+            #expect(live.regions >= 1 && live.firecrackerPID != nil, "\(live)")
+            let elsewhere = try #require(await MicroVM.lazyMemoryStatistics(id: vm.id.rawValue, configuration: monitored))
+            #expect(elsewhere.phase == .serving && elsewhere.pagesServed >= live.pagesServed, "\(elsewhere)")
+            #expect(await MicroVM.lazyMemoryStatistics(id: "uffd-src-\(tag)", configuration: monitored) == nil, "not restored lazily")
             try await SnapshotTests.expectCarriesOn(vm, after: at, "lazy, monitored, \(policy.rawValue)")
         }
     }
@@ -264,6 +272,13 @@ extension LazyRestoreTests {
                 #expect(await CLILogsTests.waitUntil {
                     ((try? String(contentsOfFile: CLILogsTests.consoleFile(configuration, copy), encoding: .utf8)) ?? "").contains("heartbeat")
                 })
+                // stats asks the monitor for its server's counters.
+                let stats = try await CLI.run(["stats", copy, "--json"] + flags)
+                let figures = try #require(try JSONSerialization.jsonObject(with: Data(stats.stdout.utf8)) as? [String: Any], "\(stats)")
+                let lazy = try #require(figures["lazy_memory"] as? [String: Any], "\(stats)")
+                #expect(lazy["state"] as? String == "serving" && (lazy["pages_served"] as? Int ?? 0) > 0, "\(lazy)")
+                let table = try await CLI.run(["stats", copy] + flags)
+                #expect(table.stdout.contains("lazy memory: serving, "), "\(table)")
                 let stopped = try await CLI.run(["stop", copy, "--timeout", "5"] + flags)
                 #expect(stopped.status == 0 && stopped.stdout.contains("the guest shut down"), "\(stopped)")
                 #expect(MicroVM.list(configuration: configuration).isEmpty)

@@ -1,5 +1,7 @@
 import CMicroVMSys
 import Foundation
+import NIOCore
+import NIOPosix
 public import SystemPackage
 
 #if canImport(Glibc)
@@ -60,11 +62,7 @@ enum MonitorFiles {
     /// wrote nothing).
     static func lazyMemoryFailure(in directory: FilePath) -> LazyMemoryError? {
         guard let text = try? String(contentsOfFile: lazyMemory(in: directory).string, encoding: .utf8) else { return nil }
-        var fields: [String: String] = [:]
-        for line in text.split(separator: "\n") {
-            let parts = line.split(separator: " ", maxSplits: 1).map(String.init)
-            if parts.count == 2 { fields[parts[0]] = parts[1] }
-        }
+        let fields = LazyMemoryStatistics.reportFields(text)
         guard fields["state"] == "failed" else { return nil }
         let step: LazyMemoryError.Step =
             switch fields["step"] {
@@ -76,6 +74,41 @@ enum MonitorFiles {
             default: .serving
             }
         return LazyMemoryError(step: step, path: fields["path"] ?? "", errno: Int32(fields["errno"] ?? "") ?? 0, detail: fields["detail"] ?? "")
+    }
+
+    /// The page-fault server's final counters, as the monitor recorded them when it ended.
+    static func lazyMemoryStatistics(in directory: FilePath) -> LazyMemoryStatistics? {
+        guard let text = try? String(contentsOfFile: lazyMemory(in: directory).string, encoding: .utf8) else { return nil }
+        return LazyMemoryStatistics(report: LazyMemoryStatistics.reportFields(text))
+    }
+
+    /// Asks the monitor listening at `socket` for its page-fault server's counters as they are
+    /// now (the request `lazy-memory`, answered `ok` and `key value` lines, then the end of
+    /// the connection). nil when it cannot say: no monitor, no server, or no answer within
+    /// `timeout`.
+    static func liveLazyMemoryStatistics(socket: FilePath, timeout: Duration = .seconds(1)) async -> LazyMemoryStatistics? {
+        do {
+            let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connectTimeout(TimeAmount(timeout))
+                .connect(unixDomainSocketPath: socket.string) { channel in
+                    channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel) }
+                }
+            // A monitor that never answers is left behind, not waited for.
+            let deadline = channel.channel.eventLoop.scheduleTask(in: TimeAmount(timeout)) { channel.channel.close(promise: nil) }
+            defer { deadline.cancel() }
+            return try await channel.executeThenClose { inbound, outbound in
+                try await outbound.write(ByteBuffer(string: "lazy-memory 0\n"))
+                var answer = ""
+                for try await var chunk in inbound {
+                    answer += chunk.readString(length: chunk.readableBytes) ?? ""
+                    if answer.utf8.count > 4096 { return nil }
+                }
+                guard answer.hasPrefix("ok\n") else { return nil }
+                return LazyMemoryStatistics(report: LazyMemoryStatistics.reportFields(answer))
+            }
+        } catch {
+            return nil
+        }
     }
 
     /// The last lines of one of the monitor's files (none when it is missing).
