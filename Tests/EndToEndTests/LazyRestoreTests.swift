@@ -188,6 +188,33 @@ struct LazyRestoreTests {
         }
     }
 
+    @Test("The driver that served the pages dies: a new driver attaches with a warning that the guest will hang, and kill still cleans up")
+    func servingDriverDies() async throws {
+        try await EndToEnd.withDriver(.disabled, name: "uffd-orphan") { configuration, assets, directory in
+            let tag = "\(getpid())"
+            let (snapshot, _) = try await Self.takeSnapshot(configuration, assets, id: "uffd-osrc-\(tag)", into: directory)
+            let id = "uffd-orphan-\(tag)"
+            let driver = try await KillableDriver.start(
+                DurableStateTests.driverArguments(configuration, assets, id: id, then: "running", extra: ["--restore-lazy", snapshot.directory]))
+            let ready = await driver.ready()
+            #expect(ready.hasPrefix("READY"), "\(ready)")
+            await driver.crash()
+
+            let capture = EndToEnd.CapturedLog()
+            let vm = try await MicroVM.attach(id: id, configuration: configuration, logger: capture.logger)
+            #expect(
+                capture.messages.contains { $0.level == .warning && $0.message.contains("restored lazily and the process that served its memory is gone") },
+                "\(capture.messages)")
+            #expect(await vm.lazyMemoryStatistics() == nil, "nobody counts for the dead driver")
+            #expect(await MicroVM.lazyMemoryStatistics(id: id, configuration: configuration) == nil)
+            // The guest may already hang on a page nobody serves: kill works anyway.
+            let reason = await vm.kill()
+            #expect(reason.kind == .killedByDriver, "\(reason)")
+            #expect(!FileManager.default.fileExists(atPath: configuration.stateStore.directory(for: id).string))
+            #expect(!FileManager.default.fileExists(atPath: vm.directory.string))
+        }
+    }
+
     @Test("A missing memory file is named before anything runs")
     func missingMemory() async throws {
         try await EndToEnd.withDriver(.disabled, name: "uffd-miss") { configuration, assets, directory in

@@ -97,6 +97,26 @@ enum EndToEnd {
         return logger
     }()
 
+    /// A logger whose messages at `level` and above are kept in `messages` as well.
+    final class CapturedLog: LogHandler, @unchecked Sendable {
+        private let lock = NSLock()
+        private var kept: [(level: Logger.Level, message: String)] = []
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .warning
+
+        var messages: [(level: Logger.Level, message: String)] { lock.withLock { kept } }
+        var logger: Logger { Logger(label: "microvm.e2e.captured") { _ in self } }
+
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+
+        func log(event: LogEvent) {
+            lock.withLock { kept.append((event.level, "\(event.message)")) }
+        }
+    }
+
     /// A private scratch directory, removed with everything in it when `body` ends.
     static func withScratchDirectory<T>(_ body: (String) async throws -> T) async throws -> T {
         let path = NSTemporaryDirectory() + "microvm-e2e-\(getpid())-\(UUID().uuidString.prefix(8))"

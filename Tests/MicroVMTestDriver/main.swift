@@ -40,6 +40,15 @@ struct TestDriver {
         // `--spec-chroot-base`: the VM's own chroot base, overriding the driver's.
         if let base = options["spec-chroot-base"] { spec.jail = .init(chrootBase: base) }
         do {
+            // `--restore-lazy DIR`: the snapshot in DIR, restored with its pages served by this
+            // process (which the test then kills); it runs once a heartbeat shows.
+            if let directory = options["restore-lazy"] {
+                let vm = try await MicroVM.restore(
+                    try Snapshot.load(from: FilePath(directory)), id: spec.id, memory: .lazy, configuration: configuration, logger: logger)
+                _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat", timeout: .seconds(10))
+                say("READY \(vm.pid)")
+                while true { try await Task.sleep(for: .seconds(3600)) }
+            }
             // `--launch run`: one call that boots from a config file (create + start otherwise).
             let booted = options["launch"] == "run"
             let vm = booted ? try await MicroVM.run(spec, configuration: configuration, logger: logger) : try await MicroVM.create(spec, configuration: configuration, logger: logger)
