@@ -7,10 +7,11 @@ import MicroVMHost
 struct StatsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "stats",
-        abstract: "Show a jailed VM's CPU, memory and pids figures from its cgroups, and Firecracker's own metrics (read-only; never attaches).",
+        abstract: "Show a VM's CPU, memory and pids figures (from its cgroups when jailed), and Firecracker's own metrics (read-only; never attaches).",
         discussion: """
             Reads the cgroup directories recorded for the VM (v1 or v2). An unjailed VM has no \
-            cgroups of its own.
+            cgroups of its own: its figures are its Firecracker process's, from /proc (CPU time, \
+            resident memory, threads), with no limits.
 
             Firecracker's metrics come from the VM's metrics file (a VM created with --metrics or \
             logging.metrics: true). Firecracker writes a line at start, every 60 s and on every \
@@ -155,9 +156,6 @@ struct StatsCommand: AsyncParsableCommand {
         guard let record = listing.record, listing.process.isAlive else {
             throw CLIError(.conflict, "VM \(id) is not running", id: id)
         }
-        guard !record.cgroupDirectories.isEmpty else {
-            throw CLIError(.conflict, "VM \(id) has no cgroups (it runs unjailed)", id: id)
-        }
         var figures = Figures(id: id, cgroups: record.cgroupDirectories, firecrackerMetrics: .read(record))
         if record.lazyMemoryFile != nil {
             figures.lazyMemory = await MicroVM.lazyMemoryStatistics(id: id, configuration: try global.driverConfiguration()).map(LazyMemoryFigures.init)
@@ -178,6 +176,11 @@ struct StatsCommand: AsyncParsableCommand {
             figures.memoryLimitBytes = number("memory.limit_in_bytes") ?? number("memory.max") ?? figures.memoryLimitBytes
             figures.pids = number("pids.current") ?? figures.pids
             figures.pidsLimit = number("pids.max") ?? figures.pidsLimit
+        }
+        // An unjailed VM has no cgroups: its Firecracker process's own figures.
+        if record.cgroupDirectories.isEmpty, let pid = record.pid {
+            figures.memoryBytes = ProcFS.statusNumber("VmRSS", of: pid).map { $0 * 1024 }
+            figures.pids = ProcFS.statusNumber("Threads", of: pid)
         }
         // cgroup v1's cpu controller counts no usage, and the jailer makes no cpuacct cgroup
         // where that controller has a hierarchy of its own: the VMM's own CPU time then (it is

@@ -49,6 +49,27 @@ public enum ProcFS {
         }
     }
 
+    /// A numeric field of `/proc/PID/status` (`VmRSS`, `Threads`, ...), its unit (`kB`) left
+    /// off; nil when the process or the field is not there.
+    public static func statusNumber(_ field: String, of pid: Int32) -> UInt64? {
+        let fd = open("/proc/\(pid)/status", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var text: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count <= 0 { break }
+            text += chunk[..<count]
+        }
+        let prefix = Array((field + ":").utf8)
+        for line in text.split(separator: UInt8(ascii: "\n")) where line.starts(with: prefix) {
+            let digits = line.dropFirst(prefix.count).drop { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") }.prefix { $0 >= 48 && $0 <= 57 }
+            return digits.isEmpty ? nil : UInt64(String(decoding: digits, as: UTF8.self))
+        }
+        return nil
+    }
+
     /// The one-letter state from `/proc/PID/stat` (R, S, D, Z, ...), or nil when there is no such process.
     public static func state(of pid: Int32) -> Character? {
         JailedVMM.processState(pid)

@@ -268,6 +268,31 @@ struct CLITests {
         }
     }
 
+    @Test("stats of an unjailed VM: its Firecracker process's CPU time, resident memory and threads, no limits, no cgroups")
+    func unjailedStats() async throws {
+        try await EndToEnd.withDriver(.disabled, name: "cli-ustats") { configuration, assets, _ in
+            try await CLI.cleaningUp(configuration) {
+                let flags = CLI.driverFlags(configuration)
+                let id = "cli-ustats-\(getpid())"
+                let started = try await CLI.run(["run", "-d", "--id", id] + CLI.vmFlags(configuration, assets, policy: .disabled))
+                #expect(started.status == 0, "\(started)")
+                let stats = try await CLI.run(["stats", id, "--json"] + flags)
+                #expect(stats.status == 0, "\(stats)")
+                let figures = try #require(try stats.json() as? [String: Any], "\(stats)")
+                #expect((figures["memory_bytes"] as? Int ?? 0) > 1 << 20, "\(stats)")
+                #expect((figures["pids"] as? Int ?? 0) >= 2, "Firecracker's threads: \(stats)")
+                #expect(figures["cpu_usage_ns"] is Int, "\(stats)")
+                #expect(figures["memory_limit_bytes"] == nil && figures["pids_limit"] == nil, "\(stats)")
+                #expect((figures["cgroups"] as? [String])?.isEmpty == true, "\(stats)")
+                #expect(figures["lazy_memory"] == nil, "\(stats)")
+                let table = try await CLI.run(["stats", id] + flags)
+                #expect(table.status == 0 && table.stdout.contains(id), "\(table)")
+                let removed = try await CLI.run(["rm", "-f", id] + flags)
+                #expect(removed.status == 0, "\(removed)")
+            }
+        }
+    }
+
     @Test("A VM that died while nobody was attached: ls shows it failed, stop says so, doctor warns, rm and gc remove every leftover")
     func diedUnattended() async throws {
         try await EndToEnd.withDriver(.required, name: "cli-gc") { configuration, assets, _ in
