@@ -10,7 +10,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "microvm-bench",
         abstract: "Benchmarks against the real Firecracker and jailer; prints figures (see BENCHMARKS.md).",
-        subcommands: [APIBenchmark.self, LaunchBenchmark.self, FleetBenchmark.self, SnapshotBenchmark.self, PoolBenchmark.self, DeviceBenchmark.self, DetachedBenchmark.self, NetworkBenchmark.self]
+        subcommands: [APIBenchmark.self, LaunchBenchmark.self, FleetBenchmark.self, SnapshotBenchmark.self, PoolBenchmark.self, DeviceBenchmark.self, DetachedBenchmark.self, NetworkBenchmark.self, ConsoleBenchmark.self]
     )
 }
 

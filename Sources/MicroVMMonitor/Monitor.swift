@@ -54,6 +54,12 @@ final class Monitor {
     private var reaped: [Int32: (exited: Bool, value: Int32)] = [:]
     private var childrenGone = false
     private var reported = false
+    /// The console's bursts (below): when its latest line-ending reads happened, and when its
+    /// descriptor, taken out of the epoll set in the middle of a line, is read again.
+    private var consoleLineEnds: [ContinuousClock.Instant] = []
+    private var consoleResumes: ContinuousClock.Instant?
+    /// The end: every source is read out, bursts or not.
+    private var draining = false
 
     init(options: MonitorOptions) {
         self.options = options
@@ -146,14 +152,48 @@ final class Monitor {
     private func loop() {
         var tokens = [UInt64](repeating: 0, count: 64)
         while !childrenGone {
-            let count = cmv_epoll_wait(epoll, &tokens, 64, -1)
+            var timeout: Int32 = -1
+            if let resumes = consoleResumes {
+                let left = ContinuousClock.now.duration(to: resumes)
+                let (seconds, attoseconds) = left.components
+                timeout = left <= .zero ? 0 : Int32(clamping: seconds * 1000 + attoseconds / 1_000_000_000_000_000 + 1)
+            }
+            let count = cmv_epoll_wait(epoll, &tokens, 64, timeout)
             if count < 0 {
                 if errno == EINTR { continue }
                 _ = fail("epoll_wait")
                 return
             }
             for token in tokens.prefix(Int(count)) { handle(token) }
+            if let resumes = consoleResumes, ContinuousClock.now >= resumes {
+                consoleResumes = nil
+                if sources[0] >= 0 {
+                    watch(sources[0], .console)
+                    pump(0)
+                }
+            }
         }
+    }
+
+    /// While the guest writes a burst of lines (a kernel's boot messages: the last eight
+    /// line-ending reads within 40 ms), a console read that ends within a line leaves the
+    /// console out of the epoll set for a millisecond: Firecracker writes the serial port a
+    /// byte per write(2), and the bytes written meanwhile then come in one read (and go to the
+    /// clients in one send) instead of one wake-up each. Sparse output (a banner, a prompt, an
+    /// echo) is read at once, as before. The driver's console readers do the same.
+    private func consoleRead(endingLine: Bool) -> Bool {
+        let now = ContinuousClock.now
+        if endingLine {
+            if consoleLineEnds.count == 8 { consoleLineEnds.removeFirst() }
+            consoleLineEnds.append(now)
+            return false
+        }
+        guard consoleLineEnds.count == 8, let oldest = consoleLineEnds.first, let newest = consoleLineEnds.last,
+            oldest.duration(to: newest) < .milliseconds(40), newest.duration(to: now) < .milliseconds(40)
+        else { return false }
+        _ = cmv_epoll_remove(epoll, sources[0])
+        consoleResumes = now.advanced(by: .milliseconds(1))
+        return true
     }
 
     private func handle(_ token: UInt64) {
@@ -181,6 +221,7 @@ final class Monitor {
             let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if count > 0 {
                 buffer.withUnsafeBytes { deliver(UnsafeRawBufferPointer(rebasing: $0[..<count]), on: index) }
+                if index == 0, !draining, consoleResumes == nil, consoleRead(endingLine: buffer[count - 1] == UInt8(ascii: "\n")) { return }
                 if count < buffer.count { return }
                 continue
             }
@@ -511,6 +552,7 @@ final class Monitor {
     }
 
     private func finish() {
+        draining = true
         finishLazyMemory()
         for index in 0..<3 where sources[index] >= 0 {
             pump(index)

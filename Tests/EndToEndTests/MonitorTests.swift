@@ -91,6 +91,32 @@ struct MonitorTests {
         }
     }
 
+    @Test(
+        "A guest writing a line a millisecond: every line arrives, in order, in this process and through a monitor; input is still echoed",
+        arguments: [false, true])
+    func chattyConsole(monitored: Bool) async throws {
+        try await EndToEnd.withDriver(.disabled, name: "chatty-\(monitored)") { configuration, assets, _ in
+            let driver = monitored ? try Self.monitored(configuration) : configuration
+            let spec = EndToEnd.spec(assets, id: "chatty-\(monitored ? "m" : "d")-\(getpid())", args: ["console=ttyS0", "microvm.heartbeat_ms=1"])
+            let vm = try await MicroVM.run(spec, configuration: driver, logger: EndToEnd.logger)
+            try await EndToEnd.using(vm) { vm in
+                let lines = await vm.console.subscribe(replay: true)
+                var beats: [Int] = []
+                var echoed = false
+                for await line in lines {
+                    if let range = line.text.range(of: "microvm-guest: heartbeat ") { beats.append(Int(line.text[range.upperBound...]) ?? -1) }
+                    if beats.count == 300 { vm.write("typed during a burst\n") }
+                    if line.text.contains("microvm-guest: echo typed during a burst") { echoed = true }
+                    if beats.count >= 1500 && echoed { break }
+                }
+                #expect(beats == Array(1...beats.count), "every heartbeat once, in order (first gap at \(zip(beats, 1...).first { $0 != $1 }.map { "\($0)" } ?? "-"))")
+                #expect(echoed)
+                let reason = await vm.stop(grace: .seconds(5))
+                #expect(reason.kind == .guestShutdown, "\(reason)")
+            }
+        }
+    }
+
     @Test("A detached VM that stops while no driver runs: listed with the exit its monitor recorded, and gc removes everything")
     func exitWithoutADriver() async throws {
         try await EndToEnd.withDriver(.required, name: "mon-exit") { configuration, assets, _ in
