@@ -285,6 +285,11 @@ public actor MicroVM {
             if !executor.isSandboxed { arguments += ["--id", id.rawValue] }
             if spec.logging?.metrics == true { arguments += ["--metrics-path", executor.vmmPath(VMFiles.metrics)] }
             if case .bootFromConfigFile = mode {
+                if let cpuConfig = launchSpec.cpuConfig {
+                    let template: Data
+                    do { template = try JSONEncoder().encode(cpuConfig) } catch { throw MicroVMError.createFailed(id: spec.id, step: step, cause: error, exit: nil) }
+                    try executor.writeFile(VMFiles.cpuTemplate, contents: template, id: spec.id)
+                }
                 let config = try executor.provideConfigFile(encodeConfig(launchSpec, executor: executor, id: spec.id), id: spec.id)
                 configFD = config.keptOpen
                 arguments += ["--config-file", config.path]
@@ -598,6 +603,10 @@ public actor MicroVM {
         if let machine = configuration.machineConfig {
             try await call("PUT /machine-config", id: id) { try await client.putMachineConfiguration(machine) }
         }
+        if let cpuConfig = configuration.cpuConfig {
+            step = "configuring the CPU template"
+            try await call("PUT /cpu-config", id: id) { try await client.putCpuConfiguration(cpuConfig) }
+        }
         step = "configuring the boot source"
         if let boot = configuration.bootSource {
             try await call("PUT /boot-source", id: id) { try await client.putBootSource(boot) }
@@ -641,7 +650,10 @@ public actor MicroVM {
         if let cached = encodedConfigs.withLock({ $0[key] }) { return cached }
         let data: Data
         do {
-            data = try JSONEncoder().encode(VMFiles.configuration(for: spec, path: executor.vmmPath))
+            data = try JSONEncoder().encode(
+                ConfigFileDocument(
+                    VMFiles.configuration(for: spec, path: executor.vmmPath),
+                    cpuTemplatePath: spec.cpuConfig == nil ? nil : executor.vmmPath(VMFiles.cpuTemplate)))
         } catch {
             throw .createFailed(id: id, step: "writing the config file", cause: error, exit: nil)
         }

@@ -17,6 +17,9 @@ enum VMFiles {
     static let metrics: FilePath = "/metrics.json"
     static let vsock: FilePath = "/vsock.sock"
     static let configFile: FilePath = "/vm.json"
+    /// A custom CPU template, for a config-file boot: Firecracker's config file names a file
+    /// holding it (`"cpu-config": "<path>"`), where its API takes the object itself.
+    static let cpuTemplate: FilePath = "/cpu-template.json"
     /// Where Firecracker writes a snapshot before the driver moves it to its destination.
     static let snapshots: FilePath = "/snapshots"
     static let snapshotState: FilePath = "/snapshots/state"
@@ -62,6 +65,7 @@ enum VMFiles {
             bootSource: BootSource(
                 kernelImagePath: path(kernel), bootArgs: spec.boot.args.joined(separator: " "),
                 initrdPath: spec.boot.initrd == nil ? nil : path(initrd)),
+            cpuConfig: spec.cpuConfig,
             machineConfig: MachineConfiguration(
                 vcpuCount: spec.machine.vcpus, memSizeMiB: spec.machine.memoryMiB, smt: spec.machine.smt,
                 trackDirtyPages: spec.machine.trackDirtyPages, hugePages: spec.machine.hugePages,
@@ -91,5 +95,34 @@ enum SocketPath {
     static func connectable(_ socket: String, vmDirectory: String, vmmPID: Int32?) -> String {
         guard socket.utf8.count > limit, let vmmPID, socket.hasPrefix(vmDirectory + "/") else { return socket }
         return "/proc/\(vmmPID)/cwd/" + socket.dropFirst(vmDirectory.count + 1)
+    }
+}
+
+/// Firecracker's `--config-file` document: its API's full configuration, except that a custom
+/// CPU template is a path to a file holding it (`"cpu-config": "/cpu-template.json"`), as
+/// Firecracker 1.12's config-file reader takes it ("expected path string" otherwise).
+struct ConfigFileDocument: Encodable {
+    var configuration: FullVmConfiguration
+    var cpuTemplatePath: String?
+
+    init(_ configuration: FullVmConfiguration, cpuTemplatePath: String?) {
+        self.configuration = configuration
+        self.configuration.cpuConfig = nil
+        self.cpuTemplatePath = cpuTemplatePath
+    }
+
+    private struct Key: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
+    func encode(to encoder: any Encoder) throws {
+        try configuration.encode(to: encoder)
+        if let cpuTemplatePath {
+            var container = encoder.container(keyedBy: Key.self)
+            try container.encode(cpuTemplatePath, forKey: Key(stringValue: "cpu-config"))
+        }
     }
 }

@@ -226,6 +226,48 @@ struct MicroVMLifecycleTests {
         }
     }
 
+    @Test("A custom CPU template: booted from the config file (a template file Firecracker reads) and through the API; a template Firecracker refuses fails the create in its words", arguments: policies)
+    func customCPUTemplate(policy: SandboxPolicy) async throws {
+        try await EndToEnd.withDriver(policy, name: "cputmpl-\(policy.rawValue)") { configuration, assets, _ in
+            func template(_ bitmap: String) -> CpuConfig {
+                CpuConfig(cpuidModifiers: [
+                    CpuidLeafModifier(leaf: "0x1", subleaf: "0x0", flags: 0, modifiers: [CpuidRegisterModifier(register: .ecx, bitmap: bitmap)])
+                ])
+            }
+            // Leaf 1, ECX bit 31 (hypervisor present) forced on: what the guest sees anyway.
+            let good = template("0b1" + String(repeating: "x", count: 31))
+            for (index, viaAPI) in [false, true].enumerated() {
+                var spec = EndToEnd.spec(assets, id: "cputmpl-\(index)-\(policy.rawValue.prefix(3))-\(getpid())")
+                spec.cpuConfig = good
+                let vm =
+                    viaAPI
+                    ? try await MicroVM.create(spec, configuration: configuration, logger: EndToEnd.logger)
+                    : try await MicroVM.run(spec, configuration: configuration, logger: EndToEnd.logger)
+                try await EndToEnd.using(vm) { vm in
+                    if viaAPI { try await vm.start() }
+                    _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat 1", timeout: .seconds(10))
+                    let reason = await vm.stop(grace: .seconds(5))
+                    #expect(reason.kind == .guestShutdown, "\(reason)")
+                }
+            }
+            // A bitmap Firecracker cannot parse: its own words, by either way, and nothing left.
+            for (index, viaAPI) in [false, true].enumerated() {
+                var spec = EndToEnd.spec(assets, id: "cputbad-\(index)-\(policy.rawValue.prefix(3))-\(getpid())")
+                spec.cpuConfig = template("0b12" + String(repeating: "x", count: 30))
+                await #expect {
+                    if viaAPI {
+                        _ = try await MicroVM.create(spec, configuration: configuration, logger: EndToEnd.logger)
+                    } else {
+                        _ = try await MicroVM.run(spec, configuration: configuration, logger: EndToEnd.logger)
+                    }
+                } throws: { error in
+                    "\(error)".contains("as a bitmap")
+                }
+                #expect(MicroVM.list(configuration: configuration).isEmpty)
+            }
+        }
+    }
+
     @Test("Readiness: from Firecracker's log at Info, by GET / when its log is quieter; the API answers either way", arguments: [LogLevel.info, .warning])
     func readiness(vmmLevel: LogLevel) async throws {
         try await EndToEnd.withDriver(.disabled, name: "ready-\(vmmLevel.rawValue)") { configuration, assets, _ in

@@ -162,6 +162,35 @@ struct VMSpecTests {
             ], "\(fields)")
         #expect(throws: MicroVMError.self) { try spec.check() }
     }
+    @Test("cpu_config: decoded strictly (a misspelt key inside it is named), checked against machine.cpu_template and the host's architecture")
+    func customCPUTemplate() throws {
+        let base = VMSpec(id: "cpu", machine: .init(vcpus: 1, memoryMiB: 64), boot: .init(kernel: Self.kernel))
+        var spec = base
+        spec.cpuConfig = CpuConfig(
+            cpuidModifiers: [
+                CpuidLeafModifier(leaf: "0x1", subleaf: "0x0", flags: 0, modifiers: [CpuidRegisterModifier(register: .ecx, bitmap: "0b1" + String(repeating: "x", count: 31))])
+            ])
+        #expect(spec.validate().isEmpty, "\(spec.validate())")
+        let encoded = try JSONEncoder().encode(spec)
+        #expect(try VMSpec.decode(json: encoded) == spec)
+        // A misspelt key deep inside the template.
+        var tree = try JSONDecoder().decode(JSONValue.self, from: encoded)
+        let typo = String(decoding: try JSONEncoder().encode(tree), as: UTF8.self).replacingOccurrences(of: "\"bitmap\"", with: "\"bitmapp\"")
+        tree = try JSONDecoder().decode(JSONValue.self, from: Data(typo.utf8))
+        #expect {
+            _ = try VMSpec.decode(tree: tree)
+        } throws: { error in
+            guard case .invalidSpec(_, let problems)? = error as? MicroVMError else { return false }
+            return problems.map(\.field).contains { $0.hasPrefix("cpu_config.cpuid_modifiers[0].modifiers[0]") }
+        }
+        var both = spec
+        both.machine.cpuTemplate = .t2
+        #expect(both.validate().map(\.field) == ["cpu_config"])
+        var arm = base
+        arm.cpuConfig = CpuConfig(vcpuFeatures: [VcpuFeatures(index: 0, bitmap: "0b1")])
+        #expect(arm.validate().first?.message.contains("aarch64") == true, "\(arm.validate())")
+    }
+
     @Test("A kernel that Firecracker cannot boot is named from its first bytes, before anything is made")
     func kernelImages() throws {
         let directory = NSTemporaryDirectory() + "microvm-kernels-\(getpid())"
@@ -283,7 +312,7 @@ struct FirecrackerConfigFileTests {
         let file = """
             {"boot-source": {"kernel_image_path": "/k", "boot_arg": "x"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 64},
              "drives": [{"drive_id": "d", "path_on_host": "/d", "is_root_device": false, "is_read_only": true, "socket": "/vhost.sock"}],
-             "cpu-config": {"cpuid_modifiers": []}, "memory-hotplug": {"total_size_mib": 1024}}
+             "cpu-config": {"cpuid_modifiers": [], "msr_modifer": []}, "memory-hotplug": {"total_size_mib": 1024}}
             """
         do {
             _ = try VMSpec.decode(json: Data(file.utf8))
@@ -293,8 +322,40 @@ struct FirecrackerConfigFileTests {
                 Issue.record("\(error)")
                 return
             }
-            #expect(problems.map(\.field) == ["boot-source.boot_arg", "cpu-config", "drives[0].socket", "memory-hotplug"], "\(problems)")
+            #expect(problems.map(\.field) == ["boot-source.boot_arg", "cpu-config.msr_modifer", "drives[0].socket", "memory-hotplug"], "\(problems)")
             #expect(problems.allSatisfy { $0.hint != nil })
+        }
+    }
+
+    @Test("cpu-config becomes the spec's custom CPU template, key for key")
+    func cpuConfig() throws {
+        let file = """
+            {"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 64},
+             "cpu-config": {"kvm_capabilities": ["!56"],
+                            "cpuid_modifiers": [{"leaf": "0x1", "subleaf": "0x0", "flags": 0,
+                                                 "modifiers": [{"register": "ecx", "bitmap": "0b1xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}]}],
+                            "msr_modifiers": [{"addr": "0x10a", "bitmap": "0b0xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}]}}
+            """
+        let spec = try VMSpec.decode(json: Data(file.utf8))
+        let config = try #require(spec.cpuConfig)
+        #expect(config.kvmCapabilities == ["!56"])
+        #expect(config.cpuidModifiers?.first?.leaf == "0x1" && config.cpuidModifiers?.first?.modifiers.first?.register == .ecx)
+        #expect(config.msrModifiers?.first?.addr == "0x10a")
+    }
+
+    @Test("cpu-config as Firecracker's config file has it: the path of a JSON file holding the template")
+    func cpuConfigFile() throws {
+        let path = NSTemporaryDirectory() + "cpu-template-\(getpid()).json"
+        try Data(#"{"kvm_capabilities": ["!56"]}"#.utf8).write(to: URL(fileURLWithPath: path))
+        defer { unlink(path) }
+        let file = #"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 64}, "cpu-config": "PATH"}"#
+        let spec = try VMSpec.decode(json: Data(file.replacingOccurrences(of: "PATH", with: path).utf8))
+        #expect(spec.cpuConfig?.kvmCapabilities == ["!56"])
+        #expect {
+            _ = try VMSpec.decode(json: Data(file.replacingOccurrences(of: "PATH", with: path + ".missing").utf8))
+        } throws: { error in
+            guard case .invalidSpec(_, let problems)? = error as? MicroVMError else { return false }
+            return problems.map(\.field) == ["cpu-config"] && problems[0].message.contains("cannot read the CPU template file")
         }
     }
 

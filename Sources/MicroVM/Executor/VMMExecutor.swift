@@ -69,12 +69,13 @@ extension VMMExecutor {
     /// The config as a file in the VM's directory, where a jailed VMM (chrooted, with no
     /// `/proc`) can read it.
     func provideConfigFile(_ contents: Data, id: String) throws(MicroVMError) -> (path: String, keptOpen: Int32?) {
-        try writeConfigFile(contents, id: id)
+        try writeFile(VMFiles.configFile, contents: contents, id: id)
         return (vmmPath(VMFiles.configFile), nil)
     }
 
-    func writeConfigFile(_ contents: Data, id: String) throws(MicroVMError) {
-        let path = hostPath(VMFiles.configFile)
+    /// Writes a new file of the driver's (readable by a jailed VMM) under the VM's root.
+    func writeFile(_ file: FilePath, contents: Data, id: String) throws(MicroVMError) {
+        let path = hostPath(file)
         let fd = open(path.string, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw .file(id: id, SystemCallError(call: "open(O_CREAT|O_EXCL)", subject: path.string, errno: errno)) }
         defer { Glibc.close(fd) }
@@ -236,7 +237,7 @@ struct DirectExecutor: VMMExecutor {
     func provideConfigFile(_ contents: Data, id: String) throws(MicroVMError) -> (path: String, keptOpen: Int32?) {
         let fd = opensDriverDescriptors ? cmv_memfd_cloexec("vm.json") : -1
         guard fd >= 0 else {
-            try writeConfigFile(contents, id: id)
+            try writeFile(VMFiles.configFile, contents: contents, id: id)
             return (vmmPath(VMFiles.configFile), nil)
         }
         let written = contents.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }

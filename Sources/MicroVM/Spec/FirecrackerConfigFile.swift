@@ -1,4 +1,5 @@
 import FirecrackerAPI
+import Foundation
 
 /// Firecracker's own `--config-file` format (`boot-source`, `machine-config`, `drives`,
 /// `network-interfaces`, ...), read as a spec: the file someone who runs Firecracker already
@@ -97,18 +98,43 @@ enum FirecrackerConfigFile {
                     // Firecracker writes them into the VM's directory (`microvm stats ID`).
                     spec["logging"] = merged(spec["logging"], .object(["metrics": .bool(true)]))
                 case "cpu-config":
-                    problems.append(
-                        SpecProblem(
-                            field: key, message: "custom CPU templates are not supported by this driver",
-                            hint: "remove it, or use machine-config's cpu_template (a static template)"))
+                    // Firecracker's config file names a JSON file holding the template (its
+                    // API takes the object; both are read here).
+                    guard let template = cpuTemplate(value, at: key) else { continue }
+                    spec["cpu_config"] = section(
+                        template, at: key,
+                        keys: [
+                            "kvm_capabilities": .renamed("kvm_capabilities"), "cpuid_modifiers": .renamed("cpuid_modifiers"),
+                            "msr_modifiers": .renamed("msr_modifiers"), "reg_modifiers": .renamed("reg_modifiers"),
+                            "vcpu_features": .renamed("vcpu_features"),
+                        ])
                 default:
                     problems.append(
                         SpecProblem(
                             field: key, message: "not a section of Firecracker's config file this driver knows",
-                            hint: "remove it or correct its spelling; the sections are boot-source, machine-config, drives, network-interfaces, vsock, mmds-config, balloon, entropy, logger, metrics"))
+                            hint: "remove it or correct its spelling; the sections are boot-source, machine-config, cpu-config, drives, network-interfaces, vsock, mmds-config, balloon, entropy, logger, metrics"))
                 }
             }
             return spec
+        }
+
+        /// A custom CPU template: the object, or read from the file a path names (relative to
+        /// the current directory, as Firecracker takes it from its own).
+        mutating func cpuTemplate(_ value: JSONValue, at path: String) -> JSONValue? {
+            guard let file = value.stringValue else { return value }
+            guard let data = FileManager.default.contents(atPath: file) else {
+                problems.append(
+                    SpecProblem(
+                        field: path, message: "cannot read the CPU template file \(file)",
+                        hint: "check the path (relative paths are taken from the current directory)"))
+                return nil
+            }
+            do {
+                return try JSONDecoder().decode(JSONValue.self, from: data)
+            } catch {
+                problems.append(SpecProblem(field: path, message: "the CPU template file \(file) is not valid JSON: \(error)"))
+                return nil
+            }
         }
 
         /// An object of Firecracker's format, its keys renamed (and their values transformed).

@@ -22,6 +22,9 @@ public struct VMSpec: Codable, Sendable, Hashable {
     public var mmds: MMDSSpec?
     public var balloon: Balloon?
     public var entropy: EntropyDevice?
+    /// A custom CPU template (Firecracker's `cpu-config`): CPUID bits, MSRs and KVM
+    /// capabilities the guest gets, beyond what a static `machine.cpu_template` offers.
+    public var cpuConfig: CpuConfig?
     public var logging: LoggingSpec?
     public var console: ConsoleSpec?
     public var jail: JailSpec?
@@ -32,7 +35,7 @@ public struct VMSpec: Codable, Sendable, Hashable {
     public init(
         id: String, machine: Machine, boot: Boot, drives: [DriveSpec] = [],
         networkInterfaces: [NetworkInterfaceSpec] = [], network: NetworkSpec? = nil, vsock: VsockSpec? = nil, mmds: MMDSSpec? = nil,
-        balloon: Balloon? = nil, entropy: EntropyDevice? = nil, logging: LoggingSpec? = nil,
+        balloon: Balloon? = nil, entropy: EntropyDevice? = nil, cpuConfig: CpuConfig? = nil, logging: LoggingSpec? = nil,
         console: ConsoleSpec? = nil, jail: JailSpec? = nil, limits: LimitsSpec? = nil, sandbox: SandboxPolicy? = nil
     ) {
         self.id = id
@@ -45,6 +48,7 @@ public struct VMSpec: Codable, Sendable, Hashable {
         self.mmds = mmds
         self.balloon = balloon
         self.entropy = entropy
+        self.cpuConfig = cpuConfig
         self.logging = logging
         self.console = console
         self.jail = jail
@@ -55,7 +59,9 @@ public struct VMSpec: Codable, Sendable, Hashable {
     enum CodingKeys: String, CodingKey, CaseIterable {
         case id, machine, boot, drives
         case networkInterfaces = "network_interfaces"
-        case network, vsock, mmds, balloon, entropy, logging, console, jail, limits, sandbox
+        case network, vsock, mmds, balloon, entropy
+        case cpuConfig = "cpu_config"
+        case logging, console, jail, limits, sandbox
     }
 
     public init(from decoder: any Decoder) throws {
@@ -70,6 +76,7 @@ public struct VMSpec: Codable, Sendable, Hashable {
         mmds = try container.decodeIfPresent(MMDSSpec.self, forKey: .mmds)
         balloon = try container.decodeIfPresent(Balloon.self, forKey: .balloon)
         entropy = try container.decodeIfPresent(EntropyDevice.self, forKey: .entropy)
+        cpuConfig = try container.decodeIfPresent(CpuConfig.self, forKey: .cpuConfig)
         logging = try container.decodeIfPresent(LoggingSpec.self, forKey: .logging)
         console = try container.decodeIfPresent(ConsoleSpec.self, forKey: .console)
         jail = try container.decodeIfPresent(JailSpec.self, forKey: .jail)

@@ -31,6 +31,27 @@ extension VMSpec {
             problem("balloon", "a balloon cannot be used with huge pages", "drop the balloon or huge_pages")
         }
 
+        if let cpuConfig {
+            if machine.cpuTemplate != nil {
+                problem(
+                    "cpu_config", "both a custom CPU template and machine.cpu_template are given",
+                    "Firecracker uses one template: keep cpu_config, or drop it for the static machine.cpu_template")
+            }
+            #if arch(x86_64)
+                if cpuConfig.regModifiers != nil || cpuConfig.vcpuFeatures != nil {
+                    problem(
+                        "cpu_config", "reg_modifiers and vcpu_features are for aarch64 hosts",
+                        "on x86_64 use cpuid_modifiers, msr_modifiers and kvm_capabilities")
+                }
+            #else
+                if cpuConfig.cpuidModifiers != nil || cpuConfig.msrModifiers != nil {
+                    problem(
+                        "cpu_config", "cpuid_modifiers and msr_modifiers are for x86_64 hosts",
+                        "on aarch64 use reg_modifiers, vcpu_features and kvm_capabilities")
+                }
+            #endif
+        }
+
         if Self.checkFile(boot.kernel, field: "boot.kernel", into: &problems), let defect = KernelImage.defect(at: boot.kernel) {
             problem("boot.kernel", "\(boot.kernel) \(defect); Firecracker on x86_64 boots only an uncompressed ELF vmlinux", KernelImage.hint(for: boot.kernel))
         }
