@@ -1,5 +1,7 @@
 /// What `GET /vm/config` answers: every resource configured so far, in the same shapes the
-/// PUT calls take (and the layout of Firecracker's `--config-file`).
+/// PUT calls take (and the layout of Firecracker's `--config-file`, except `cpu-config`, which
+/// a config file gives as the path of a JSON file holding the template: Firecracker 1.12
+/// refuses the object there with "expected path string").
 ///
 /// After a snapshot restore the boot source, `smt` and the CPU template are empty. Firecracker
 /// does not report the logger, metrics or CPU configuration here even though the spec lists
