@@ -181,14 +181,13 @@ final class Monitor {
     /// byte per write(2), and the bytes written meanwhile then come in one read (and go to the
     /// clients in one send) instead of one wake-up each. Sparse output (a banner, a prompt, an
     /// echo) is read at once, as before. The driver's console readers do the same.
-    private func consoleRead(endingLine: Bool) -> Bool {
+    private func consoleRead(_ bytes: ArraySlice<UInt8>) -> Bool {
         let now = ContinuousClock.now
-        if endingLine {
+        if bytes.contains(UInt8(ascii: "\n")) {
             if consoleLineEnds.count == 8 { consoleLineEnds.removeFirst() }
             consoleLineEnds.append(now)
-            return false
         }
-        guard consoleLineEnds.count == 8, let oldest = consoleLineEnds.first, let newest = consoleLineEnds.last,
+        guard bytes.last != UInt8(ascii: "\n"), consoleLineEnds.count == 8, let oldest = consoleLineEnds.first, let newest = consoleLineEnds.last,
             oldest.duration(to: newest) < .milliseconds(40), newest.duration(to: now) < .milliseconds(40)
         else { return false }
         _ = cmv_epoll_remove(epoll, sources[0])
@@ -221,7 +220,7 @@ final class Monitor {
             let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if count > 0 {
                 buffer.withUnsafeBytes { deliver(UnsafeRawBufferPointer(rebasing: $0[..<count]), on: index) }
-                if index == 0, !draining, consoleResumes == nil, consoleRead(endingLine: buffer[count - 1] == UInt8(ascii: "\n")) { return }
+                if index == 0, !draining, consoleResumes == nil, consoleRead(buffer[..<count]) { return }
                 if count < buffer.count { return }
                 continue
             }
