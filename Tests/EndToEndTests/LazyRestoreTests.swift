@@ -215,6 +215,42 @@ struct LazyRestoreTests {
         }
     }
 
+    @Test("A guest on 2 MiB huge pages restores lazily: its pages are served 2 MiB at a time, and it carries on")
+    func hugePages() async throws {
+        // 64 MiB of guest memory is 32 huge pages, for the source and then its restore.
+        let setting = "/proc/sys/vm/nr_hugepages"
+        let before = try String(contentsOfFile: setting, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        try "\((Int(before) ?? 0) + 40)\n".write(toFile: setting, atomically: false, encoding: .utf8)
+        defer { try? "\(before)\n".write(toFile: setting, atomically: false, encoding: .utf8) }
+        let free = try String(contentsOfFile: "/proc/meminfo", encoding: .utf8).split(separator: "\n")
+            .first { $0.hasPrefix("HugePages_Free:") }.flatMap { Int($0.split(separator: " ").last ?? "") } ?? 0
+        #expect(free >= 32, "the host could not reserve 32 huge pages (HugePages_Free: \(free))")
+        guard free >= 32 else { return }
+        try await EndToEnd.withDriver(.required, name: "uffd-huge") { configuration, assets, directory in
+            let tag = "\(getpid())"
+            var spec = EndToEnd.spec(assets, id: "uffd-hsrc-\(tag)")
+            spec.machine.hugePages = .hugetlbfs2M
+            let source = try await MicroVM.run(spec, configuration: configuration, logger: EndToEnd.logger)
+            let (snapshot, at) = try await EndToEnd.using(source) { vm in
+                _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat 3", timeout: .seconds(10))
+                let snapshot = try await vm.snapshot(to: FilePath(directory + "/snap"), type: .full)
+                let at = await SnapshotTests.lastHeartbeat(vm.console)
+                await vm.kill()
+                return (snapshot, at)
+            }
+            let vm = try await MicroVM.restore(snapshot, id: "uffd-huge-\(tag)", memory: .lazy, configuration: configuration, logger: EndToEnd.logger)
+            let lazy = try #require(vm.lazyMemory)
+            try await EndToEnd.using(vm) { vm in
+                _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat \(at + 1)", timeout: .seconds(5))
+                let served = lazy.statistics
+                #expect(served.phase == .serving && served.pagesServed > 0, "\(served)")
+                #expect(served.pagesServed <= 32, "2 MiB pages, at most 32 for 64 MiB: \(served)")
+            }
+            try await SnapshotTests.expectCarriesOn(vm, after: at, "lazy restore on huge pages")
+            #expect(lazy.failure == nil)
+        }
+    }
+
     @Test("A missing memory file is named before anything runs")
     func missingMemory() async throws {
         try await EndToEnd.withDriver(.disabled, name: "uffd-miss") { configuration, assets, directory in
