@@ -13,12 +13,17 @@ import Testing
 /// the guest's pages from the snapshot's memory file as it touches them.
 @Suite("Lazy (userfaultfd) restore end to end", .serialized, .enabled(if: EndToEnd.enabled))
 struct LazyRestoreTests {
-    /// Boots the test guest, lets it beat a few times and snapshots it into `directory/name`.
+    /// Boots the test guest (its spec changed by `adjust`), waits for `ready` then the third
+    /// heartbeat, and snapshots it into `directory/snap`; the snapshot and the last heartbeat.
     static func takeSnapshot(
-        _ configuration: DriverConfiguration, _ assets: TestAssets, id: String, into directory: String
+        _ configuration: DriverConfiguration, _ assets: TestAssets, id: String, into directory: String,
+        adjust: (inout VMSpec) -> Void = { _ in }, ready: String? = nil
     ) async throws -> (Snapshot, Int) {
-        let source = try await MicroVM.run(EndToEnd.spec(assets, id: id), configuration: configuration, logger: EndToEnd.logger)
+        var spec = EndToEnd.spec(assets, id: id)
+        adjust(&spec)
+        let source = try await MicroVM.run(spec, configuration: configuration, logger: EndToEnd.logger)
         return try await EndToEnd.using(source) { vm in
+            if let ready { _ = try await vm.console.waitForLine(containing: ready, timeout: .seconds(10)) }
             _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat 3", timeout: .seconds(10))
             let snapshot = try await vm.snapshot(to: FilePath(directory + "/snap"), type: .full)
             let at = await SnapshotTests.lastHeartbeat(vm.console)
@@ -137,17 +142,13 @@ struct LazyRestoreTests {
     func balloonRemovedPages() async throws {
         try await EndToEnd.withDriver(.disabled, name: "uffd-balloon") { configuration, assets, directory in
             let tag = "\(getpid())"
-            var spec = EndToEnd.spec(assets, id: "uffd-bsrc-\(tag)", args: EndToEnd.heartbeatArgs + ["microvm.balloon=on"])
-            spec.balloon = Balloon(amountMiB: 0, deflateOnOom: false)
-            let source = try await MicroVM.run(spec, configuration: configuration, logger: EndToEnd.logger)
-            let (snapshot, at) = try await EndToEnd.using(source) { vm in
-                _ = try await vm.console.waitForLine(containing: "balloon ready", timeout: .seconds(5))
-                _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat 2", timeout: .seconds(10))
-                let snapshot = try await vm.snapshot(to: FilePath(directory + "/snap"), type: .full)
-                let at = await SnapshotTests.lastHeartbeat(vm.console)
-                await vm.kill()
-                return (snapshot, at)
-            }
+            let (snapshot, at) = try await Self.takeSnapshot(
+                configuration, assets, id: "uffd-bsrc-\(tag)", into: directory,
+                adjust: { spec in
+                    spec.boot.args += ["microvm.balloon=on"]
+                    spec.balloon = Balloon(amountMiB: 0, deflateOnOom: false)
+                }, ready: "balloon ready")
+            let memoryMiB = snapshot.spec.machine.memoryMiB
             let vm = try await MicroVM.restore(snapshot, id: "uffd-balloon-\(tag)", memory: .lazy, configuration: configuration, logger: EndToEnd.logger)
             let lazy = try #require(vm.lazyMemory)
             let (again, atAgain) = try await EndToEnd.using(vm) { vm in
@@ -165,12 +166,12 @@ struct LazyRestoreTests {
             await vm.kill()
             let statistics = lazy.statistics
             #expect(statistics.zeroPages >= 2048, "the balloon's 2048 pages come back as zero pages: \(statistics)")
-            #expect(statistics.pagesServed == UInt64(spec.machine.memoryMiB) << 8, "\(statistics)")
+            #expect(statistics.pagesServed == UInt64(memoryMiB) << 8, "\(statistics)")
             #expect(lazy.failure == nil)
             // The snapshot holds zeros where the balloon was (the top 8 MiB of guest memory).
             let memory = try FileHandle(forReadingFrom: URL(fileURLWithPath: again.memoryPath.string))
             defer { try? memory.close() }
-            try memory.seek(toOffset: UInt64(spec.machine.memoryMiB - 8) << 20)
+            try memory.seek(toOffset: UInt64(memoryMiB - 8) << 20)
             let top = try #require(try memory.read(upToCount: 8 << 20))
             #expect(top.count == 8 << 20 && top.allSatisfy { $0 == 0 })
             // It restores (lazily again) and the guest carries on, its balloon still inflated.
@@ -228,16 +229,8 @@ struct LazyRestoreTests {
         guard free >= 32 else { return }
         try await EndToEnd.withDriver(.required, name: "uffd-huge") { configuration, assets, directory in
             let tag = "\(getpid())"
-            var spec = EndToEnd.spec(assets, id: "uffd-hsrc-\(tag)")
-            spec.machine.hugePages = .hugetlbfs2M
-            let source = try await MicroVM.run(spec, configuration: configuration, logger: EndToEnd.logger)
-            let (snapshot, at) = try await EndToEnd.using(source) { vm in
-                _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat 3", timeout: .seconds(10))
-                let snapshot = try await vm.snapshot(to: FilePath(directory + "/snap"), type: .full)
-                let at = await SnapshotTests.lastHeartbeat(vm.console)
-                await vm.kill()
-                return (snapshot, at)
-            }
+            let (snapshot, at) = try await Self.takeSnapshot(
+                configuration, assets, id: "uffd-hsrc-\(tag)", into: directory, adjust: { $0.machine.hugePages = .hugetlbfs2M })
             let vm = try await MicroVM.restore(snapshot, id: "uffd-huge-\(tag)", memory: .lazy, configuration: configuration, logger: EndToEnd.logger)
             let lazy = try #require(vm.lazyMemory)
             try await EndToEnd.using(vm) { vm in
