@@ -64,10 +64,65 @@ struct Samples {
     /// build on a 2-CPU host), whose median jumps between them from run to run.
     var mean: Duration { values.isEmpty ? .zero : total / values.count }
 
+    /// How far the ratio of two series' p50s (`a / b`) could move by chance: a 95% bootstrap
+    /// interval that resamples whole rounds, each round keeping its launch of both series (they
+    /// ran in the same minute of the machine's state), 2,000 times, with a fixed seed so a run's
+    /// printout is reproducible from its samples. Nil unless both have one sample per round.
+    ///
+    /// Why: on a 2-CPU host the ratio of two medians moves by ±0.05-0.1x between runs of 120
+    /// rounds of the same code (BENCHMARKS.md), so a target such as "≤ 1.1x" is only read
+    /// honestly together with its interval.
+    static func ratioInterval(_ a: Samples, _ b: Samples, iterations: Int = 2000) -> (low: Double, high: Double)? {
+        guard a.values.count == b.values.count, a.values.count >= 10 else { return nil }
+        let count = a.values.count
+        let aSeconds = a.values.map(seconds)
+        let bSeconds = b.values.map(seconds)
+        var generator = SplitMix64(seed: 0x6D69_6372_6F76_6D00)
+        var ratios: [Double] = []
+        ratios.reserveCapacity(iterations)
+        var aDraw = [Double](repeating: 0, count: count)
+        var bDraw = [Double](repeating: 0, count: count)
+        for _ in 0..<iterations {
+            for slot in 0..<count {
+                let round = Int(generator.next() % UInt64(count))
+                aDraw[slot] = aSeconds[round]
+                bDraw[slot] = bSeconds[round]
+            }
+            ratios.append(median(aDraw) / max(median(bDraw), 1e-12))
+        }
+        ratios.sort()
+        return (ratios[Int(Double(iterations) * 0.025)], ratios[min(iterations - 1, Int(Double(iterations) * 0.975))])
+    }
+
+    /// The p50 as ``percentile(_:)`` takes it (the lower middle of an even count).
+    private static func median(_ values: [Double]) -> Double {
+        let sorted = values.sorted()
+        return sorted[max(0, (sorted.count + 1) / 2 - 1)]
+    }
+
     static func milliseconds(_ value: Duration) -> String {
         let (seconds, attoseconds) = value.components
         let ms = Double(seconds) * 1000 + Double(attoseconds) / 1e15
         return String(format: "%.3f", ms)
+    }
+}
+
+/// A duration in seconds, for ratios and rates.
+func seconds(_ value: Duration) -> Double {
+    Double(value.components.seconds) + Double(value.components.attoseconds) / 1e18
+}
+
+/// A small deterministic generator (SplitMix64) for resampling: the same samples give the same
+/// interval on every run.
+struct SplitMix64: RandomNumberGenerator {
+    private var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }
 

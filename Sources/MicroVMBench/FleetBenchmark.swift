@@ -139,8 +139,4 @@ struct FleetBenchmark: AsyncParsableCommand {
     static func descriptors() -> Int {
         ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).count
     }
-
-    private func seconds(_ value: Duration) -> Double {
-        Double(value.components.seconds) + Double(value.components.attoseconds) / 1e18
-    }
 }

@@ -171,8 +171,15 @@ struct LaunchBenchmark: AsyncParsableCommand {
             guard !a.values.isEmpty, !b.values.isEmpty else { return nil }
             return (seconds(a.percentile(50)) / max(seconds(b.percentile(50)), 1e-9), seconds(a.mean) / max(seconds(b.mean), 1e-9))
         }
+        /// The ratio's 95% interval over the rounds (``Samples/ratioInterval(_:_:iterations:)``).
+        func interval(_ a: Samples, _ b: Samples) -> String {
+            guard let range = Samples.ratioInterval(a, b) else { return "" }
+            return String(format: " [%.2f-%.2f, 95%% bootstrap over the rounds]", range.low, range.high)
+        }
         if let unjailed = ratio(libraryUnjailed, rawUnjailed) {
-            print(String(format: "library unjailed / raw firecracker (p50): %.2fx (target <= 1.1x); means: %.2fx", unjailed.p50, unjailed.mean))
+            print(
+                String(format: "library unjailed / raw firecracker (p50): %.2fx", unjailed.p50) + interval(libraryUnjailed, rawUnjailed)
+                    + String(format: " (target <= 1.1x); means: %.2fx", unjailed.mean))
         }
         if let api = ratio(rawWithAPI, rawUnjailed) {
             print(String(format: "  raw --api-sock / raw --no-api %.2fx (Firecracker's API server)", api.p50))
@@ -181,7 +188,9 @@ struct LaunchBenchmark: AsyncParsableCommand {
             print(String(format: "  library unjailed / raw --api-sock %.2fx; means: %.2fx", overAPI.p50, overAPI.mean))
         }
         if let jailed = ratio(libraryJailed, rawJailed) {
-            print(String(format: "library jailed / raw jailer (p50): %.2fx (target <= 1.1x); means: %.2fx", jailed.p50, jailed.mean))
+            print(
+                String(format: "library jailed / raw jailer (p50): %.2fx", jailed.p50) + interval(libraryJailed, rawJailed)
+                    + String(format: " (target <= 1.1x); means: %.2fx", jailed.mean))
         }
         if let cli = ratio(commandLine[0], rawUnjailed) {
             print(String(format: "cli unjailed / raw firecracker (p50): %.2fx; means: %.2fx", cli.p50, cli.mean))
@@ -241,10 +250,6 @@ struct LaunchBenchmark: AsyncParsableCommand {
         await launch.termination.value
         if !report.isComplete { print("raw jail teardown incomplete: \(report.failures)") }
         return launch.elapsed
-    }
-
-    private func seconds(_ value: Duration) -> Double {
-        Double(value.components.seconds) + Double(value.components.attoseconds) / 1e18
     }
 }
 
