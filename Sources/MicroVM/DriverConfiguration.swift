@@ -1,4 +1,5 @@
 import Logging
+public import Metrics
 public import MicroVMHost
 import SystemPackage
 import Synchronization
@@ -35,6 +36,25 @@ public struct DriverConfiguration: Sendable, Hashable {
     /// The host side of VM networks (for specs with `network`); nil: the defaults, with the
     /// leases under `<state root>/network`.
     public var network: VMNetworkConfiguration?
+
+    /// Where the driver's own metrics go (launches, exits, stops, snapshots, teardowns; see
+    /// README, "Metrics"); nil: swift-metrics' bootstrapped backend. Not part of a
+    /// configuration's equality.
+    public var metricsFactory: (any MetricsFactory)? {
+        get { metricsBackend.factory }
+        set { metricsBackend = MetricsBackend(factory: newValue) }
+    }
+    private var metricsBackend = MetricsBackend(factory: nil)
+
+    /// A metrics factory held in a `Hashable` configuration: every backend compares equal, as
+    /// where figures go does not change what a VM is.
+    private struct MetricsBackend: Sendable, Hashable {
+        let factory: (any MetricsFactory)?
+        static func == (lhs: Self, rhs: Self) -> Bool { true }
+        func hash(into hasher: inout Hasher) {}
+    }
+
+    var metrics: DriverMetrics { DriverMetrics(factory: metricsBackend.factory) }
 
     var networkConfiguration: VMNetworkConfiguration {
         network ?? VMNetworkConfiguration(stateDirectory: stateStore.root.appending("network"))

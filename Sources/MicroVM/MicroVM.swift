@@ -82,6 +82,8 @@ public actor MicroVM {
     private let process: SupervisedProcess
     let streams: VMMStreams
     let logger: Logger
+    /// Where this VM's exits, stops and snapshots are counted.
+    let metrics: DriverMetrics
     /// Where the VM is recorded.
     public nonisolated let stateStore: StateStore
     /// The host side of the VM's network (when its spec has one).
@@ -112,7 +114,7 @@ public actor MicroVM {
     init(
         spec: VMSpec, id: VMIdentifier, executor: any VMMExecutor, decision: SandboxDecision, process: SupervisedProcess,
         command: JailerCommand?, streams: VMMStreams, client: FirecrackerClient, state: VMState, stateStore: StateStore,
-        logger: Logger, networkConfiguration: VMNetworkConfiguration? = nil, network: NetworkAttachment? = nil,
+        logger: Logger, metrics: DriverMetrics, networkConfiguration: VMNetworkConfiguration? = nil, network: NetworkAttachment? = nil,
         cgroups: [String]? = nil, createdAt: Date = Date(), lazyMemory: LazyMemory? = nil, lazyMemoryFile: String? = nil
     ) {
         self.lazyMemory = lazyMemory
@@ -138,6 +140,7 @@ public actor MicroVM {
         self.directory = executor.jail.layout.rootDirectory
         self.state = state
         self.logger = logger
+        self.metrics = metrics
     }
 
     // MARK: Creating
@@ -184,8 +187,30 @@ public actor MicroVM {
         case restore(Snapshot, resume: Bool, memory: RestoreMemory)
     }
 
+    /// A launch, timed (or its failed step counted) in the driver's metrics.
     private static func launch(
         _ spec: VMSpec, configuration: DriverConfiguration, mode: LaunchMode, logger: Logger
+    ) async throws(MicroVMError) -> MicroVM {
+        let metrics = configuration.metrics
+        let started = ContinuousClock.now
+        let metricsMode: DriverMetrics.Mode =
+            switch mode {
+            case .configureThroughAPI: .create
+            case .bootFromConfigFile: .run
+            case .restore: .restore
+            }
+        do {
+            let vm = try await launchSteps(spec, configuration: configuration, mode: mode, metrics: metrics, logger: logger)
+            metrics.launched(mode: metricsMode, sandboxed: vm.isSandboxed, duration: ContinuousClock.now - started)
+            return vm
+        } catch {
+            metrics.launchFailed(mode: metricsMode, error: error)
+            throw error
+        }
+    }
+
+    private static func launchSteps(
+        _ spec: VMSpec, configuration: DriverConfiguration, mode: LaunchMode, metrics: DriverMetrics, logger: Logger
     ) async throws(MicroVMError) -> MicroVM {
         var logger = logger
         logger[metadataKey: "vm"] = "\(spec.id)"
@@ -361,7 +386,7 @@ public actor MicroVM {
                 }
             let vm = MicroVM(
                 spec: spec, id: id, executor: executor, decision: decision, process: process!, command: command, streams: streams!,
-                client: client, state: initialState, stateStore: store, logger: logger,
+                client: client, state: initialState, stateStore: store, logger: logger, metrics: metrics,
                 networkConfiguration: configuration.networkConfiguration, network: attachment, lazyMemory: lazyMemory,
                 lazyMemoryFile: lazyServer?.memoryFile.string)
             // The console and log channels start while the VM boots (the pipes hold what it
@@ -823,6 +848,7 @@ public actor MicroVM {
 
     /// Watches for the VMM's exit, whenever and however it comes.
     func superviseExit() {
+        metrics.supervising()
         let process = self.process
         Task { [weak self] in
             let status = await process.exited()
@@ -871,6 +897,7 @@ public actor MicroVM {
         stateStore.remove(id: id.rawValue)
         LiveDirectories.release(executor.jail.layout.jailDirectory.string)
         teardownReport = report
+        metrics.ended(reason, teardownComplete: report.isComplete)
         if !report.isComplete {
             logger.error("teardown incomplete", metadata: ["failures": "\(report.failures.map(\.summary))"])
         }
@@ -966,6 +993,13 @@ public actor MicroVM {
     @discardableResult
     public func stop(grace: Duration = .seconds(5)) async -> ExitReason {
         if let reason = state.exitReason { return await finished(reason) }
+        let started = ContinuousClock.now
+        let reason = await stopEscalating(grace: grace)
+        metrics.stopped(escalated: killRequested, duration: ContinuousClock.now - started)
+        return reason
+    }
+
+    private func stopEscalating(grace: Duration) async -> ExitReason {
         if state == .paused {
             try? await Self.call("PATCH /vm Resumed", id: id.rawValue) { try await client.resume() }
             if state == .paused { state = .running }
@@ -1038,6 +1072,7 @@ public actor MicroVM {
     /// `machine.track_dirty_pages`); ``Snapshot/applyingDiff(onto:)`` merges it with a full one.
     public func snapshot(to destination: FilePath, type: SnapshotType = .full) async throws(MicroVMError) -> Snapshot {
         try VMOperation.snapshot.check(in: state, id: id.rawValue)
+        let started = ContinuousClock.now
         let vmID = id.rawValue
         if type == .diff, spec.machine.trackDirtyPages != true {
             let version = try? await client.serverVersion()
@@ -1146,6 +1181,7 @@ public actor MicroVM {
             }
         }
         let result = try written.get()
+        metrics.snapshotted(type: type, duration: ContinuousClock.now - started)
         logger.info("snapshot written", metadata: ["type": "\(type.rawValue)", "directory": "\(destination)"])
         return result
     }

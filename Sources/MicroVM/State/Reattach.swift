@@ -224,7 +224,7 @@ extension MicroVM {
         let vm = MicroVM(
             spec: record.spec, id: vmID, executor: executor, decision: record.sandboxed ? .jailed(PreflightReport(problems: [])) : .unjailed(reasons: []),
             process: process, command: nil, streams: streams, client: client, state: state, stateStore: store, logger: logger,
-            networkConfiguration: configuration.networkConfiguration,
+            metrics: configuration.metrics, networkConfiguration: configuration.networkConfiguration,
             network: record.spec.network == nil ? nil : try? VMNetwork(configuration: configuration.networkConfiguration, logger: logger).attachment(for: vmID),
             cgroups: record.cgroupDirectories, createdAt: record.createdAt, lazyMemoryFile: record.lazyMemoryFile)
         if let memoryFile = record.lazyMemoryFile, monitor == nil {
