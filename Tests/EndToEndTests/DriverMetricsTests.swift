@@ -22,11 +22,12 @@ struct DriverMetricsTests {
             // run: a guest that shuts down when asked, snapshotted on the way.
             let vm = try await MicroVM.run(EndToEnd.spec(assets, id: "met-a-\(suffix)"), configuration: configuration, logger: EndToEnd.logger)
             let supervising = try metrics.expectGauge("microvm_vms").lastValue ?? 0
-            try await EndToEnd.using(vm) { vm in
+            let snapshot = try await EndToEnd.using(vm) { vm in
                 _ = try await vm.console.waitForLine(containing: "microvm-guest: banner", timeout: .seconds(10))
-                _ = try await vm.snapshot(to: FilePath(directory + "/snapshot"), type: .full)
+                let snapshot = try await vm.snapshot(to: FilePath(directory + "/snapshot"), type: .full)
                 let reason = await vm.stop(grace: .seconds(5))
                 #expect(reason.kind == .guestShutdown, "\(reason)")
+                return snapshot
             }
             let runs = try metrics.expectTimer("microvm_vm_launch_duration", [("mode", "run"), ("sandbox", sandbox)])
             #expect(runs.values.count == 1 && runs.values.allSatisfy { $0 > 0 }, "\(runs.values)")
@@ -34,6 +35,11 @@ struct DriverMetricsTests {
             #expect(try metrics.expectTimer("microvm_vm_stop_duration", [("outcome", "shutdown")]).values.count == 1)
             #expect(try metrics.expectCounter("microvm_vm_exits", [("reason", "guest-shutdown")]).totalValue == 1)
             #expect(try metrics.expectGauge("microvm_vms").lastValue == supervising - 1, "the VM that ended is still counted")
+
+            // restore: into a new VM, killed.
+            let restored = try await MicroVM.restore(snapshot, id: "met-r-\(suffix)", configuration: configuration, logger: EndToEnd.logger)
+            await restored.kill()
+            #expect(try metrics.expectTimer("microvm_vm_launch_duration", [("mode", "restore"), ("sandbox", sandbox)]).values.count == 1)
 
             // create, start: a guest that ignores Ctrl-Alt-Del, killed once the grace is over.
             let hanging = try await MicroVM.create(
@@ -45,7 +51,7 @@ struct DriverMetricsTests {
             }
             #expect(try metrics.expectTimer("microvm_vm_launch_duration", [("mode", "create"), ("sandbox", sandbox)]).values.count == 1)
             #expect(try metrics.expectTimer("microvm_vm_stop_duration", [("outcome", "killed")]).values.count == 1)
-            #expect(try metrics.expectCounter("microvm_vm_exits", [("reason", "killed-by-driver")]).totalValue == 1)
+            #expect(try metrics.expectCounter("microvm_vm_exits", [("reason", "killed-by-driver")]).totalValue == 2)
 
             // Two launches that fail: a spec refused before the host is touched, and a
             // configuration Firecracker refuses (1.12.1 has no free page reporting).
