@@ -71,7 +71,6 @@ let package = Package(
                 "FirecrackerAPI",
                 "MicroVMHost",
                 "CMicroVMSys",
-                .product(name: "Subprocess", package: "swift-subprocess"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

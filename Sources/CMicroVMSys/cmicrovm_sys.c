@@ -346,36 +346,37 @@ int cmv_unix_listen(const char *path, int backlog) {
     return fd;
 }
 
-int cmv_spawn(const char *path, char *const argv[], const char *cwd, int in, int out, int err, pid_t *pid) {
+int cmv_spawn(const char *path, char *const argv[], const char *cwd, int in, int out, int err, int flags, pid_t *pid, int *pidfd) {
     posix_spawn_file_actions_t actions;
     posix_spawnattr_t attributes;
+    if (pidfd != NULL) *pidfd = -1;
     if (posix_spawn_file_actions_init(&actions) != 0) return -1;
     if (posix_spawnattr_init(&attributes) != 0) {
         posix_spawn_file_actions_destroy(&actions);
         return -1;
     }
-    posix_spawn_file_actions_adddup2(&actions, in, 0);
-    posix_spawn_file_actions_adddup2(&actions, out, 1);
-    posix_spawn_file_actions_adddup2(&actions, err, 2);
-    if (cwd != NULL) posix_spawn_file_actions_addchdir_np(&actions, cwd);
+    int result = posix_spawn_file_actions_adddup2(&actions, in, 0);
+    if (result == 0) result = posix_spawn_file_actions_adddup2(&actions, out, 1);
+    if (result == 0) result = posix_spawn_file_actions_adddup2(&actions, err, 2);
+    if (result == 0 && cwd != NULL) result = posix_spawn_file_actions_addchdir_np(&actions, cwd);
+    if (result == 0 && (flags & CMV_SPAWN_CLOSE_OTHERS)) result = posix_spawn_file_actions_addclosefrom_np(&actions, 3);
     sigset_t empty, defaults;
     sigemptyset(&empty);
-    sigemptyset(&defaults);
-    sigaddset(&defaults, SIGCHLD);
-    sigaddset(&defaults, SIGPIPE);
-    sigaddset(&defaults, SIGHUP);
-    sigaddset(&defaults, SIGINT);
-    sigaddset(&defaults, SIGTERM);
-    posix_spawnattr_setsigmask(&attributes, &empty);
-    posix_spawnattr_setsigdefault(&attributes, &defaults);
-    posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-    int result = posix_spawn(pid, path, &actions, &attributes, argv, environ);
+    sigfillset(&defaults);
+    short spawnFlags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
+    if (flags & CMV_SPAWN_NEW_SESSION) spawnFlags |= POSIX_SPAWN_SETSID;
+    if (result == 0) result = posix_spawnattr_setsigmask(&attributes, &empty);
+    if (result == 0) result = posix_spawnattr_setsigdefault(&attributes, &defaults);
+    if (result == 0) result = posix_spawnattr_setflags(&attributes, spawnFlags);
+    if (result == 0) result = posix_spawn(pid, path, &actions, &attributes, argv, environ);
     posix_spawn_file_actions_destroy(&actions);
     posix_spawnattr_destroy(&attributes);
     if (result != 0) {
         errno = result;
         return -1;
     }
+    /* The child is ours and unreaped: its pid cannot have been recycled yet. */
+    if (pidfd != NULL) *pidfd = (int)syscall(SYS_pidfd_open, *pid, 0);
     return 0;
 }
 

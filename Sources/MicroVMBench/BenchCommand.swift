@@ -158,3 +158,25 @@ struct BenchWorkspace {
         try? FileManager.default.removeItem(atPath: directory)
     }
 }
+
+/// This process's environment as it is now, for a child started through swift-subprocess to
+/// inherit unchanged (as the library's launches do: they pass `environ` itself).
+///
+/// swift-subprocess's `.inherit` parses the environment into a dictionary of `String`s and prints
+/// it back, twice per spawn (once for `PATH`): 0.1-0.2 ms per spawn in a `perf` profile
+/// (BENCHMARKS.md, session 7). The raw entries of `environ`, copied as they are, reach the child
+/// byte for byte.
+enum InheritedEnvironment {
+    /// Each `NAME=value` entry with its terminating NUL, as swift-subprocess's
+    /// `Environment.custom(_: [[UInt8]])` takes it (it hands each one to `strdup`).
+    static var entries: [[UInt8]] {
+        var entries: [[UInt8]] = []
+        var cursor = environ
+        while let entry = cursor.pointee {
+            let length = strlen(entry)
+            entries.append(Array(UnsafeBufferPointer(start: UnsafeRawPointer(entry).assumingMemoryBound(to: UInt8.self), count: length + 1)))
+            cursor += 1
+        }
+        return entries
+    }
+}

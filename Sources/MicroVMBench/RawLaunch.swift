@@ -1,12 +1,10 @@
 import Dispatch
 import Foundation
 import MicroVM
-import Subprocess
 import SystemPackage
 
-/// The raw baselines: a binary started as a shell script would start it (this process's
-/// environment passed on as is, the library's way, which swift-subprocess's `.inherit` makes
-/// 0.1 ms slower), its stdout read on a plain thread until the guest's banner appears.
+/// The raw baselines: a binary started as a script would start it (exec'd at once, with this
+/// process's environment), its stdout read on a plain thread until the guest's banner appears.
 enum RawLaunch {
     struct Result {
         let elapsed: Duration
@@ -28,27 +26,26 @@ enum RawLaunch {
         let readEnd = fds[0]
         let writeEnd = FileDescriptor(rawValue: fds[1])
         let start = ContinuousClock.now
-        let (pids, pidContinuation) = AsyncStream<Int32>.makeStream()
-        let termination = Task {
-            if let input {
-                _ = try? await Subprocess.run(
-                    .path(FilePath(executable)), arguments: Arguments(arguments), environment: .custom(InheritedEnvironment.entries),
-                    input: .fileDescriptor(input, closeAfterSpawningProcess: true),
-                    output: .fileDescriptor(writeEnd, closeAfterSpawningProcess: true), error: .discarded
-                ) { execution in
-                    pidContinuation.yield(execution.processIdentifier.value)
-                    pidContinuation.finish()
-                }
-            } else {
-                _ = try? await Subprocess.run(
-                    .path(FilePath(executable)), arguments: Arguments(arguments), environment: .custom(InheritedEnvironment.entries),
-                    input: .none, output: .fileDescriptor(writeEnd, closeAfterSpawningProcess: true), error: .discarded
-                ) { execution in
-                    pidContinuation.yield(execution.processIdentifier.value)
-                    pidContinuation.finish()
-                }
-            }
+        // Spawned natively (posix_spawn on this thread, as the library does), not through
+        // swift-subprocess, whose hops to its spawning thread and back add 0.4-0.5 ms that a
+        // shell or a C program starting Firecracker does not pay (BENCHMARKS.md, session 12).
+        let nullDevice = open("/dev/null", O_RDWR | O_CLOEXEC)
+        defer { close(nullDevice) }
+        let spawned: ProcessLauncher.Spawned
+        do {
+            spawned = try await ProcessLauncher.spawn(
+                executable: FilePath(executable), arguments: arguments, workingDirectory: nil,
+                standardInput: input?.rawValue ?? nullDevice, standardOutput: writeEnd.rawValue, standardError: nullDevice)
+        } catch {
+            try? input?.close()
+            try? writeEnd.close()
+            close(readEnd)
+            throw error
         }
+        try? input?.close()
+        try? writeEnd.close()
+        close(spawned.pidfd)
+        let termination = Task<Void, Never> { _ = await spawned.termination.value }
         async let performed: Void = perform()
         let found: ContinuousClock.Instant? = await withCheckedContinuation { continuation in
             DispatchQueue.global().async {
@@ -76,8 +73,7 @@ enum RawLaunch {
             }
         }
         try await performed
-        var iterator = pids.makeAsyncIterator()
-        let pid = await iterator.next() ?? -1
+        let pid = spawned.pid
         guard let found else { throw CocoaError(.fileReadUnknown, userInfo: [NSLocalizedDescriptionKey: "\(executable) ended before its banner"]) }
         return Result(elapsed: found - start, found: found, pid: pid, termination: termination)
     }

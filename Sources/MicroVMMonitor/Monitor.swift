@@ -108,7 +108,7 @@ final class Monitor {
         // Spawn the launcher (the jailer, or Firecracker itself).
         var pid: pid_t = 0
         let spawnErrno: Int32 = withCStrings(options.command) { argv in
-            cmv_spawn(options.command[0], argv, options.workingDirectory, input[0], output[1], error[1], &pid) == 0 ? 0 : errno
+            cmv_spawn(options.command[0], argv, options.workingDirectory, input[0], output[1], error[1], 0, &pid, nil) == 0 ? 0 : errno
         }
         close(input[0])
         close(output[1])

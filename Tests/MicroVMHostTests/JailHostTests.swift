@@ -222,7 +222,7 @@ struct JailHostTests {
         #expect(mknod(root + "/dev/kvm", S_IFCHR | 0o600, makedevice(10, 232)) == 0)
         try writeFile(root + "/firecracker", "not really firecracker", mode: 0o755)
         // A dead pid, then our own (live, but not the jail's) pid.
-        let dead = try HostCommand.spawn("/bin/true", [], stdout: 1, stderr: 2)
+        let dead = try HostCommand.spawn("/bin/true", [], stdout: 1, stderr: 2).pid
         _ = try HostCommand.wait(dead)
         try writeFile(layout.pidFile.string, "\(dead)")
         #expect(JailTeardown.occupancy(of: layout) == .stale(pid: dead))
@@ -249,7 +249,7 @@ struct JailHostTests {
         _ = try stager.stage(.directory(at: "/data"))
         // Like the jailer: a copy of the binary in the jail, running, its pid in the pid file.
         #expect(try HostCommand.run("/bin/cp", ["/bin/sleep", layout.executableCopy.string]).termination == .exited(0))
-        let pid = try HostCommand.spawn(layout.executableCopy.string, ["30"], stdout: 1, stderr: 2)
+        let pid = try HostCommand.spawn(layout.executableCopy.string, ["30"], stdout: 1, stderr: 2).pid
         var reaped = false
         defer { if !reaped { kill(pid, SIGKILL); _ = try? HostCommand.wait(pid) } }
         try writeFile(layout.pidFile.string, "\(pid)")
@@ -358,7 +358,7 @@ struct JailHostTests {
         // A "VMM" inside the jail and inside the first cgroup: rmdir is EBUSY until it is gone.
         _ = try JailStager(layout: layout, uid: uid, gid: gid, logger: testLogger).stage(.directory(at: "/data"))
         #expect(try HostCommand.run("/bin/cp", ["/bin/sleep", layout.executableCopy.string]).termination == .exited(0))
-        let pid = try HostCommand.spawn(layout.executableCopy.string, ["30"], stdout: 1, stderr: 2)
+        let pid = try HostCommand.spawn(layout.executableCopy.string, ["30"], stdout: 1, stderr: 2).pid
         var reaped = false
         defer { if !reaped { kill(pid, SIGKILL); _ = try? HostCommand.wait(pid) } }
         try writeFile(directories[0] + "/cgroup.procs", "\(pid)")

@@ -35,7 +35,7 @@ struct RealJailerTests {
             close(out)
             close(err)
         }
-        let pid = try HostCommand.spawn(command.executable.string, command.arguments, stdout: out, stderr: err)
+        let pid = try HostCommand.spawn(command.executable.string, command.arguments, stdout: out, stderr: err).pid
         return try HostCommand.wait(pid)
     }
 

@@ -242,22 +242,71 @@ struct RecordDateTests {
 
 @Suite("Process launch")
 struct ProcessLaunchTests {
-    /// What a VMM inherits: every entry of this process's environment, byte for byte, and
-    /// nothing else (a value with `=` and an empty one included).
-    @Test func environmentIsPassedAsIs() {
+    /// What a VMM gets from ``ProcessLauncher``: this process's environment byte for byte (a
+    /// value with `=` and an empty one included), an empty signal mask and no ignored signal,
+    /// its own session, no descriptor above 2 (one left without close-on-exec here included),
+    /// the working directory asked for; and its exit status, reaped.
+    @Test func whatTheChildGets() async throws {
         setenv("MICROVM_TEST_ENV_EQUALS", "a=b c", 1)
         setenv("MICROVM_TEST_ENV_EMPTY", "", 1)
         defer {
             unsetenv("MICROVM_TEST_ENV_EQUALS")
             unsetenv("MICROVM_TEST_ENV_EMPTY")
         }
-        let entries = InheritedEnvironment.entries
-        #expect(entries.allSatisfy { $0.last == 0 })
-        let decoded = Set(entries.map { String(decoding: $0.dropLast(), as: UTF8.self) })
-        let expected = Set(ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" })
-        #expect(decoded == expected)
-        #expect(decoded.contains("MICROVM_TEST_ENV_EQUALS=a=b c"))
-        #expect(decoded.contains("MICROVM_TEST_ENV_EMPTY="))
+        let leaked = open("/dev/null", O_RDONLY)  // no O_CLOEXEC: the child must not get it
+        defer { close(leaked) }
+        var output: [Int32] = [-1, -1]
+        #expect(pipe(&output) == 0)
+        let nullDevice = open("/dev/null", O_RDWR | O_CLOEXEC)
+        defer { close(nullDevice) }
+        let script = """
+            echo "env:$MICROVM_TEST_ENV_EQUALS|${MICROVM_TEST_ENV_EMPTY-unset}"
+            echo "pwd:$(pwd)"
+            grep -E '^(SigBlk|SigIgn):' /proc/self/status
+            echo "session:$(cut -d' ' -f6 /proc/$$/stat) pid:$$"
+            cd /proc/$$/fd && echo "fds:" * && cd /tmp
+            exit 7
+            """
+        let spawned = try await ProcessLauncher.spawn(
+            executable: "/bin/sh", arguments: ["-c", script], workingDirectory: "/tmp",
+            standardInput: nullDevice, standardOutput: output[1], standardError: output[1])
+        close(output[1])
+        var text: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { read(output[0], $0.baseAddress, $0.count) }
+            if count <= 0 { break }
+            text += buffer[0..<count]
+        }
+        close(output[0])
+        #expect(await spawned.termination.value == .exited(code: 7))
+        close(spawned.pidfd)
+        let lines = String(decoding: text, as: UTF8.self).split(separator: "\n").map(String.init)
+        #expect(lines.contains("env:a=b c|"), "\(lines)")
+        #expect(lines.contains("pwd:/tmp"), "\(lines)")
+        #expect(lines.contains { $0.hasPrefix("SigBlk:") && $0.hasSuffix("0000000000000000") }, "\(lines)")
+        // No standard signal ignored (glibc's spawn ignores its own two internal real-time ones).
+        let ignored = lines.first { $0.hasPrefix("SigIgn:") }.flatMap { UInt64($0.dropFirst("SigIgn:".count).trimmingCharacters(in: .whitespaces), radix: 16) }
+        #expect(ignored.map { $0 & 0x7FFF_FFFF } == 0, "\(lines)")
+        #expect(lines.contains("session:\(spawned.pid) pid:\(spawned.pid)"), "\(lines)")
+        // 3 is the shell's own handle on the directory it lists; the parent's descriptors
+        // (`leaked` among them) are all gone.
+        #expect(lines.contains("fds: 0 1 2 3"), "\(lines)")
+        #expect(leaked > 3)
+    }
+
+    @Test("A binary that cannot be started is an error naming it and why, and nothing runs")
+    func missingBinary() async {
+        let nullDevice = open("/dev/null", O_RDWR | O_CLOEXEC)
+        defer { close(nullDevice) }
+        await #expect {
+            _ = try await ProcessLauncher.spawn(
+                executable: "/nonexistent/firecracker", arguments: [], workingDirectory: nil,
+                standardInput: nullDevice, standardOutput: nullDevice, standardError: nullDevice)
+        } throws: { error in
+            let failure = error as? LaunchFailure
+            return failure?.executable == "/nonexistent/firecracker" && failure?.message == "No such file or directory"
+        }
     }
 }
 

@@ -137,11 +137,17 @@ int cmv_signalfd_drain(int fd);
  * replaced), mode 0600. Returns the fd. */
 int cmv_unix_listen(const char *path, int backlog);
 
+/* cmv_spawn's options. */
+#define CMV_SPAWN_NEW_SESSION 1 /* the child leads a new session (setsid) */
+#define CMV_SPAWN_CLOSE_OTHERS 2 /* every descriptor above 2 is closed in the child */
+
 /* posix_spawn(3) of `path` with `argv` and this process's environment, `in`/`out`/`err` as its
- * standard streams, `cwd` (may be NULL) as its working directory, an empty signal mask and the
- * default action for every signal the monitor blocks or ignores. Returns 0 and sets *pid, or
- * -1 with errno (the spawn's error). */
-int cmv_spawn(const char *path, char *const argv[], const char *cwd, int in, int out, int err, pid_t *pid);
+ * standard streams, `cwd` (may be NULL) as its working directory, an empty signal mask and
+ * every signal's default action (an ignored SIGINT or SIGPIPE would survive the exec), plus
+ * `flags` (CMV_SPAWN_*). Runs on the calling thread, which waits only until the child has
+ * exec'd. Returns 0 and sets *pid, and *pidfd when not NULL (a pidfd of the child, or -1 when
+ * the kernel has none), or -1 with errno (the spawn's error: ENOENT, EACCES, ENOEXEC...). */
+int cmv_spawn(const char *path, char *const argv[], const char *cwd, int in, int out, int err, int flags, pid_t *pid, int *pidfd);
 
 /* waitpid(-1, WNOHANG) for any child: 1 with *pid and the status (as cmv_pidfd_reap) when one
  * was reaped, 0 when children remain but none has exited, -1 (ECHILD) when there are none. */

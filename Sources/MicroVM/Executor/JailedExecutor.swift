@@ -95,8 +95,8 @@ struct JailedExecutor: VMMExecutor {
         } catch {
             throw .sandbox(id: id, .jailerMissing(path: command.executable.string, reason: error.message))
         }
-        // The jailer is reaped by swift-subprocess and never signalled; its pidfd only tells,
-        // at once, when it has exited.
+        // The jailer is reaped by its launcher's termination and never signalled; its pidfd only
+        // tells, at once, when it has exited.
         defer { close(launcher.pidfd) }
         let pid = try await waitForVMM(launcher: launcher, streams: streams)
         let pidfd = cmv_pidfd_open(pid)
@@ -114,7 +114,7 @@ struct JailedExecutor: VMMExecutor {
     private func waitForVMM(launcher: ProcessLauncher.Spawned, streams: VMMStreams) async throws(MicroVMError) -> Int32 {
         enum Event: Sendable {
             case vmm(Result<JailedVMM, JailError>)
-            /// The jailer has exited (its pidfd), before swift-subprocess has its status.
+            /// The jailer has exited (its pidfd), before its termination has its status.
             case launcherGone
             case launcherEnded(VMMExit)
         }

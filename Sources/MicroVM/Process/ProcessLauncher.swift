@@ -1,73 +1,85 @@
+import CMicroVMSys
 import Logging
-import Subprocess
-import SystemPackage
+import MicroVMHost
+package import SystemPackage
 
 #if canImport(Glibc)
     import Glibc
 #endif
 
-/// Starts a process (Firecracker itself, or the jailer that starts it) through swift-subprocess,
-/// which clears the signal mask in the child and reaps it without blocking a thread. The child
-/// runs in its own session, so a terminal's SIGINT or SIGHUP aimed at the host process does not
-/// reach the VMM (Firecracker turns SIGHUP into exit code 156).
-enum ProcessLauncher {
-    struct Spawned: Sendable {
-        let pid: Int32
-        /// A private duplicate of swift-subprocess's pidfd: it stays valid after the child is
+/// Starts a process (Firecracker itself, the jailer that starts it, or a VM's monitor) with
+/// `posix_spawn` from the C target, on the calling thread, which waits only until the child has
+/// exec'd (0.1-0.2 ms here), and watches its exit through a pidfd.
+///
+/// What the child gets is what swift-subprocess gives it: an empty signal mask and every
+/// signal's default action (an ignored SIGINT or SIGPIPE of this process would survive the
+/// exec), its own session (a terminal's SIGINT or SIGHUP aimed at this process does not reach
+/// the VMM; Firecracker turns SIGHUP into exit code 156), every descriptor above 2 closed, and
+/// this process's environment byte for byte. swift-subprocess is not used for these three:
+/// its `run` hands the spawn to its one worker thread and the result back to the caller's task,
+/// and those hops cost 0.43-0.49 ms per spawn here, on top of the spawn itself (0.16 ms,
+/// measured side by side, p50 of 300: BENCHMARKS.md, session 12), in every launch. The exit is
+/// collected by `waitid` on the pidfd once it turns readable (`ExitWatcher`), on no thread of
+/// its own.
+package enum ProcessLauncher {
+    package struct Spawned: Sendable {
+        package let pid: Int32
+        /// A private duplicate of the launcher's pidfd: it stays valid after the child is
         /// reaped, so a signal can never reach a recycled pid.
-        let pidfd: Int32
-        /// The started process's termination, as swift-subprocess reaped it.
-        let termination: Task<VMMExit, Never>
+        package let pidfd: Int32
+        /// The started process's exit, once it is reaped.
+        package let termination: Task<VMMExit, Never>
     }
 
     /// Spawns `executable` with `standardInput/Output/Error` as its standard streams. They stay
     /// open here: the caller closes its copies after the spawn, whether it succeeded or not.
-    static func spawn(
+    package static func spawn(
         executable: FilePath, arguments: [String], workingDirectory: FilePath?,
         standardInput: Int32, standardOutput: Int32, standardError: Int32
     ) async throws(LaunchFailure) -> Spawned {
-        var options = PlatformOptions()
-        options.createSession = true
-        let configuration = Configuration(
-            executable: .path(executable), arguments: Arguments(arguments), environment: .custom(InheritedEnvironment.entries),
-            workingDirectory: workingDirectory, platformOptions: options)
-        let input = FileDescriptor(rawValue: standardInput)
-        let output = FileDescriptor(rawValue: standardOutput)
-        let error = FileDescriptor(rawValue: standardError)
-        let (started, continuation) = AsyncStream<Result<(Int32, Int32), LaunchFailure>>.makeStream()
-        let termination = Task<VMMExit, Never> {
-            do {
-                let result = try await Subprocess.run(
-                    configuration,
-                    input: .fileDescriptor(input, closeAfterSpawningProcess: false),
-                    output: .fileDescriptor(output, closeAfterSpawningProcess: false),
-                    error: .fileDescriptor(error, closeAfterSpawningProcess: false)
-                ) { execution in
-                    let identifier = execution.processIdentifier
-                    let pidfd = identifier.processDescriptor >= 0 ? dup(identifier.processDescriptor) : -1
-                    continuation.yield(.success((identifier.value, pidfd)))
-                    continuation.finish()
-                }
-                switch result.terminationStatus {
-                case .exited(let code): return .exited(code: code)
-                case .signaled(let signal): return .signaled(signal: signal)
-                }
-            } catch {
-                continuation.yield(.failure(LaunchFailure(executable: executable.string, message: "\(error)")))
-                continuation.finish()
-                return .unknown
-            }
+        let pid: pid_t
+        let watched: Int32
+        do {
+            (pid, watched) = try HostCommand.spawn(
+                executable.string, arguments, workingDirectory: workingDirectory?.string, standardInput: standardInput,
+                stdout: standardOutput, stderr: standardError, newSession: true, pidfd: true)
+        } catch {
+            throw LaunchFailure(executable: executable.string, message: String(cString: strerror(error.errno)))
         }
-        var iterator = started.makeAsyncIterator()
-        switch await iterator.next() {
-        case .success(let (pid, pidfd))?:
-            return Spawned(pid: pid, pidfd: pidfd, termination: termination)
-        case .failure(let failure)?:
-            throw failure
-        case nil:
-            throw LaunchFailure(executable: executable.string, message: "the launch did not report back")
+        let pidfd = watched >= 0 ? dup(watched) : -1
+        guard pidfd >= 0 else {
+            // No pidfd, no supervision that is safe from pid reuse: the child does not stay.
+            let reason = String(cString: strerror(errno))
+            kill(pid, SIGKILL)
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+            if watched >= 0 { close(watched) }
+            throw LaunchFailure(executable: executable.string, message: "no pidfd for the started process: \(reason)")
+        }
+        let termination = Task<VMMExit, Never> {
+            await ExitWatcher.shared.waitForExit(pidfd: watched)
+            let status = await reapChild(pidfd: watched)
+            close(watched)
+            return status
+        }
+        return Spawned(pid: pid, pidfd: pidfd, termination: termination)
+    }
+}
+
+/// Reaps this process's exited child behind `pidfd`. The pidfd turns readable a moment before
+/// the kernel makes a multi-threaded leader waitable, so "not yet" is retried briefly. Unknown
+/// when it is not this process's child (someone else reaps it).
+func reapChild(pidfd: Int32) async -> VMMExit {
+    for _ in 0..<2000 {
+        var exited: Int32 = 0
+        var value: Int32 = 0
+        switch cmv_pidfd_reap(pidfd, 1, &exited, &value) {
+        case 1: return exited == 1 ? .exited(code: value) : .signaled(signal: value)
+        case 0: try? await Task.sleep(for: .milliseconds(1))
+        default: return .unknown  // ECHILD: not our child (no subreaper); someone else reaps it
         }
     }
+    return .unknown
 }
 
 /// A process that could not be started at all (missing or non-executable binary).
@@ -79,26 +91,4 @@ public struct LaunchFailure: Error, Sendable, Hashable, CustomStringConvertible 
     }
 
     public var hint: String { "check that the file exists and is executable" }
-}
-
-/// This process's environment as it is now, for a child to inherit unchanged (the raw baselines
-/// of `microvm-bench` start theirs with it too).
-///
-/// swift-subprocess's `.inherit` parses the environment into a dictionary of `String`s and prints
-/// it back, twice per spawn (once for `PATH`): 0.1-0.2 ms of the library's 1 ms before the exec
-/// in a `perf` profile (BENCHMARKS.md, session 7). The raw entries of `environ`, copied as they
-/// are, reach the child byte for byte.
-package enum InheritedEnvironment {
-    /// Each `NAME=value` entry with its terminating NUL, as swift-subprocess's
-    /// `Environment.custom(_: [[UInt8]])` takes it (it hands each one to `strdup`).
-    package static var entries: [[UInt8]] {
-        var entries: [[UInt8]] = []
-        var cursor = environ
-        while let entry = cursor.pointee {
-            let length = strlen(entry)
-            entries.append(Array(UnsafeBufferPointer(start: UnsafeRawPointer(entry).assumingMemoryBound(to: UInt8.self), count: length + 1)))
-            cursor += 1
-        }
-        return entries
-    }
 }

@@ -11,8 +11,8 @@ import Synchronization
 /// reuse), its start time (its identity once the pid could have been recycled) and its exit.
 ///
 /// Both executors hand one of these to the VM. An unjailed Firecracker is the child that
-/// swift-subprocess spawned and reaps; a jailed one is the jailer's grandchild (the jailer exits
-/// right after cloning it into a new PID namespace), which the driver reaps itself as child
+/// ``ProcessLauncher`` spawned and reaps; a jailed one is the jailer's grandchild (the jailer
+/// exits right after cloning it into a new PID namespace), which the driver reaps itself as child
 /// subreaper. Either way the exit is learned from the pidfd turning readable, and the pidfd is
 /// closed as soon as the exit is known: a stopped VM holds no descriptor.
 public final class SupervisedProcess: Sendable {
@@ -22,7 +22,7 @@ public final class SupervisedProcess: Sendable {
     public let startTime: UInt64?
 
     enum Reaper: Sendable {
-        /// swift-subprocess reaps it; its termination is the exit.
+        /// ``ProcessLauncher`` reaps it; its termination is the exit.
         case launcher(Task<VMMExit, Never>)
         /// The driver reaps it through the pidfd (it is our child by the subreaper rule).
         case pidfd
@@ -55,7 +55,7 @@ public final class SupervisedProcess: Sendable {
         case .launcher(let termination):
             status = await termination.value
         case .pidfd:
-            status = await Self.reap(pidfd)
+            status = await reapChild(pidfd: pidfd)
         case .monitor(let exitFile):
             status = await MonitorExit.wait(exitFile, timeout: .seconds(5))?.exit ?? .unknown
         }
@@ -87,20 +87,6 @@ public final class SupervisedProcess: Sendable {
         await exit.wait(timeout: nil) ?? .unknown
     }
 
-    /// Reaps the exited process behind `pidfd`. The pidfd turns readable a moment before the
-    /// kernel makes a multi-threaded leader waitable, so "not yet" is retried briefly.
-    private static func reap(_ pidfd: Int32) async -> VMMExit {
-        for _ in 0..<2000 {
-            var exited: Int32 = 0
-            var value: Int32 = 0
-            switch cmv_pidfd_reap(pidfd, 1, &exited, &value) {
-            case 1: return exited == 1 ? .exited(code: value) : .signaled(signal: value)
-            case 0: try? await Task.sleep(for: .milliseconds(1))
-            default: return .unknown  // ECHILD: not our child (no subreaper); someone else reaps it
-            }
-        }
-        return .unknown
-    }
 }
 
 /// A VM's monitor process, watched through a pidfd so it is never confused with a later process
@@ -109,7 +95,7 @@ final class MonitorProcess: Sendable {
     let pid: Int32
     let startTime: UInt64?
     private let descriptor: Mutex<Int32>
-    /// swift-subprocess's reaping, when this process spawned it.
+    /// Its reaping by ``ProcessLauncher``, when this process spawned it.
     private let termination: Task<VMMExit, Never>?
 
     /// Takes ownership of `pidfd`.

@@ -5,8 +5,9 @@
 #endif
 import CMicroVMSys
 
-/// A minimal posix_spawn runner for short host commands (`jailer --version`). The host module
-/// does not depend on the driver's process library; this is not meant for supervising VMMs.
+/// Starting processes: the one spawn every launch goes through (Firecracker, the jailer and a
+/// VM's monitor, by the driver's `ProcessLauncher`), and a runner for short host commands
+/// (`jailer --version`).
 package enum HostCommand {
     package struct Output: Sendable {
         package var termination: ProcessTermination
@@ -14,43 +15,38 @@ package enum HostCommand {
         package var standardError: String
     }
 
-    /// Spawns `executable` with `arguments`, stdin from /dev/null and the given descriptors as
-    /// stdout/stderr, with an empty signal mask and default signal actions (a child must not
-    /// inherit the blocked signals of a Swift-concurrency thread). Returns the pid.
-    static func spawn(
-        _ executable: String, _ arguments: [String], stdout: Int32, stderr: Int32, newSession: Bool = false
-    ) throws(SystemCallError) -> pid_t {
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, stdout, 1)
-        posix_spawn_file_actions_adddup2(&actions, stderr, 2)
-
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attributes, &empty)
-        var defaults = sigset_t()
-        sigfillset(&defaults)
-        sigdelset(&defaults, SIGKILL)
-        sigdelset(&defaults, SIGSTOP)
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        var flags = Int32(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)
-        if newSession { flags |= 0x80 }  // POSIX_SPAWN_SETSID (glibc 2.26+)
-        posix_spawnattr_setflags(&attributes, Int16(flags))
-
-        let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) }
-        defer { argv.forEach { free($0) } }
-        var pointers = argv + [nil]
-        var pid: pid_t = 0
-        let result = pointers.withUnsafeMutableBufferPointer { buffer in
-            posix_spawn(&pid, executable, &actions, &attributes, buffer.baseAddress!, environ)
+    /// Spawns `executable` with `arguments` (`posix_spawn` in the C target, on this thread,
+    /// which waits only until the child has exec'd), `standardInput` (nil: /dev/null) and the
+    /// given descriptors as stdout/stderr. The child gets an empty signal mask and every
+    /// signal's default action (a child must not inherit the blocked signals of a
+    /// Swift-concurrency thread, nor an ignored SIGPIPE), no descriptor above 2, this process's
+    /// environment, `workingDirectory` and, with `newSession`, a session of its own. Returns the
+    /// pid, and with `pidfd` a pidfd of the child (the caller closes it).
+    package static func spawn(
+        _ executable: String, _ arguments: [String], workingDirectory: String? = nil, standardInput: Int32? = nil,
+        stdout: Int32, stderr: Int32, newSession: Bool = false, pidfd: Bool = false
+    ) throws(SystemCallError) -> (pid: Int32, pidfd: Int32) {
+        var nullDevice: Int32 = -1
+        if standardInput == nil {
+            nullDevice = try SystemCallError.check("open", "/dev/null") { open("/dev/null", O_RDONLY | O_CLOEXEC) }
         }
-        if result != 0 { throw SystemCallError(call: "posix_spawn", subject: executable, errno: result) }
-        return pid
+        defer { if nullDevice >= 0 { close(nullDevice) } }
+        var pointers: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) }
+        pointers.append(nil)
+        defer { pointers.forEach { free($0) } }
+        var pid: pid_t = 0
+        var descriptor: Int32 = -1
+        let flags = CMV_SPAWN_CLOSE_OTHERS | (newSession ? CMV_SPAWN_NEW_SESSION : 0)
+        let result = pointers.withUnsafeBufferPointer { argv in
+            cmv_spawn(
+                executable, argv.baseAddress!, workingDirectory, standardInput ?? nullDevice, stdout, stderr, flags, &pid, &descriptor)
+        }
+        if result != 0 { throw SystemCallError(call: "posix_spawn", subject: executable, errno: errno) }
+        if !pidfd, descriptor >= 0 {
+            close(descriptor)
+            descriptor = -1
+        }
+        return (pid, descriptor)
     }
 
     /// Blocks until `pid` exits and returns how.
@@ -70,7 +66,7 @@ package enum HostCommand {
         defer { for fd in out where fd >= 0 { close(fd) } }
         try SystemCallError.check("pipe2", executable) { cmv_pipe_cloexec(&err) }
         defer { for fd in err where fd >= 0 { close(fd) } }
-        let pid = try spawn(executable, arguments, stdout: out[1], stderr: err[1])
+        let pid = try spawn(executable, arguments, stdout: out[1], stderr: err[1]).pid
         close(out[1])
         out[1] = -1
         close(err[1])
