@@ -327,6 +327,34 @@ struct FirecrackerConfigFileTests {
         }
     }
 
+    @Test("Keys of Firecracker before 1.0 and sections of later releases are named with what to write instead")
+    func olderAndNewerKeys() {
+        let file = """
+            {"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1, "mem_size_mib": 64, "ht_enabled": false},
+             "logger": {"log_fifo": "/tmp/log.fifo", "level": "Info"}, "metrics": {"metrics_fifo": "/tmp/metrics.fifo"},
+             "mmds-version": "V1", "pmem": [{"id": "p", "path_on_host": "/p"}], "memory-hotplug": {"total_size_mib": 1024}}
+            """
+        do {
+            _ = try VMSpec.decode(json: Data(file.utf8))
+            Issue.record("decoded a file with keys Firecracker 1.12 does not take")
+        } catch {
+            guard case .invalidSpec(_, let problems) = error else {
+                Issue.record("\(error)")
+                return
+            }
+            let byField = Dictionary(uniqueKeysWithValues: problems.map { ($0.field, $0) })
+            #expect(
+                Set(byField.keys) == ["machine-config.ht_enabled", "logger.log_fifo", "metrics.metrics_fifo", "mmds-version", "pmem", "memory-hotplug"],
+                "\(problems)")
+            #expect(byField["machine-config.ht_enabled"]?.hint?.contains("smt") == true)
+            #expect(byField["logger.log_fifo"]?.hint?.contains("log_path") == true)
+            #expect(byField["metrics.metrics_fifo"]?.hint?.contains("metrics_path") == true)
+            #expect(byField["mmds-version"]?.hint?.contains("mmds-config") == true)
+            #expect(byField["pmem"]?.message.contains("1.14") == true && byField["pmem"]?.hint?.contains("drive") == true)
+            #expect(byField["memory-hotplug"]?.message.contains("1.16") == true)
+        }
+    }
+
     @Test("cpu-config becomes the spec's custom CPU template, key for key")
     func cpuConfig() throws {
         let file = """

@@ -54,6 +54,7 @@ enum FirecrackerConfigFile {
                             "vcpu_count": .renamed("vcpus"), "mem_size_mib": .renamed("memory_mib"), "smt": .renamed("smt"),
                             "cpu_template": .renamed("cpu_template"), "track_dirty_pages": .renamed("track_dirty_pages"),
                             "huge_pages": .renamed("huge_pages"),
+                            "ht_enabled": .refused("Firecracker 1.0 renamed it smt: write \"smt\" instead"),
                         ])
                 case "drives":
                     spec["drives"] = list(
@@ -89,12 +90,19 @@ enum FirecrackerConfigFile {
                     // is not.
                     let logging = section(
                         value, at: key,
-                        keys: ["level": .renamed("vmm_level"), "log_path": .dropped, "show_level": .dropped, "show_log_origin": .dropped, "module": .dropped])
+                        keys: [
+                            "level": .renamed("vmm_level"), "log_path": .dropped, "show_level": .dropped, "show_log_origin": .dropped,
+                            "module": .dropped,
+                            "log_fifo": .refused("Firecracker 1.0 replaced it with log_path, which the driver owns: remove it (microvm logs --firecracker reads the log)"),
+                        ])
                     spec["logging"] = merged(spec["logging"], logging)
                 case "metrics":
                     _ = section(
                         value, at: key,
-                        keys: ["metrics_path": .dropped])
+                        keys: [
+                            "metrics_path": .dropped,
+                            "metrics_fifo": .refused("Firecracker 1.0 replaced it with metrics_path, which the driver owns: remove it (microvm stats reads the metrics)"),
+                        ])
                     // Firecracker writes them into the VM's directory (`microvm stats ID`).
                     spec["logging"] = merged(spec["logging"], .object(["metrics": .bool(true)]))
                 case "cpu-config":
@@ -108,6 +116,17 @@ enum FirecrackerConfigFile {
                             "msr_modifiers": .renamed("msr_modifiers"), "reg_modifiers": .renamed("reg_modifiers"),
                             "vcpu_features": .renamed("vcpu_features"),
                         ])
+                case "mmds-version":
+                    problems.append(
+                        SpecProblem(
+                            field: key, message: "not a section since Firecracker 1.0",
+                            hint: "write the version inside mmds-config: \"mmds-config\": {\"version\": \"V2\", ...}"))
+                case "pmem", "memory-hotplug":
+                    problems.append(
+                        SpecProblem(
+                            field: key,
+                            message: "a section of Firecracker \(key == "pmem" ? "1.14" : "1.16")'s config file (\(key == "pmem" ? "virtio-pmem devices" : "hot-pluggable memory")) that this driver does not support",
+                            hint: key == "pmem" ? "give the image as a drive instead (drives)" : "give the guest its memory in machine-config.mem_size_mib"))
                 default:
                     problems.append(
                         SpecProblem(
