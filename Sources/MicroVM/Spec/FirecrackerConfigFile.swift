@@ -31,6 +31,8 @@ enum FirecrackerConfigFile {
     private enum Key {
         case renamed(String)
         case refused(String)
+        /// A key Firecracker itself no longer takes (since 1.0): what to write instead.
+        case obsolete(String)
         case dropped  // meaningless to the driver and harmless to leave out (a display option)
     }
 
@@ -54,7 +56,7 @@ enum FirecrackerConfigFile {
                             "vcpu_count": .renamed("vcpus"), "mem_size_mib": .renamed("memory_mib"), "smt": .renamed("smt"),
                             "cpu_template": .renamed("cpu_template"), "track_dirty_pages": .renamed("track_dirty_pages"),
                             "huge_pages": .renamed("huge_pages"),
-                            "ht_enabled": .refused("Firecracker 1.0 renamed it smt: write \"smt\" instead"),
+                            "ht_enabled": .obsolete("Firecracker 1.0 renamed it smt: write \"smt\" instead"),
                         ])
                 case "drives":
                     spec["drives"] = list(
@@ -93,7 +95,7 @@ enum FirecrackerConfigFile {
                         keys: [
                             "level": .renamed("vmm_level"), "log_path": .dropped, "show_level": .dropped, "show_log_origin": .dropped,
                             "module": .dropped,
-                            "log_fifo": .refused("Firecracker 1.0 replaced it with log_path, which the driver owns: remove it (microvm logs --firecracker reads the log)"),
+                            "log_fifo": .obsolete("Firecracker 1.0 replaced it with log_path, which the driver owns: remove it (microvm logs --firecracker reads the log)"),
                         ])
                     spec["logging"] = merged(spec["logging"], logging)
                 case "metrics":
@@ -101,7 +103,7 @@ enum FirecrackerConfigFile {
                         value, at: key,
                         keys: [
                             "metrics_path": .dropped,
-                            "metrics_fifo": .refused("Firecracker 1.0 replaced it with metrics_path, which the driver owns: remove it (microvm stats reads the metrics)"),
+                            "metrics_fifo": .obsolete("Firecracker 1.0 replaced it with metrics_path, which the driver owns: remove it (microvm stats reads the metrics)"),
                         ])
                     // Firecracker writes them into the VM's directory (`microvm stats ID`).
                     spec["logging"] = merged(spec["logging"], .object(["metrics": .bool(true)]))
@@ -171,6 +173,8 @@ enum FirecrackerConfigFile {
                     result[name] = transform[name].map { $0(member) } ?? member
                 case .refused(let why)?:
                     problems.append(SpecProblem(field: "\(path).\(key)", message: "not supported", hint: why))
+                case .obsolete(let instead)?:
+                    problems.append(SpecProblem(field: "\(path).\(key)", message: "not a key since Firecracker 1.0", hint: instead))
                 case .dropped?:
                     continue
                 case nil:
