@@ -295,6 +295,26 @@ struct ProcessLaunchTests {
         #expect(leaked > 3)
     }
 
+    @Test("Concurrent spawns (one on its caller's thread, the others on the thread pool) each get their own child and exit status")
+    func concurrentSpawns() async throws {
+        let nullDevice = open("/dev/null", O_RDWR | O_CLOEXEC)
+        defer { close(nullDevice) }
+        let statuses = try await withThrowingTaskGroup(of: (Int32, VMMExit).self) { group in
+            for code in Int32(1)...16 {
+                group.addTask {
+                    let spawned = try await ProcessLauncher.spawn(
+                        executable: "/bin/sh", arguments: ["-c", "sleep 0.05; exit \(code)"], workingDirectory: nil,
+                        standardInput: nullDevice, standardOutput: nullDevice, standardError: nullDevice)
+                    close(spawned.pidfd)
+                    return (code, await spawned.termination.value)
+                }
+            }
+            return try await group.reduce(into: [:]) { $0[$1.0] = $1.1 }
+        }
+        #expect(statuses.count == 16)
+        #expect(statuses.allSatisfy { $0.value == .exited(code: $0.key) }, "\(statuses)")
+    }
+
     @Test("A binary that cannot be started is an error naming it and why, and nothing runs")
     func missingBinary() async {
         let nullDevice = open("/dev/null", O_RDWR | O_CLOEXEC)

@@ -1,6 +1,8 @@
 import CMicroVMSys
 import Logging
 import MicroVMHost
+import NIOPosix
+import Synchronization
 package import SystemPackage
 
 #if canImport(Glibc)
@@ -37,12 +39,25 @@ package enum ProcessLauncher {
         executable: FilePath, arguments: [String], workingDirectory: FilePath?,
         standardInput: Int32, standardOutput: Int32, standardError: Int32
     ) async throws(LaunchFailure) -> Spawned {
-        let pid: pid_t
-        let watched: Int32
-        do {
-            (pid, watched) = try HostCommand.spawn(
+        let spawn = { @Sendable () throws(SystemCallError) -> (pid: Int32, pidfd: Int32) in
+            try HostCommand.spawn(
                 executable.string, arguments, workingDirectory: workingDirectory?.string, standardInput: standardInput,
                 stdout: standardOutput, stderr: standardError, newSession: true, pidfd: true)
+        }
+        let pid: pid_t
+        let watched: Int32
+        do throws(SystemCallError) {
+            // The caller's thread waits until the child has exec'd: 0.16 ms alone, but up to a few
+            // milliseconds when many VMMs compete for the CPUs, and a cooperative thread that
+            // waits holds up every task behind it. So one spawn at a time runs here; the others,
+            // meanwhile, on NIO's thread pool (20 concurrent raw jailer launches ran at 0.6-0.7x
+            // their rate with every spawn on the cooperative threads: BENCHMARKS.md, session 12).
+            if inlineSpawn.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged {
+                defer { inlineSpawn.store(false, ordering: .releasing) }
+                (pid, watched) = try spawn()
+            } else {
+                (pid, watched) = try await onThreadPool(spawn)
+            }
         } catch {
             throw LaunchFailure(executable: executable.string, message: String(cString: strerror(error.errno)))
         }
@@ -63,6 +78,26 @@ package enum ProcessLauncher {
             return status
         }
         return Spawned(pid: pid, pidfd: pidfd, termination: termination)
+    }
+}
+
+extension ProcessLauncher {
+    /// Whether a spawn runs on a caller's thread now.
+    fileprivate static let inlineSpawn = Atomic<Bool>(false)
+
+    /// `body` on NIO's thread pool (a pool that is shut down is an ESHUTDOWN).
+    fileprivate static func onThreadPool<T: Sendable>(
+        _ body: @escaping @Sendable () throws(SystemCallError) -> T
+    ) async throws(SystemCallError) -> T {
+        let result: Result<T, SystemCallError>
+        do {
+            result = try await NIOThreadPool.singleton.runIfActive {
+                do throws(SystemCallError) { return .success(try body()) } catch { return .failure(error) }
+            }
+        } catch {
+            throw SystemCallError(call: "posix_spawn", subject: "NIO's thread pool", errno: ESHUTDOWN)
+        }
+        return try result.get()
     }
 }
 
