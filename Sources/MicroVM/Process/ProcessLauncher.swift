@@ -10,8 +10,9 @@ package import SystemPackage
 #endif
 
 /// Starts a process (Firecracker itself, the jailer that starts it, or a VM's monitor) with
-/// `posix_spawn` from the C target, on the calling thread, which waits only until the child has
-/// exec'd (0.1-0.2 ms here), and watches its exit through a pidfd.
+/// `posix_spawn` from the C target, which returns once the child has exec'd (0.1-0.2 ms here;
+/// on the calling thread unless another spawn is under way there, see below), and watches its
+/// exit through a pidfd.
 ///
 /// What the child gets is what swift-subprocess gives it: an empty signal mask and every
 /// signal's default action (an ignored SIGINT or SIGPIPE of this process would survive the
