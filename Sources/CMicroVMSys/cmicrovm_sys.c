@@ -359,7 +359,11 @@ int cmv_spawn(const char *path, char *const argv[], const char *cwd, int in, int
     if (result == 0) result = posix_spawn_file_actions_adddup2(&actions, out, 1);
     if (result == 0) result = posix_spawn_file_actions_adddup2(&actions, err, 2);
     if (result == 0 && cwd != NULL) result = posix_spawn_file_actions_addchdir_np(&actions, cwd);
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
     if (result == 0 && (flags & CMV_SPAWN_CLOSE_OTHERS)) result = posix_spawn_file_actions_addclosefrom_np(&actions, 3);
+#endif
+    /* (An older C library has no close-from action: the driver's own descriptors are all
+     * close-on-exec, and only a descriptor the embedding process left without it could leak.) */
     sigset_t empty, defaults;
     sigemptyset(&empty);
     sigfillset(&defaults);
