@@ -1,7 +1,6 @@
 import CMicroVMSys
 import Logging
 import MicroVMHost
-import NIOPosix
 import Synchronization
 package import SystemPackage
 
@@ -57,7 +56,9 @@ package enum ProcessLauncher {
                 defer { inlineSpawn.store(false, ordering: .releasing) }
                 (pid, watched) = try spawn()
             } else {
-                (pid, watched) = try await onThreadPool(spawn)
+                (pid, watched) = try await onThreadPool(spawn) { _ in
+                    SystemCallError(call: "posix_spawn", subject: "NIO's thread pool", errno: ESHUTDOWN)
+                }
             }
         } catch {
             throw LaunchFailure(executable: executable.string, message: String(cString: strerror(error.errno)))
@@ -85,21 +86,6 @@ package enum ProcessLauncher {
 extension ProcessLauncher {
     /// Whether a spawn runs on a caller's thread now.
     fileprivate static let inlineSpawn = Atomic<Bool>(false)
-
-    /// `body` on NIO's thread pool (a pool that is shut down is an ESHUTDOWN).
-    fileprivate static func onThreadPool<T: Sendable>(
-        _ body: @escaping @Sendable () throws(SystemCallError) -> T
-    ) async throws(SystemCallError) -> T {
-        let result: Result<T, SystemCallError>
-        do {
-            result = try await NIOThreadPool.singleton.runIfActive {
-                do throws(SystemCallError) { return .success(try body()) } catch { return .failure(error) }
-            }
-        } catch {
-            throw SystemCallError(call: "posix_spawn", subject: "NIO's thread pool", errno: ESHUTDOWN)
-        }
-        return try result.get()
-    }
 }
 
 /// Reaps this process's exited child behind `pidfd`. The pidfd turns readable a moment before
