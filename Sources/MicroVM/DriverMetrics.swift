@@ -98,7 +98,7 @@ struct DriverMetrics: Sendable {
 
 extension Duration {
     /// Whole nanoseconds, as swift-metrics' timers take them.
-    fileprivate var nanoseconds: Int64 {
+    var nanoseconds: Int64 {
         let (seconds, attoseconds) = components
         return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
     }
