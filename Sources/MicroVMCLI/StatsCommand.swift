@@ -180,6 +180,10 @@ struct StatsCommand: AsyncParsableCommand {
         // An unjailed VM has no cgroups: its Firecracker process's own figures.
         if record.cgroupDirectories.isEmpty, let pid = record.pid {
             figures.memoryBytes = ProcFS.statusNumber("VmRSS", of: pid).map { $0 * 1024 }
+        }
+        // Without a pids cgroup (an unjailed VM, or a jailed one given no pids limit, for which
+        // the jailer makes none): the VMM's threads, its cgroup's only tasks.
+        if figures.pids == nil, let pid = record.pid {
             figures.pids = ProcFS.statusNumber("Threads", of: pid)
         }
         // cgroup v1's cpu controller counts no usage, and the jailer makes no cpuacct cgroup

@@ -182,6 +182,8 @@ struct CLITests {
                 #expect((figures["memory_limit_bytes"] as? Int ?? 0) >= 64 << 20, "\(stats)")
                 // From the cgroup, or (cgroup v1 without a cpuacct cgroup, as here) the VMM's /proc entry.
                 #expect(figures["cpu_usage_ns"] is Int, "\(stats)")
+                // No pids limit, so no pids cgroup: the VMM's threads.
+                #expect((figures["pids"] as? Int ?? 0) >= 2 && figures["pids_limit"] == nil, "\(stats)")
 
                 let paused = try await CLI.run(["pause", id] + flags)
                 #expect(paused.status == 0, "\(paused)")
