@@ -22,7 +22,7 @@ struct InspectCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let listing = try VMs.listing(id, configuration: try global.driverConfiguration())
+        let listing = try await VMs.askedListing(id, configuration: try global.driverConfiguration())
         let summary = VMSummary(listing)
         if global.json {
             Output.line(JSON.string(Body(vm: summary, record: listing.record)))

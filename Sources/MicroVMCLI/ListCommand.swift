@@ -7,7 +7,11 @@ struct ListCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ls",
         abstract: "List the VMs under the state root, each judged against /proc now.",
-        discussion: "A VM whose Firecracker is gone shows as failed (or its recorded exit); `microvm gc` removes what it left.",
+        discussion: """
+            A VM whose Firecracker is gone shows as failed (or its recorded exit); `microvm gc` removes what it left. \
+            A live VM that no microvm process is attached to shows the state its Firecracker reports (GET /, 250 ms at most), \
+            so a pause made behind its record's back shows.
+            """,
         aliases: ["ps"]
     )
 
@@ -19,7 +23,7 @@ struct ListCommand: AsyncParsableCommand {
 
     func run() async throws {
         let configuration = try global.driverConfiguration()
-        let summaries = MicroVM.list(configuration: configuration).map(VMSummary.init)
+        let summaries = await MicroVM.list(configuration: configuration, asking: VMs.askTimeout).map(VMSummary.init)
         if global.json {
             Output.line(JSON.string(summaries))
             return

@@ -269,6 +269,15 @@ enum VMs {
         throw MicroVMError.notFound(id: id, stateRoot: configuration.stateStore.root.string)
     }
 
+    /// How long `ls` and `inspect` wait for a VM's Firecracker to say its state.
+    static let askTimeout = Duration.milliseconds(250)
+
+    /// The VM's listing with its state as its Firecracker reports it (when no microvm process is
+    /// attached to it), or `notFound`.
+    static func askedListing(_ id: String, configuration: DriverConfiguration) async throws -> VMListing {
+        await MicroVM.asking(try listing(id, configuration: configuration), timeout: askTimeout)
+    }
+
     /// Attaches to a live VM, with errors that say what to do from the shell.
     static func attach(_ id: String, configuration: DriverConfiguration, logger: Logger) async throws -> MicroVM {
         do {

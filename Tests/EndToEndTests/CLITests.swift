@@ -1,3 +1,4 @@
+import FirecrackerAPI
 import Foundation
 import MicroVM
 import MicroVMHost
@@ -266,6 +267,37 @@ struct CLITests {
                 let noJailer = try await CLI.run(["run", "-d", "--id", id] + CLI.vmFlags(configuration, assets) + ["--jailer", directory + "/no-jailer"])
                 #expect(noJailer.status == 3 && noJailer.stderr.contains("no-jailer") && noJailer.stderr.contains("hint:"), "\(noJailer)")
                 #expect(MicroVM.list(configuration: configuration).isEmpty)
+            }
+        }
+    }
+
+    @Test("ls and inspect show the state Firecracker reports: a pause and a resume sent to the API socket by hand, behind the record's back")
+    func stateAsFirecrackerReportsIt() async throws {
+        try await EndToEnd.withDriver(.required, name: "cli-asked") { configuration, assets, _ in
+            try await CLI.cleaningUp(configuration) {
+                let flags = CLI.driverFlags(configuration)
+                let id = "cli-asked-\(getpid())"
+                let started = try await CLI.run(["run", "-d", "--id", id] + CLI.vmFlags(configuration, assets))
+                #expect(started.status == 0, "\(started)")
+                let record = try #require(MicroVM.list(configuration: configuration).first { $0.id == id }?.record)
+                let client = FirecrackerClient(socketPath: record.connectableAPISocket)
+                func shown() async throws -> (ls: String?, inspect: String?) {
+                    let listed = try await CLI.run(["ls", "--json"] + flags)
+                    let vms = try #require(try listed.json() as? [[String: Any]], "\(listed)")
+                    let inspected = try await CLI.run(["inspect", id, "--json"] + flags)
+                    let body = try #require(try inspected.json() as? [String: Any], "\(inspected)")
+                    return (vms.first { $0["id"] as? String == id }?["state"] as? String, (body["vm"] as? [String: Any])?["state"] as? String)
+                }
+                try await client.pause()
+                #expect(MicroVM.list(configuration: configuration).first { $0.id == id }?.record?.state == .running, "the record is behind")
+                var states = try await shown()
+                #expect(states.ls == "paused" && states.inspect == "paused", "\(states)")
+                try await client.resume()
+                states = try await shown()
+                #expect(states.ls == "running" && states.inspect == "running", "\(states)")
+                await client.close()
+                let removed = try await CLI.run(["rm", "-f", id] + flags)
+                #expect(removed.status == 0, "\(removed)")
             }
         }
     }

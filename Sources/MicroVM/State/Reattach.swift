@@ -24,11 +24,15 @@ public struct VMListing: Sendable {
     /// For a VM without a record yet: whether a live driver is creating it, or the one that was
     /// died first (`gc` removes what it left).
     public var creation: CreationProgress? = nil
+    /// What Firecracker answered when asked (``MicroVM/asking(_:timeout:)``): created,
+    /// running or paused; nil when it was not asked or did not answer.
+    public var reportedState: VMState? = nil
 
-    /// The state to show: the record's while its process lives, else how it must have ended.
+    /// The state to show: Firecracker's answer or the record's while its process lives, else how
+    /// it must have ended.
     public var state: VMState? {
         guard let record else { return nil }
-        if process.isAlive { return record.state }
+        if process.isAlive { return reportedState ?? record.state }
         if let reason = record.state.exitReason { return .ended(reason) }
         if let monitorReason { return .ended(monitorReason) }
         let evidence: [String]
@@ -69,6 +73,41 @@ extension MicroVM {
                     id: id, record: nil, problem: error, process: .neverStarted, supervised: creation == .inProgress, creation: creation)
             }
         }
+    }
+
+    /// ``list(configuration:)``, with every live VM that no live driver supervises asked for its
+    /// state, all at once (``asking(_:timeout:)``).
+    public static func list(configuration: DriverConfiguration, asking timeout: Duration) async -> [VMListing] {
+        await withTaskGroup(of: (Int, VMListing).self) { group in
+            let listings = list(configuration: configuration)
+            for (index, listing) in listings.enumerated() {
+                group.addTask { (index, await asking(listing, timeout: timeout)) }
+            }
+            var answered = listings
+            for await (index, listing) in group { answered[index] = listing }
+            return answered
+        }
+    }
+
+    /// `listing` with its Firecracker's answer to `GET /` (within `timeout`) as its state, when
+    /// it lives and no live driver supervises it (whose record is current): a pause or a resume
+    /// made behind the record's back (a `microvm` command killed before it recorded it, a
+    /// request sent to the API socket by hand) shows as Firecracker has it. A VM that does not
+    /// answer in time (its API busy with a snapshot, say) keeps its record's state. Reads
+    /// only; attaches to nothing.
+    public static func asking(_ listing: VMListing, timeout: Duration) async -> VMListing {
+        guard listing.process.isAlive, !listing.supervised, let record = listing.record, record.state.isLive else { return listing }
+        let client = FirecrackerClient(socketPath: record.connectableAPISocket)
+        let info = try? await client.describeInstance(timeout: timeout)
+        await client.close()
+        var answered = listing
+        switch info?.state {
+        case .notStarted?: answered.reportedState = .created
+        case .running?: answered.reportedState = .running
+        case .paused?: answered.reportedState = .paused
+        case nil: break
+        }
+        return answered
     }
 
     /// A dead VM's monitor that was re-parented to this process (its child subreaper) stays a
