@@ -271,7 +271,7 @@ struct CLITests {
         }
     }
 
-    @Test("ls and inspect show the state Firecracker reports: a pause and a resume sent to the API socket by hand, behind the record's back")
+    @Test("ls --live and inspect show the state Firecracker reports: a pause and a resume sent to the API socket by hand, behind the record's back")
     func stateAsFirecrackerReportsIt() async throws {
         try await EndToEnd.withDriver(.required, name: "cli-asked") { configuration, assets, _ in
             try await CLI.cleaningUp(configuration) {
@@ -282,7 +282,7 @@ struct CLITests {
                 let record = try #require(MicroVM.list(configuration: configuration).first { $0.id == id }?.record)
                 let client = FirecrackerClient(socketPath: record.connectableAPISocket)
                 func shown() async throws -> (ls: String?, inspect: String?) {
-                    let listed = try await CLI.run(["ls", "--json"] + flags)
+                    let listed = try await CLI.run(["ls", "--live", "--json"] + flags)
                     let vms = try #require(try listed.json() as? [[String: Any]], "\(listed)")
                     let inspected = try await CLI.run(["inspect", id, "--json"] + flags)
                     let body = try #require(try inspected.json() as? [String: Any], "\(inspected)")
@@ -290,6 +290,9 @@ struct CLITests {
                 }
                 try await client.pause()
                 #expect(MicroVM.list(configuration: configuration).first { $0.id == id }?.record?.state == .running, "the record is behind")
+                let plain = try await CLI.run(["ls", "--json"] + flags)
+                let plainState = (try plain.json() as? [[String: Any]])?.first { $0["id"] as? String == id }?["state"] as? String
+                #expect(plainState == "running", "plain ls reads the record: \(plain)")
                 var states = try await shown()
                 #expect(states.ls == "paused" && states.inspect == "paused", "\(states)")
                 try await client.resume()
