@@ -139,6 +139,34 @@ struct MicroVMLifecycleTests {
                 }
             }
 
+            // Staging, after validation: a writable drive copied onto a full filesystem (a 1 MiB
+            // tmpfs as the chroot base). The step and the system's words are named; the VM's
+            // directory and record are removed and no Firecracker runs.
+            if policy == .disabled {
+                let small = directory + "/small-base"
+                try FileManager.default.createDirectory(atPath: small, withIntermediateDirectories: true)
+                try #require(mount("tmpfs", small, "tmpfs", 0, "size=1m") == 0, "mount tmpfs: errno \(errno)")
+                defer {
+                    umount2(small, Int32(MNT_DETACH))
+                    rmdir(small)
+                }
+                var full = configuration
+                full.jailer.chrootBase = FilePath(small)
+                // Written out in full: a sparse image's copy would fit.
+                let image = directory + "/large.img"
+                _ = FileManager.default.createFile(atPath: image, contents: Data(repeating: 0xA5, count: 2 << 20))
+                var large = EndToEnd.spec(assets, id: id)
+                large.drives = [DriveSpec(id: "data", path: image, readOnly: false)]
+                await #expect {
+                    try await MicroVM.run(large, configuration: full, logger: EndToEnd.logger)
+                } throws: { error in
+                    guard case .createFailed(_, let step, let cause, _) = error as? MicroVMError else { return false }
+                    return step == "staging files" && "\(cause)".contains("No space left on device")
+                }
+                let left = (try? FileManager.default.subpathsOfDirectory(atPath: small))?.filter { $0.split(separator: "/").count >= 2 } ?? []
+                #expect(left.isEmpty, "VM directories left behind: \(left)")
+            }
+
             // A TAP that does not exist, which a jailed VMM (the jail's user) cannot make: named
             // before anything runs, rather than Firecracker's "Open tap device failed".
             if policy == .required {
