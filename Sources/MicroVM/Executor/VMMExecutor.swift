@@ -184,8 +184,7 @@ struct MonitoredLaunchFailure: Error, Sendable, CustomStringConvertible {
 }
 
 /// Runs blocking host work (file copies of whole drive images, `jailer --version`) on the
-/// driver's thread pool (``DriverThreadPool``): never on Swift's cooperative threads, which
-/// every VM's supervision shares.
+/// driver's thread pool (``DriverThreadPool``): never on Swift's cooperative threads, which every VM's supervision shares.
 func onThreadPool<T: Sendable>(_ body: @escaping @Sendable () throws(JailError) -> T) async throws(JailError) -> T {
     try await onThreadPool(body) { error in JailError.cancelled("host work on the thread pool: \(error)") }
 }

@@ -53,10 +53,10 @@ struct WaitTimer: Sendable {
 /// unlinks, the jailer's preflight): `SCHED_BATCH` threads, like ``BatchEventLoops``, of the
 /// driver's own rather than NIO's shared pool, whose threads belong to the whole process.
 ///
-/// A launch writes its VM's record while the guest boots. On a small host Firecracker's main
-/// thread and vCPU each wait 0.4-0.6 ms for a CPU per launch while the driver's threads run,
-/// against about 0.1 ms for raw Firecracker (BENCHMARKS.md, session 13), and a normal thread
-/// woken meanwhile preempts them; a batch thread runs the write when a CPU is free.
+/// A launch writes its VM's record while the guest boots. On NIO's shared pool that write woke
+/// a thread that preempted Firecracker's (BENCHMARKS.md, session 13: Firecracker's main thread
+/// and vCPU each waited about 0.5 ms for a CPU per launch, against 0.1 ms for raw
+/// Firecracker). A batch thread runs the write when a CPU is free instead.
 enum DriverThreadPool {
     /// One thread per CPU, at least two: a long copy (a writable drive image) leaves a thread
     /// for a record's write.
