@@ -140,13 +140,8 @@ int cmv_is_dumpable(void) {
 }
 
 int cmv_sched_batch(void) {
-    /* Once per thread: the driver's pool asks before every work item. */
-    static __thread int done;
-    if (done) return 0;
     struct sched_param param = {.sched_priority = 0};
-    int result = sched_setscheduler(0, SCHED_BATCH, &param);
-    done = 1;
-    return result;
+    return sched_setscheduler(0, SCHED_BATCH, &param);
 }
 
 int cmv_ofd_read_lock(int fd) {

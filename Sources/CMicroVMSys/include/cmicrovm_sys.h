@@ -51,8 +51,8 @@ int cmv_memfd_cloexec(const char *name);
 /* prctl(PR_GET_DUMPABLE): 1 when this process's /proc entries belong to its user. */
 int cmv_is_dumpable(void);
 
-/* sched_setscheduler(SCHED_BATCH) for the calling thread, once (later calls return 0 at
- * once): it no longer preempts a running thread when it wakes. Returns 0. */
+/* sched_setscheduler(SCHED_BATCH) for the calling thread: it no longer preempts a running
+ * thread when it wakes. Returns 0. */
 int cmv_sched_batch(void);
 
 /* fsetxattr(2) of `name` (a "user." attribute) on fd. Returns 0. */

@@ -44,13 +44,13 @@ extension MicroVM {
         executor.hostPath(path)
     }
 
-    /// Runs blocking file work on the driver's thread pool: copies and link/rename/unlink calls
-    /// must not stall the cooperative pool that every VM's supervision shares.
+    /// Runs blocking file work on NIO's thread pool: copies and link/rename/unlink calls must not
+    /// stall the cooperative pool that every VM's supervision shares.
     static func deviceOffPool<T: Sendable>(
         id: String, _ body: @escaping @Sendable () throws(MicroVMError) -> T
     ) async throws(MicroVMError) -> T {
         do {
-            return try await DriverThreadPool.run {
+            return try await NIOThreadPool.singleton.runIfActive {
                 do throws(MicroVMError) { return try body() } catch { throw error }
             }
         } catch let error as MicroVMError {

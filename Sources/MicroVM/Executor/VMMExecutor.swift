@@ -183,20 +183,20 @@ struct MonitoredLaunchFailure: Error, Sendable, CustomStringConvertible {
     }
 }
 
-/// Runs blocking host work (file copies of whole drive images, `jailer --version`) on the
-/// driver's thread pool (``DriverThreadPool``): never on Swift's cooperative threads, which every VM's supervision shares.
+/// Runs blocking host work (file copies of whole drive images, `jailer --version`) on NIO's
+/// thread pool: never on Swift's cooperative threads, which every VM's supervision shares.
 func onThreadPool<T: Sendable>(_ body: @escaping @Sendable () throws(JailError) -> T) async throws(JailError) -> T {
     try await onThreadPool(body) { error in JailError.cancelled("host work on the thread pool: \(error)") }
 }
 
-/// `body` on the driver's thread pool, its typed error kept; `unavailable` makes the error for a pool
+/// `body` on NIO's thread pool, its typed error kept; `unavailable` makes the error for a pool
 /// that no longer runs work (it was shut down).
 func onThreadPool<T: Sendable, Failure: Error>(
     _ body: @escaping @Sendable () throws(Failure) -> T, unavailable: (any Error) -> Failure
 ) async throws(Failure) -> T {
     let result: Result<T, Failure>
     do {
-        result = try await DriverThreadPool.run {
+        result = try await NIOThreadPool.singleton.runIfActive {
             do throws(Failure) { return .success(try body()) } catch { return .failure(error) }
         }
     } catch {

@@ -48,29 +48,3 @@ struct WaitTimer: Sendable {
         scheduled.cancel()
     }
 }
-
-/// The driver's thread pool for blocking host work (a VM's record, drive copies, links and
-/// unlinks, the jailer's preflight): `SCHED_BATCH` threads, like ``BatchEventLoops``, of the
-/// driver's own rather than NIO's shared pool, whose threads belong to the whole process.
-///
-/// A launch writes its VM's record while the guest boots. On NIO's shared pool that write woke
-/// a thread that preempted Firecracker's (BENCHMARKS.md, session 13: Firecracker's main thread
-/// and vCPU each waited about 0.5 ms for a CPU per launch, against 0.1 ms for raw
-/// Firecracker). A batch thread runs the write when a CPU is free instead.
-enum DriverThreadPool {
-    /// One thread per CPU, at least two: a long copy (a writable drive image) leaves a thread
-    /// for a record's write.
-    static let shared: NIOThreadPool = {
-        let pool = NIOThreadPool(numberOfThreads: max(2, System.coreCount))
-        pool.start()
-        return pool
-    }()
-
-    /// `body` on the pool, on a batch thread (best effort: where it is refused, as it is).
-    static func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await shared.runIfActive {
-            _ = cmv_sched_batch()
-            return try body()
-        }
-    }
-}
