@@ -541,7 +541,7 @@ public actor MicroVM {
         let jailerConfiguration = configuration.jailerConfiguration(for: spec)
         do {
             id = try VMIdentifier(spec.id)
-            jail = try Jail(
+            let jailed = try Jail(
                 configuration: jailerConfiguration, id: id, cgroupHost: try HostFacts.cgroupHost.get(), topology: HostFacts.topology)
             let policy = spec.sandbox ?? configuration.policy
             if let cached = PreflightCache.cached(policy: policy, configuration: jailerConfiguration, limits: limits) {
@@ -554,6 +554,8 @@ public actor MicroVM {
                     try PreflightCache.decide(policy: policy, configuration: jailerConfiguration, limits: limits, logger: preflightLogger)
                 }
             }
+            // An unjailed VMM gets a directory of its own, with no jail root inside.
+            jail = decision.isSandboxed ? jailed : jailed.with(layoutKind: .directory)
         } catch {
             throw .sandbox(id: spec.id, error)
         }

@@ -112,9 +112,10 @@ enum Progress {
     static func vmDirectory(id: String, configuration: DriverConfiguration) -> @Sendable () -> String? {
         let store = configuration.stateStore
         let jail = (try? VMIdentifier(id)).map {
-            JailLayout(chrootBase: configuration.jailer.canonicalChrootBase, execFileName: configuration.jailer.execFileName, id: $0).rootDirectory.string
+            JailLayout(chrootBase: configuration.jailer.canonicalChrootBase, execFileName: configuration.jailer.execFileName, id: $0)
         }
-        return { (try? store.read(id: id))?.directory ?? jail }
+        // Jailed or not is decided by the create: what is on disk says which it was.
+        return { (try? store.read(id: id))?.directory ?? jail?.matchingDisk().rootDirectory.string }
     }
 
     /// A create's writable drive copies (per-VM copies of their images), each against its

@@ -57,6 +57,9 @@ struct SandboxPolicyTests {
             let vm = try await MicroVM.run(EndToEnd.spec(assets, id: "policy-off-\(getpid())"), configuration: configuration, logger: EndToEnd.logger)
             try await EndToEnd.using(vm) { vm in
                 #expect(!vm.isSandboxed && vm.directory.string.hasPrefix(base + "/"))
+                // No chroot, so no jail root inside: the VM's directory is its working directory.
+                #expect(vm.directory.string == base + "/firecracker/policy-off-\(getpid())", "\(vm.directory)")
+                #expect(try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(vm.pid)/cwd") == vm.directory.string)
                 _ = try await vm.console.waitForLine(containing: "microvm-guest: heartbeat 1", timeout: .seconds(10))
                 #expect(await vm.stop().kind == .guestShutdown)
             }

@@ -209,6 +209,29 @@ struct JailLayoutTests {
         #expect(layout.apiSocketHostPath == "/srv/jailer/firecracker-v1.12.1/vm-1/root/run/firecracker.socket")
     }
 
+    @Test("an unjailed VM's directory has no root/ inside")
+    func unjailedDirectory() throws {
+        let directory = layout.with(kind: .directory)
+        #expect(directory.jailDirectory == layout.jailDirectory)
+        #expect(directory.rootDirectory == "/srv/jailer/firecracker-v1.12.1/vm-1")
+        #expect(try directory.hostPath(forJailPath: "/drives/rootfs") == "/srv/jailer/firecracker-v1.12.1/vm-1/drives/rootfs")
+        #expect(try directory.jailPath(forHostPath: "/srv/jailer/firecracker-v1.12.1/vm-1/kernel") == "/kernel")
+        #expect(directory != layout)
+    }
+
+    @Test("what is on disk says whether a VM's directory is a jail")
+    func kindOnDisk() throws {
+        let base = FilePath(NSTemporaryDirectory()).appending("layout-kind-\(getpid())")
+        defer { _ = try? FileManager.default.removeItem(atPath: base.string) }
+        let layout = JailLayout(chrootBase: base, execFileName: "firecracker", id: try VMIdentifier("vm-1"))
+        #expect(layout.matchingDisk() == layout)  // nothing there: as given
+        try FileManager.default.createDirectory(atPath: layout.jailDirectory.string, withIntermediateDirectories: true)
+        #expect(layout.matchingDisk().kind == .directory)
+        #expect(layout.with(kind: .directory).matchingDisk().rootDirectory == layout.jailDirectory)
+        try FileManager.default.createDirectory(atPath: layout.jailDirectory.appending("root").string, withIntermediateDirectories: true)
+        #expect(layout.with(kind: .directory).matchingDisk().kind == .jail)
+    }
+
     @Test("in-jail and host paths translate both ways")
     func translation() throws {
         #expect(try layout.hostPath(forJailPath: "/images/rootfs.ext4") == "/srv/jailer/firecracker-v1.12.1/vm-1/root/images/rootfs.ext4")

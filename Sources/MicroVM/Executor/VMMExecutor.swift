@@ -12,9 +12,10 @@ import SystemPackage
 
 /// How a VMM is started and what it sees: the seam between the VM handle and the sandbox.
 ///
-/// Both executors use the same directory for the VM (`<chroot base>/<exec name>/<id>/root`) and
-/// the same paths inside it (the API socket aside); they differ in how Firecracker is started
-/// and how it names those paths. The sandbox policy picks one; nothing else in the driver asks
+/// Both executors use a directory under the chroot base for the VM (a jail's root,
+/// `<chroot base>/<exec name>/<id>/root`, or an unjailed VM's `<chroot base>/<exec name>/<id>`)
+/// and the same paths inside it (the API socket aside); they differ in how Firecracker is
+/// started and how it names those paths. The sandbox policy picks one; nothing else in the driver asks
 /// whether a VM is jailed.
 protocol VMMExecutor: Sendable {
     var isSandboxed: Bool { get }

@@ -72,10 +72,15 @@ public struct VMRecord: Codable, Sendable, Hashable {
         spec.logging?.metrics == true ? directory + VMFiles.metrics.string : nil
     }
 
-    /// The jail layout the record describes.
+    /// The jail layout the record describes (an unjailed VM's directory has no `root/`).
     var layout: JailLayout? {
         guard let id = try? VMIdentifier(id) else { return nil }
-        return JailLayout(chrootBase: .init(chrootBase), execFileName: execFileName, id: id)
+        return JailLayout(chrootBase: .init(chrootBase), execFileName: execFileName, id: id, kind: layoutKind)
+    }
+
+    /// What the record's directory is: a jail root, or an unjailed VM's own directory.
+    var layoutKind: JailLayout.Kind {
+        !sandboxed && directory == jailDirectory ? .directory : .jail
     }
 
     /// Whether the driver that wrote it is still running.

@@ -12,18 +12,33 @@ public struct Jail: Sendable {
     public let topology: HostTopology
 
     /// Validates the configuration and the id's use on this host; touches nothing on disk.
+    /// `layoutKind` is ``JailLayout/Kind/directory`` for a VMM started without the jailer.
     public init(
         configuration: JailerConfiguration, id: VMIdentifier, cgroupHost: CgroupHost? = nil,
-        topology: HostTopology? = nil
+        topology: HostTopology? = nil, layoutKind: JailLayout.Kind = .jail
     ) throws(JailError) {
         try configuration.validate()
         let host: CgroupHost
         if let cgroupHost { host = cgroupHost } else { host = try CgroupHost.detect() }
         self.configuration = configuration
-        self.layout = configuration.layout(for: id)
+        self.layout = configuration.layout(for: id, kind: layoutKind)
         self.cgroupHost = host
         self.cgroupVersion = try configuration.effectiveCgroupVersion(on: host)
         self.topology = topology ?? HostTopology.detect()
+    }
+
+    private init(copying jail: Jail, layout: JailLayout) {
+        self.configuration = jail.configuration
+        self.layout = layout
+        self.cgroupHost = jail.cgroupHost
+        self.cgroupVersion = jail.cgroupVersion
+        self.topology = jail.topology
+    }
+
+    /// The same VM with its directory laid out as `kind` (``JailLayout/Kind/directory`` for a
+    /// VMM started without the jailer).
+    public func with(layoutKind kind: JailLayout.Kind) -> Jail {
+        Jail(copying: self, layout: layout.with(kind: kind))
     }
 
     public var id: VMIdentifier { layout.id }

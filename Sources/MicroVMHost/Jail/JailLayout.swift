@@ -1,5 +1,11 @@
 public import SystemPackage
 
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#endif
+
 /// Where the jailer puts one VM's jail, and how paths inside the jail map to the host. Firecracker
 /// sees only the jail's `root/` as `/`, so every path it is given (kernel, drives, sockets, log)
 /// must be the in-jail path, while the host reaches the same file under `root/`.
@@ -10,23 +16,48 @@ public struct JailLayout: Sendable, Hashable {
     /// which the driver connects with, refuses more than 103: the stricter limit applies.
     public static let maximumSocketPathLength = 103
 
+    /// What is under `<base>/<exec file name>/<id>`.
+    public enum Kind: Sendable, Hashable {
+        /// A jail: `root/` inside it is the VMM's `/` (what the jailer makes and chroots into).
+        case jail
+        /// An unjailed VMM's directory, its working directory itself: with no chroot there is
+        /// no `root/` to make. Each directory a launch makes costs 60-90 µs on an ext4 without
+        /// a journal once VMs have been torn down in the last minutes, and its removal again.
+        case directory
+    }
+
     public let chrootBase: FilePath
     /// The Firecracker binary's file name (never assumed to be "firecracker").
     public let execFileName: String
     public let id: VMIdentifier
+    public let kind: Kind
 
-    public init(chrootBase: FilePath, execFileName: String, id: VMIdentifier) {
+    public init(chrootBase: FilePath, execFileName: String, id: VMIdentifier, kind: Kind = .jail) {
         self.chrootBase = chrootBase
         self.execFileName = execFileName
         self.id = id
+        self.kind = kind
+    }
+
+    /// This layout with `kind`.
+    public func with(kind: Kind) -> JailLayout {
+        JailLayout(chrootBase: chrootBase, execFileName: execFileName, id: id, kind: kind)
+    }
+
+    /// The layout of what is on disk for this id: a VM directory without `root/` is an unjailed
+    /// VM's. For a VM whose kind nothing recorded (a creation its driver did not finish).
+    public func matchingDisk() -> JailLayout {
+        var status = stat()
+        guard lstat(jailDirectory.string, &status) == 0 else { return self }
+        return with(kind: lstat(jailDirectory.appending("root").string, &status) == 0 ? .jail : .directory)
     }
 
     /// `<base>/<exec file name>`: shared by every VM of this binary.
     public var execDirectory: FilePath { chrootBase.appending(execFileName) }
     /// `<base>/<exec file name>/<id>`: what teardown removes.
     public var jailDirectory: FilePath { execDirectory.appending(id.rawValue) }
-    /// `<jail>/root`: the VMM's `/`.
-    public var rootDirectory: FilePath { jailDirectory.appending("root") }
+    /// `<jail>/root`: the VMM's `/`; for an unjailed VMM its directory (``Kind/directory``).
+    public var rootDirectory: FilePath { kind == .jail ? jailDirectory.appending("root") : jailDirectory }
     /// Written by the jailer: the VMM's pid (in the caller's pid namespace).
     public var pidFile: FilePath { rootDirectory.appending(execFileName + ".pid") }
     /// The jailer's copy of the Firecracker binary.

@@ -217,8 +217,8 @@ public struct JailStager: Sendable {
         }
     }
 
-    /// Creates `<base>/<exec>/<id>/root` as needed (the base itself must exist, as for the
-    /// jailer) and opens it.
+    /// Creates `<base>/<exec>/<id>/root` (an unjailed VM's: `<base>/<exec>/<id>`) as needed
+    /// (the base itself must exist, as for the jailer) and opens it.
     func openRoot() throws(JailError) -> Int32 {
         let id = layout.id.rawValue
         let base: Int32
@@ -235,6 +235,13 @@ public struct JailStager: Sendable {
         while true {
             attempt += 1
             do {
+                if layout.kind == .directory {
+                    let exec = try JailFileSystem.openOrCreateDirectories(
+                        at: base, [layout.execFileName], display: layout.chrootBase.string, mode: 0o755, owner: nil)
+                    defer { close(exec) }
+                    return try JailFileSystem.openOrCreateDirectories(
+                        at: exec, [id], display: layout.execDirectory.string, mode: 0o700, owner: nil)
+                }
                 let jail = try JailFileSystem.openOrCreateDirectories(
                     at: base, [layout.execFileName, id], display: layout.chrootBase.string, mode: 0o755, owner: nil)
                 defer { close(jail) }

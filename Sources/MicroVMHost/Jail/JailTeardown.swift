@@ -141,9 +141,12 @@ public enum JailTeardown {
 
     /// Whether the jail of `layout` exists and is in use. A pid from the pid file counts only if
     /// that process really is the jail's (pid reuse); processes rooted in the jail count too.
+    /// The directory is judged by what is in it (``JailLayout/matchingDisk()``): a jail's
+    /// process is looked for in a jail, whatever kind of VM is about to use the id.
     public static func occupancy(of layout: JailLayout) -> JailOccupancy {
         var status = stat()
         if lstat(layout.jailDirectory.string, &status) != 0, errno == ENOENT { return .absent }
+        let layout = layout.matchingDisk()
         let filePID = (try? JailedVMM.readPIDFile(layout: layout)) ?? nil
         if let filePID, JailedVMM.identify(pid: filePID, layout: layout) == .jailed { return .live(pid: filePID) }
         if let jailed = JailedVMM.processesInJail(layout: layout).first { return .live(pid: jailed) }
