@@ -1,6 +1,6 @@
 public import FirecrackerAPI
 import Foundation
-package import Synchronization
+import Synchronization
 public import Logging
 public import MicroVMHost
 public import SystemPackage
@@ -372,7 +372,7 @@ public actor MicroVM {
             }.value
             (process, command) = try launched.get()
 
-            // 7. The VM's handle, its API client and streams.
+            // 7. The API, raced against an early exit (then Firecracker's own words explain it).
             step = "waiting for Firecracker's API"
             let client = FirecrackerClient(
                 socketPath: SocketPath.connectable(
@@ -403,26 +403,6 @@ public actor MicroVM {
                 }
                 throw MicroVMError.file(id: spec.id, error)
             }
-            // 8. The record, written on the thread pool while Firecracker builds the VM (or starts
-            //    its API): everything it holds is known once the VMM runs. Written after the
-            //    readiness instead, it ran while the guest booted, on the CPUs the guest's vCPU
-            //    and console need: the banner came 0.3-0.6 ms later (same-run A/B, BENCHMARKS.md,
-            //    session 14). A launch that fails from here on removes it again (`undoLaunch`
-            //    waits for the write first); create still returns only once it is written.
-            recording = Task { () -> MicroVMError? in
-                do throws(MicroVMError) {
-                    if LaunchTestHooks.holdFirstRecord.load(ordering: .relaxed) {
-                        while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
-                    }
-                    try await vm.record()
-                    return nil
-                } catch {
-                    return error
-                }
-            }
-
-            // 9. Readiness: the API, raced against an early exit (then Firecracker's own words
-            //    explain it).
             step = "waiting for Firecracker's API"
             var bootsFromConfigFile = false
             if case .bootFromConfigFile = mode { bootsFromConfigFile = true }
@@ -430,7 +410,21 @@ public actor MicroVM {
                 client: client, process: process!, log: firecrackerLevel.swiftLogLevel <= .info ? streams!.log : nil,
                 guestStarts: bootsFromConfigFile, timeout: configuration.readinessTimeout, id: spec.id)
 
-            // 10. Configure (or load the snapshot).
+            // 8. The record, written once Firecracker is ready, while it is configured (or the
+            //    guest boots), not while it builds the VM: on a small host that build is fast
+            //    only while Firecracker's threads have the CPUs to themselves, and a record
+            //    written meanwhile made the slow build far more frequent (BENCHMARKS.md).
+            //    create still returns only once the record is written.
+            recording = Task { () -> MicroVMError? in
+                do throws(MicroVMError) {
+                    try await vm.record()
+                    return nil
+                } catch {
+                    return error
+                }
+            }
+
+            // 9. Configure (or load the snapshot).
             try Task.checkCancellation()
             switch mode {
             case .bootFromConfigFile:
@@ -1207,11 +1201,4 @@ enum LiveDirectories {
     static func release(_ directory: String) {
         _ = claimed.withLock { $0.remove(directory) }
     }
-}
-
-/// For the package's crash tests: when set, a launch holds its first record back until it is
-/// cancelled, so that a test can kill the driver while Firecracker runs and no record is written
-/// yet (in production that window lasts about half a millisecond after the spawn).
-package enum LaunchTestHooks {
-    package static let holdFirstRecord = Atomic<Bool>(false)
 }

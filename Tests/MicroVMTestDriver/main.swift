@@ -37,9 +37,6 @@ struct TestDriver {
         var spec = VMSpec(
             id: option("id"), machine: .init(vcpus: 1, memoryMiB: Int(options["memory"] ?? "64") ?? 64),
             boot: .init(kernel: option("kernel"), args: ["console=ttyS0", "microvm.heartbeat_ms=\(options["heartbeat-ms"] ?? "100")"]))
-        // `--hold-first-record yes`: the launch never writes its first record (the test kills
-        // this process while Firecracker runs unrecorded).
-        if options["hold-first-record"] == "yes" { LaunchTestHooks.holdFirstRecord.store(true, ordering: .relaxed) }
         // `--spec-chroot-base`: the VM's own chroot base, overriding the driver's.
         if let base = options["spec-chroot-base"] { spec.jail = .init(chrootBase: base) }
         do {
