@@ -71,7 +71,7 @@ struct LaunchBenchmark: AsyncParsableCommand {
         ]
         var phases = [
             LaunchPhases(name: "library unjailed"), LaunchPhases(name: "raw firecracker --api-sock"),
-            LaunchPhases(name: "raw jailer"), LaunchPhases(name: "library jailed"),
+            LaunchPhases(name: "raw jailer"), LaunchPhases(name: "library jailed"), LaunchPhases(name: "raw firecracker --no-api"),
         ]
 
         // The series run in a new random order each round. A fixed or rotating order gives each
@@ -124,11 +124,13 @@ struct LaunchBenchmark: AsyncParsableCommand {
                     // Raw: exec firecracker with a config file, read stdout until the banner.
                     let log = directory + "/raw.log"
                     _ = FileManager.default.createFile(atPath: log, contents: nil)
+                    let wallStart = Date()
                     let launch = try await RawLaunch.untilBanner(
                         executable: firecracker, arguments: ["--no-api", "--config-file", configPath, "--log-path", log],
                         banner: Self.banner)
                     rawUnjailed.append(launch.elapsed)
                     waits[0].record(pid: launch.pid)
+                    phases[4].append(start: wallStart, banner: launch.elapsed, log: (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
                     kill(launch.pid, SIGKILL)
                     await launch.termination.value
                 case 1:
