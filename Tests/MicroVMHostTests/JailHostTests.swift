@@ -237,6 +237,35 @@ struct JailHostTests {
         #expect(JailedVMM(pid: getpid(), layout: layout).isAlive)
     }
 
+    @Test("an unjailed VM's directory is torn down without cgroups; a stale jail in its place still loses its cgroups")
+    func unjailedTeardown() async throws {
+        try HostPrerequisite.require(HostPrerequisite.isRoot, "root")
+        let scratch = ScratchDirectory("unjailed")
+        defer { scratch.remove() }
+        let base = scratch.file("base")
+        mkdir(base, 0o755)
+        let jail = try layout(base: base)
+        let unjailed = jail.with(kind: .directory)
+        // A cgroup directory of the id (plain directories standing in for a v1 hierarchy).
+        let hierarchy = scratch.file("cgroup-pids")
+        let cgroup = hierarchy + "/parent/" + jail.id.rawValue
+        _ = try HostCommand.run("/bin/mkdir", ["-p", cgroup])
+        let host = CgroupHost(v1Mounts: [CgroupMount(directory: hierarchy, version: .v1, controllers: ["pids"])], v2Mount: nil, defaultVersion: .v1)
+
+        _ = try HostCommand.run("/bin/mkdir", ["-p", unjailed.rootDirectory.string + "/drives"])
+        try writeFile(unjailed.rootDirectory.string + "/kernel", "k")
+        let report = await JailTeardown.run(layout: unjailed, parentCgroup: "parent", cgroupHost: host, logger: testLogger)
+        #expect(report.isComplete && report.removedJailDirectory && report.removedCgroups.isEmpty, "\(report)")
+        #expect(!exists(unjailed.jailDirectory.string) && !exists(base + "/firecracker"))
+        #expect(exists(cgroup), "no jailer made it: not the unjailed VM's to remove")
+
+        // A stale jail where an unjailed VM is about to start is judged as a jail.
+        _ = try HostCommand.run("/bin/mkdir", ["-p", jail.rootDirectory.string])
+        try await JailTeardown.prepareForLaunch(layout: unjailed, parentCgroup: "parent", cgroupHost: host, logger: testLogger)
+        #expect(!exists(jail.jailDirectory.string))
+        #expect(!exists(cgroup), "the stale jail's cgroup is removed")
+    }
+
     @Test("a jail used by a live process is refused, then teardown stops and reaps it")
     func liveJail() async throws {
         try HostPrerequisite.require(HostPrerequisite.isRoot, "root")

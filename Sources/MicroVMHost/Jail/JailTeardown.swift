@@ -79,6 +79,9 @@ public enum JailTeardown {
     ) async -> TeardownReport {
         var report = TeardownReport(id: layout.id)
         let id = layout.id.rawValue
+        // What is on disk decides: a stale jail found where an unjailed VM is about to start
+        // still has its jail's processes and cgroups removed.
+        let layout = layout.matchingDisk()
 
         // 1. Stop every process of the jail.
         var pids: [Int32] = []
@@ -109,8 +112,11 @@ public enum JailTeardown {
             report.failures.append(error)
         }
 
-        // 3. Remove the VM's cgroups in every hierarchy.
-        if let problem = JailerConfiguration.parentCgroupProblem(parentCgroup) {
+        // 3. Remove the VM's cgroups in every hierarchy. An unjailed VM has none: no jailer made
+        //    any (ten `rmdir`s that fail with ENOENT on a cgroup v1 host).
+        if layout.kind == .directory {
+            // Nothing to remove.
+        } else if let problem = JailerConfiguration.parentCgroupProblem(parentCgroup) {
             report.failures.append(
                 .invalidSetting(
                     name: "parent cgroup", value: parentCgroup, reason: problem,
