@@ -20,6 +20,15 @@ struct JailHostTests {
 
     func emptyHost() -> CgroupHost { CgroupHost(v1Mounts: [], v2Mount: nil, defaultVersion: .v1) }
 
+    /// A scratch directory (root only) with an empty chroot base `base` in it.
+    func scratchWithBase(_ name: String) throws -> (scratch: ScratchDirectory, base: String) {
+        try HostPrerequisite.require(HostPrerequisite.isRoot, "root")
+        let scratch = ScratchDirectory(name)
+        let base = scratch.file("base")
+        mkdir(base, 0o755)
+        return (scratch, base)
+    }
+
     @Test("same filesystem: read-only images are hard linked and never re-owned; writable drives are per-VM copies")
     func sameFilesystem() async throws {
         try HostPrerequisite.require(HostPrerequisite.isRoot, "root")
@@ -210,11 +219,8 @@ struct JailHostTests {
 
     @Test("a stale jail is removed before a launch; a pid of another process does not make it live")
     func staleJail() async throws {
-        try HostPrerequisite.require(HostPrerequisite.isRoot, "root")
-        let scratch = ScratchDirectory("stale")
+        let (scratch, base) = try scratchWithBase("stale")
         defer { scratch.remove() }
-        let base = scratch.file("base")
-        mkdir(base, 0o755)
         let layout = try layout(base: base)
         // What a crashed jailed run leaves: device nodes, run/, the binary copy, a pid file.
         let root = layout.rootDirectory.string
@@ -239,11 +245,8 @@ struct JailHostTests {
 
     @Test("an unjailed VM's directory is torn down without cgroups; a stale jail in its place still loses its cgroups")
     func unjailedTeardown() async throws {
-        try HostPrerequisite.require(HostPrerequisite.isRoot, "root")
-        let scratch = ScratchDirectory("unjailed")
+        let (scratch, base) = try scratchWithBase("unjailed")
         defer { scratch.remove() }
-        let base = scratch.file("base")
-        mkdir(base, 0o755)
         let jail = try layout(base: base)
         let unjailed = jail.with(kind: .directory)
         // A cgroup directory of the id (plain directories standing in for a v1 hierarchy).
