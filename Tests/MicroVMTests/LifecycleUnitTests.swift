@@ -210,6 +210,23 @@ struct CreationClaimTests {
         defer { plain.release() }
         #expect(CreationJail(notedOn: store.directory(for: "vm-3"), id: try VMIdentifier("vm-3")) == nil)
     }
+
+    @Test("A record says its VM's layout: an unjailed VM's directory without root/, and one from before that change with it")
+    func recordLayout() throws {
+        func record(sandboxed: Bool, directory: String) -> VMRecord {
+            VMRecord(
+                id: "vm-4", spec: VMSpec(id: "vm-4", machine: .init(vcpus: 1, memoryMiB: 64), boot: .init(kernel: "/k")), state: .running,
+                pid: nil, processStartTime: nil, sandboxed: sandboxed, directory: directory, jailDirectory: "/srv/jailer/firecracker/vm-4",
+                chrootBase: "/srv/jailer", execFileName: "firecracker", parentCgroup: "microvm", cgroupDirectories: [],
+                apiSocket: directory + "/firecracker.socket", firecrackerBinary: "/usr/bin/firecracker", driverPID: 1, driverStartTime: nil)
+        }
+        let unjailed = try #require(record(sandboxed: false, directory: "/srv/jailer/firecracker/vm-4").layout)
+        #expect(unjailed.kind == .directory && unjailed.rootDirectory == "/srv/jailer/firecracker/vm-4")
+        let older = try #require(record(sandboxed: false, directory: "/srv/jailer/firecracker/vm-4/root").layout)
+        #expect(older.kind == .jail && older.rootDirectory == "/srv/jailer/firecracker/vm-4/root")
+        let jailed = try #require(record(sandboxed: true, directory: "/srv/jailer/firecracker/vm-4/root").layout)
+        #expect(jailed.kind == .jail)
+    }
 }
 
 @Suite("Record dates")
