@@ -109,7 +109,7 @@ struct DurableStateTests {
             defer { try? FileManager.default.removeItem(atPath: ownBase) }
             var specJailer = configuration.jailer
             specJailer.chrootBase = FilePath(ownBase)
-            let layout = try Jail(configuration: specJailer, id: VMIdentifier(id), layoutKind: policy == .disabled ? .directory : .jail).layout
+            let layout = try Jail(configuration: specJailer, id: VMIdentifier(id)).layout.with(kind: policy == .disabled ? .directory : .jail)
             // 256 GiB of guest memory, never touched: Firecracker's build takes about a second,
             // and `run` writes the record only once the VM is built.
             let driver = try await KillableDriver.start(

@@ -15,8 +15,8 @@ import SystemPackage
 /// Both executors use a directory under the chroot base for the VM (a jail's root,
 /// `<chroot base>/<exec name>/<id>/root`, or an unjailed VM's `<chroot base>/<exec name>/<id>`)
 /// and the same paths inside it (the API socket aside); they differ in how Firecracker is
-/// started and how it names those paths. The sandbox policy picks one; nothing else in the driver asks
-/// whether a VM is jailed.
+/// started and how it names those paths. The sandbox policy picks one; nothing else in the
+/// driver asks whether a VM is jailed.
 protocol VMMExecutor: Sendable {
     var isSandboxed: Bool { get }
     /// The API socket, as Firecracker is told it (under the VM's root).

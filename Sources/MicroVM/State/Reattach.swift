@@ -168,9 +168,8 @@ extension MicroVM {
                 jailer.uid = root.st_uid
                 jailer.gid = root.st_gid
             }
-            jail = try Jail(
-                configuration: jailer, id: vmID, cgroupHost: try HostFacts.cgroupHost.get(), topology: HostFacts.topology,
-                layoutKind: record.layoutKind)
+            jail = try Jail(configuration: jailer, id: vmID, cgroupHost: try HostFacts.cgroupHost.get(), topology: HostFacts.topology)
+                .with(layoutKind: record.layoutKind)
         } catch {
             throw .sandbox(id: id, error)
         }
@@ -380,9 +379,9 @@ extension MicroVM {
         }
         // Where the creating driver noted the jail; otherwise where this configuration puts it.
         let noted = CreationJail(notedOn: configuration.stateStore.directory(for: id), id: vmID)
-        // A directory without `root/` is an unjailed VM's: its VMM is found by its working directory.
+        // Jailed or not, the teardown tells from what is on disk (`JailLayout.matchingDisk()`).
         let report = await JailTeardown.run(
-            layout: (noted?.layout ?? jail.layout).matchingDisk(), parentCgroup: noted?.parentCgroup ?? jail.parentCgroup, cgroupHost: jail.cgroupHost,
+            layout: noted?.layout ?? jail.layout, parentCgroup: noted?.parentCgroup ?? jail.parentCgroup, cgroupHost: jail.cgroupHost,
             options: TeardownOptions(searchForProcesses: true), logger: vmLogger)
         // A network is made before anything runs; with no network state at all there is none
         // (and reading the leases would create their directory).

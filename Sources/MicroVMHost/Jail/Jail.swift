@@ -12,16 +12,15 @@ public struct Jail: Sendable {
     public let topology: HostTopology
 
     /// Validates the configuration and the id's use on this host; touches nothing on disk.
-    /// `layoutKind` is ``JailLayout/Kind/directory`` for a VMM started without the jailer.
     public init(
         configuration: JailerConfiguration, id: VMIdentifier, cgroupHost: CgroupHost? = nil,
-        topology: HostTopology? = nil, layoutKind: JailLayout.Kind = .jail
+        topology: HostTopology? = nil
     ) throws(JailError) {
         try configuration.validate()
         let host: CgroupHost
         if let cgroupHost { host = cgroupHost } else { host = try CgroupHost.detect() }
         self.configuration = configuration
-        self.layout = configuration.layout(for: id, kind: layoutKind)
+        self.layout = configuration.layout(for: id)
         self.cgroupHost = host
         self.cgroupVersion = try configuration.effectiveCgroupVersion(on: host)
         self.topology = topology ?? HostTopology.detect()

@@ -285,8 +285,8 @@ public struct JailerConfiguration: Sendable, Hashable {
 
     /// Paths of the jail of `id` on this host (symlinks in the chroot base and the Firecracker
     /// path resolved, as the jailer resolves them).
-    public func layout(for id: VMIdentifier, kind: JailLayout.Kind = .jail) -> JailLayout {
-        JailLayout(chrootBase: canonicalChrootBase, execFileName: execFileName, id: id, kind: kind)
+    public func layout(for id: VMIdentifier) -> JailLayout {
+        JailLayout(chrootBase: canonicalChrootBase, execFileName: execFileName, id: id)
     }
 
     static func canonicalPath(_ path: FilePath) -> FilePath? {
