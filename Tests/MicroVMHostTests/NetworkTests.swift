@@ -174,7 +174,7 @@ struct NetworkUnitTests {
     }
 }
 
-/// The legacy (xtables) FORWARD chain check, on `iptables-legacy -S FORWARD` listings as Docker,
+/// The legacy (xtables) FORWARD chain check, on `iptables-legacy -S` listings as Docker,
 /// ufw and hand-written rules leave them.
 @Suite("NetworkLegacyIptables")
 struct NetworkLegacyIptablesTests {
@@ -240,6 +240,66 @@ struct NetworkLegacyIptablesTests {
         #expect(LegacyForwardChain(listing: half, isOurs: Self.isOurs).policyDrop)
         let other = "-P FORWARD DROP\n-A FORWARD -i eth0 -j ACCEPT\n-A FORWARD -m state --state ESTABLISHED -j ACCEPT\n"
         #expect(LegacyForwardChain(listing: other, isOurs: Self.isOurs).policyDrop)
+    }
+
+    /// Docker's whole filter table, as `iptables-legacy -S` prints it.
+    static let dockerTable = """
+        -P INPUT ACCEPT
+        -P FORWARD DROP
+        -P OUTPUT ACCEPT
+        -N DOCKER
+        -N DOCKER-ISOLATION-STAGE-1
+        -N DOCKER-ISOLATION-STAGE-2
+        -N DOCKER-USER
+        -A FORWARD -j DOCKER-USER
+        -A FORWARD -j DOCKER-ISOLATION-STAGE-1
+        -A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+        -A FORWARD -o docker0 -j DOCKER
+        -A FORWARD -i docker0 ! -o docker0 -j ACCEPT
+        -A FORWARD -i docker0 -o docker0 -j ACCEPT
+        -A DOCKER-ISOLATION-STAGE-1 -i docker0 ! -o docker0 -j DOCKER-ISOLATION-STAGE-2
+        -A DOCKER-ISOLATION-STAGE-1 -j RETURN
+        -A DOCKER-ISOLATION-STAGE-2 -o docker0 -j DROP
+        -A DOCKER-ISOLATION-STAGE-2 -j RETURN
+        -A DOCKER-USER -j RETURN
+        """
+
+    /// The fix goes into DOCKER-USER on a Docker host; the check follows FORWARD's jump there.
+    @Test func jumpsAreFollowed() {
+        let docker = LegacyForwardChain(listing: Self.dockerTable, isOurs: Self.isOurs)
+        #expect(docker.policyDrop && docker.droppingRules.isEmpty && docker.hasDockerUser)
+        let fixed = Self.dockerTable.replacingOccurrences(
+            of: "-A DOCKER-USER -j RETURN",
+            with: "-A DOCKER-USER -i mvm+ -j ACCEPT\n-A DOCKER-USER -o mvm+ -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n-A DOCKER-USER -j RETURN")
+        #expect(!LegacyForwardChain(listing: fixed, isOurs: Self.isOurs).dropsVMTraffic)
+        // The same accept rules after a RETURN, or in a chain only docker0's packets reach, do not count.
+        let returnedFirst = Self.dockerTable.replacingOccurrences(
+            of: "-A DOCKER-USER -j RETURN",
+            with: "-A DOCKER-USER -j RETURN\n-A DOCKER-USER -i mvm+ -j ACCEPT\n-A DOCKER-USER -o mvm+ -j ACCEPT")
+        #expect(LegacyForwardChain(listing: returnedFirst, isOurs: Self.isOurs).policyDrop)
+        let otherInterface = Self.dockerTable + "\n-A DOCKER -i mvm+ -j ACCEPT\n-A DOCKER -o mvm+ -j ACCEPT"
+        #expect(LegacyForwardChain(listing: otherInterface, isOurs: Self.isOurs).policyDrop)
+    }
+
+    @Test func dropsInAChainFORWARDJumpsTo() {
+        let ufw = """
+            -P FORWARD ACCEPT
+            -N ufw-before-forward
+            -N ufw-reject-forward
+            -N ufw-loop
+            -A FORWARD -j ufw-before-forward
+            -A FORWARD -m comment --comment partial -j ufw-reject-forward
+            -A FORWARD -j ufw-loop
+            -A ufw-before-forward -m conntrack --ctstate INVALID -j DROP
+            -A ufw-before-forward -i mvm+ -j DROP
+            -A ufw-reject-forward -j REJECT
+            -A ufw-loop -j ufw-loop
+            -A ufw-loop -j FORWARD
+            """
+        let chain = LegacyForwardChain(listing: ufw, isOurs: Self.isOurs)
+        // The conditional jump's chain is not entered; jumps in a loop end.
+        #expect(chain.droppingRules == ["-A ufw-before-forward -i mvm+ -j DROP"])
+        #expect(!chain.policyDrop && chain.dropsVMTraffic)
     }
 
     @Test func theFixNamesTheChainAndNamespace() throws {
@@ -460,9 +520,12 @@ struct NetworkIsolationTests {
 
     /// A legacy iptables FORWARD policy DROP (Docker or ufw on iptables-legacy) drops real VM
     /// packets and is reported with a fix; running the fix it names lets them through while our
-    /// allowlist still filters. Needs iptables-legacy (scripts/test.sh installs iptables).
-    @Test(.enabled(if: HostPrerequisite.runnable(canRunNetwork && NetworkTools.locate("iptables-legacy") != nil)))
-    func legacyForwardDropIsReportedAndFixable() throws {
+    /// allowlist still filters. With Docker's DOCKER-USER chain the fix goes there, and the check
+    /// follows FORWARD's jump to see it. Needs iptables-legacy (scripts/test.sh installs iptables).
+    @Test(
+        .enabled(if: HostPrerequisite.runnable(canRunNetwork && NetworkTools.locate("iptables-legacy") != nil)),
+        arguments: [false, true])
+    func legacyForwardDropIsReportedAndFixable(dockerUser: Bool) throws {
         try requireNetwork()
         try HostPrerequisite.require(NetworkTools.locate("iptables-legacy") != nil, "iptables-legacy (apt-get install -y iptables)")
         let topology = try NetworkTestbed("legacy")
@@ -475,11 +538,17 @@ struct NetworkIsolationTests {
         #expect(try runCommand(["cat", "/proc/net/ip_tables_names"], in: topology.hostPath).isEmpty)
 
         try runCommand(["iptables-legacy", "-w", "5", "-P", "FORWARD", "DROP"], in: topology.hostPath)
+        if dockerUser {
+            try runCommand(["iptables-legacy", "-w", "5", "-N", "DOCKER-USER"], in: topology.hostPath)
+            try runCommand(["iptables-legacy", "-w", "5", "-A", "DOCKER-USER", "-j", "RETURN"], in: topology.hostPath)
+            try runCommand(["iptables-legacy", "-w", "5", "-A", "FORWARD", "-j", "DOCKER-USER"], in: topology.hostPath)
+        }
         let report = network.preflight()
         let finding = try #require(report.problems.first { if case .legacyForwardDrop = $0 { true } else { false } })
         guard case .legacyForwardDrop(let tool, let policyDrop, _, let fix) = finding else { return }
         #expect(tool == "iptables-legacy" && policyDrop)
-        #expect(fix.hasPrefix("ip netns exec \(topology.hostName) iptables-legacy -I FORWARD 1 -i \(topology.prefix)+ -j ACCEPT"), "\(fix)")
+        let chain = dockerUser ? "DOCKER-USER" : "FORWARD"
+        #expect(fix.hasPrefix("ip netns exec \(topology.hostName) iptables-legacy -I \(chain) 1 -i \(topology.prefix)+ -j ACCEPT"), "\(fix)")
 
         let attachment = try network.setUp(for: vm("legacy-a"), policy: Self.policy)
         defer { _ = try? network.tearDown(vm("legacy-a")) }

@@ -1,34 +1,79 @@
-/// Reads a legacy (xtables, not nft) FORWARD chain, as `iptables-legacy -S FORWARD` prints it,
-/// for what drops every packet of the VMs: Docker and ufw on iptables-legacy set policy DROP,
+/// Reads a legacy (xtables, not nft) filter table, as `iptables-legacy -S` prints it, for what
+/// drops every packet of the VMs in FORWARD: Docker and ufw on iptables-legacy set policy DROP,
 /// and nft cannot see those rules, while a packet must pass both to be forwarded.
 ///
 /// Counted as dropping VM traffic: the policy DROP, and DROP/REJECT rules whose only matches are
 /// interfaces that can be a VM's (`-i mvm+`, or none at all). Rules with other matches (Docker's
-/// `--ctstate INVALID -j DROP`) drop only some packets and are left out; jumps to other chains
-/// are not followed. Accept rules for the VMs' interfaces ahead of them (what the fix inserts)
-/// clear the finding.
+/// `--ctstate INVALID -j DROP`) drop only some packets and are left out. Jumps to the table's own
+/// chains are followed as the kernel does (their rules in place of the jump, a `RETURN` ending
+/// the chain), when nothing but interfaces a VM's packets can have decides the jump: Docker's
+/// DOCKER-USER and ufw's chains. Accept rules for the VMs' interfaces ahead of the drops, in
+/// FORWARD or in a chain it jumps to (what the fix inserts), clear the finding.
 struct LegacyForwardChain: Sendable, Hashable {
     var policyDrop = false
-    /// The `-A FORWARD ...` lines that drop VM traffic, verbatim.
+    /// The `-A ...` lines that drop VM traffic, verbatim (FORWARD's or a chain's it jumps to).
     var droppingRules: [String] = []
     /// FORWARD jumps to DOCKER-USER, where Docker wants local rules (it rewrites FORWARD).
     var hasDockerUser = false
 
     var dropsVMTraffic: Bool { policyDrop || !droppingRules.isEmpty }
 
+    /// How deep jumps are followed, and how many rules are read at most (a chain reached by
+    /// several jumps is read each time, as the kernel does).
+    static let maximumJumpDepth = 16
+    static let maximumRules = 10_000
+
     /// `isOurs` tells whether an interface name pattern (`mvm+`, `mvm3`) can name a VM interface.
     init(listing: String, isOurs: (String) -> Bool) {
-        var outboundAccepted = false
-        var returnAccepted = false
+        var chains: [String: [(line: String, rule: Rule)]] = [:]
         for line in listing.split(separator: "\n").map({ String($0).trimmingNetworkWhitespace() }) {
             let words = line.split(separator: " ").map(String.init)
             if words.count == 3, words[0] == "-P", words[1] == "FORWARD" {
                 policyDrop = words[2] == "DROP"
                 continue
             }
-            guard words.count >= 2, words[0] == "-A", words[1] == "FORWARD" else { continue }
-            let rule = Rule(Array(words.dropFirst(2)))
-            if rule.target == "DOCKER-USER" { hasDockerUser = true }
+            if words.count == 2, words[0] == "-N" {
+                chains[words[1], default: []] = chains[words[1]] ?? []
+                continue
+            }
+            guard words.count >= 2, words[0] == "-A" else { continue }
+            chains[words[1], default: []].append((line, Rule(Array(words.dropFirst(2)))))
+        }
+        hasDockerUser = chains["FORWARD", default: []].contains { $0.rule.target == "DOCKER-USER" }
+
+        /// Whether an interface match lets a VM's packets through (`nil`: no match on it).
+        func admitsOurs(_ match: (name: String, negated: Bool)?) -> Bool {
+            guard let match else { return true }
+            return match.negated ? !isOurs(match.name) : isOurs(match.name)
+        }
+        /// The rules a VM's packet meets, in order: FORWARD's, with each jump that only
+        /// interfaces decide replaced by its chain's rules, up to the chain's first RETURN. A
+        /// chain already on the path is not entered again (iptables refuses such loops).
+        func flatten(_ chain: String, path: [String], into rules: inout [(line: String, rule: Rule)]) {
+            for entry in chains[chain] ?? [] {
+                guard rules.count < Self.maximumRules else { return }
+                let rule = entry.rule
+                let decidedByInterfaces = rule.otherMatches.isEmpty && !rule.onlyEstablished
+                if rule.target == "RETURN" {
+                    if decidedByInterfaces, admitsOurs(rule.input), admitsOurs(rule.output) { return }
+                    continue
+                }
+                if let target = rule.target, chains[target] != nil {
+                    guard decidedByInterfaces, admitsOurs(rule.input), admitsOurs(rule.output), !path.contains(target),
+                        path.count < Self.maximumJumpDepth
+                    else { continue }
+                    flatten(target, path: path + [target], into: &rules)
+                    continue
+                }
+                rules.append(entry)
+            }
+        }
+        var rules: [(line: String, rule: Rule)] = []
+        flatten("FORWARD", path: ["FORWARD"], into: &rules)
+
+        var outboundAccepted = false
+        var returnAccepted = false
+        for (line, rule) in rules {
             switch rule.target {
             case "ACCEPT":
                 let inbound = rule.input.map { !$0.negated && isOurs($0.name) } ?? false
@@ -42,8 +87,7 @@ struct LegacyForwardChain: Sendable, Hashable {
                 }
             case "DROP", "REJECT":
                 guard rule.otherMatches.isEmpty, !(outboundAccepted && returnAccepted) else { continue }
-                let interfaces = [rule.input, rule.output].compactMap { $0 }
-                if interfaces.allSatisfy({ $0.negated ? !isOurs($0.name) : isOurs($0.name) }) { droppingRules.append(line) }
+                if admitsOurs(rule.input), admitsOurs(rule.output) { droppingRules.append(line) }
             default:
                 continue
             }
@@ -133,7 +177,8 @@ extension VMNetwork {
             }
             guard tables.contains("filter") else { continue }
             do {
-                let listing = try NetworkTools.run(tool, ["-w", "5", "-S", "FORWARD"], in: hostNamespace)
+                // The whole filter table: FORWARD's jumps are followed into its other chains.
+                let listing = try NetworkTools.run(tool, ["-w", "5", "-S"], in: hostNamespace)
                 let chain = LegacyForwardChain(listing: listing, isOurs: legacyPatternIsOurs)
                 if chain.dropsVMTraffic {
                     report.problems.append(
