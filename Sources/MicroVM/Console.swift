@@ -1,4 +1,5 @@
 import DequeModule
+import NIOCore
 public import SystemPackage
 
 #if canImport(Glibc)
@@ -12,6 +13,10 @@ public import SystemPackage
 /// in bytes, so callers can wait for a line that may already have been printed (how readiness
 /// and tests avoid racing a fast guest) and a chatty guest cannot grow the driver without limit.
 /// Optionally every byte also goes, unchanged, to a size-capped rotating file.
+///
+/// The console runs on one of the driver's batch event loops, the one that reads the VMM's
+/// output: what the guest writes is appended by the reader itself, with no hop to another
+/// thread (see ``VMMStreams``).
 public actor Console {
     /// One console line and its position in the whole output (0 = first line ever printed).
     public struct Line: Sendable, Hashable {
@@ -49,6 +54,9 @@ public actor Console {
     }
 
     public let limits: Limits
+    /// The console's executor, on which its reader runs.
+    nonisolated let loop: any EventLoop
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.executor.asUnownedSerialExecutor() }
     private var lines: Deque<Line> = []
     private var heldBytes = 0
     private var nextIndex = 0
@@ -74,6 +82,14 @@ public actor Console {
     public init(limits: Limits = Limits(), file: RotatingFile.Configuration? = nil) {
         self.limits = limits
         self.file = file.map(RotatingFile.init)
+        self.loop = BatchEventLoops.group.next()
+    }
+
+    /// Where a reader on ``loop`` hands the output: appended at once, on the reader's thread.
+    nonisolated var readerSink: ChunkSink {
+        ChunkSink(
+            deliver: { [self] bytes in self.assumeIsolated { $0.append(bytes) } },
+            finish: { [self] in self.assumeIsolated { $0.finish() } })
     }
 
     /// Feeds raw console bytes. A carriage return before a newline is dropped from the line (the

@@ -1,10 +1,16 @@
 import DequeModule
 import FirecrackerAPI
 public import Logging
+import NIOCore
+import NIOPosix
 
 /// Firecracker's own log, read from the FIFO the driver gives it (never its stdout, which is the
 /// guest's console), re-emitted through swift-log with the VM id as metadata and Firecracker's
 /// level mapped, and kept (the newest lines) to explain how the VMM ended.
+///
+/// The log runs on one of NIO's shared event loops, the one that reads the log's pipe or FIFO:
+/// each line is taken by the reader itself, with no hop to another thread (readiness waits for
+/// these lines; see ``VMMStreams``).
 public actor FirecrackerLog {
     /// One parsed line: `<timestamp> [<instance>:<thread>:<LEVEL>] <message>`.
     public struct Line: Sendable, Hashable {
@@ -16,6 +22,9 @@ public actor FirecrackerLog {
         public let raw: String
     }
 
+    /// The log's executor, on which its reader runs.
+    nonisolated let loop: any EventLoop
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.executor.asUnownedSerialExecutor() }
     private var lines: Deque<Line> = []
     private let capacity: Int
     private var partial: [UInt8] = []
@@ -36,6 +45,14 @@ public actor FirecrackerLog {
         self.logger = logger
         self.forwardLevel = forwardLevel
         self.capacity = max(capacity, 16)
+        self.loop = MultiThreadedEventLoopGroup.singleton.next()
+    }
+
+    /// Where a reader on ``loop`` hands the log: taken at once, on the reader's thread.
+    nonisolated var readerSink: ChunkSink {
+        ChunkSink(
+            deliver: { [self] bytes in self.assumeIsolated { $0.append(bytes) } },
+            finish: { [self] in Task { await self.finish() } })
     }
 
     public func append(_ bytes: some Collection<UInt8>) {

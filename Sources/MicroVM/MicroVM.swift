@@ -403,6 +403,8 @@ public actor MicroVM {
                 }
                 throw MicroVMError.file(id: spec.id, error)
             }
+            step = "recording the VM"
+            let firstRecord = try await vm.encodedRecord()
             step = "waiting for Firecracker's API"
             var bootsFromConfigFile = false
             if case .bootFromConfigFile = mode { bootsFromConfigFile = true }
@@ -417,7 +419,7 @@ public actor MicroVM {
             //    create still returns only once the record is written.
             recording = Task { () -> MicroVMError? in
                 do throws(MicroVMError) {
-                    try await vm.record()
+                    try await vm.record(firstRecord)
                     return nil
                 } catch {
                     return error
@@ -791,14 +793,25 @@ public actor MicroVM {
 
     // MARK: The record
 
+    /// The VM's first record, encoded (dated now): a launch encodes it while Firecracker builds
+    /// the VM, when a CPU is idle, and writes it once Firecracker is ready (``record(_:)``).
+    /// Encoding it after readiness took 0.2-0.3 ms of CPU from the guest's first milliseconds on
+    /// a two-CPU host (BENCHMARKS.md, session 15). Nothing in it changes in between: the state
+    /// is the one the launch will reach, and the pid and the process's start time are known.
+    func encodedRecord() throws(MicroVMError) -> EncodedRecord {
+        try stateStore.encoded(currentRecord)
+    }
+
     /// Writes the VM's first record (a failure undoes the create), on the thread pool: creating
     /// a file can take hundreds of microseconds on a busy filesystem, during which a
     /// cooperative thread, of which a small machine has two, would serve no other VM's console
     /// or supervision.
-    func record() async throws(MicroVMError) {
-        let record = currentRecord
-        let store = stateStore
-        try await Self.deviceOffPool(id: id.rawValue) { () throws(MicroVMError) in try store.write(record) }
+    /// `encoded` when given, else the current record encoded there.
+    func record(_ encoded: EncodedRecord? = nil) async throws(MicroVMError) {
+        let (store, record) = (stateStore, currentRecord)
+        try await Self.deviceOffPool(id: id.rawValue) { () throws(MicroVMError) in
+            if let encoded { try store.write(encoded) } else { try store.write(record) }
+        }
     }
 
     /// Records a change of state (a pause, a resume, a start, a drive swapped) on the thread

@@ -247,7 +247,7 @@ final class VMMStreams: Sendable {
             // A VM whose monitor is gone: only Firecracker's log can still be read.
             await console.finish()
             await standardError.finish()
-            if logFD >= 0, let channel = try? await Self.reader(fd: logFD, group: MultiThreadedEventLoopGroup.singleton, consume: { [log] in await log.consume($0) }) {
+            if logFD >= 0, let channel = try? await Self.reader(fd: logFD, on: log.loop, sink: log.readerSink) {
                 ends.withLock {
                     $0.readers.append(channel)
                     $0.log = -1
@@ -259,11 +259,9 @@ final class VMMStreams: Sendable {
         }
         let console = self.console
         let log = self.log
-        let group = MultiThreadedEventLoopGroup.singleton
         async let outputChannel: (any Channel)? =
-            consoleOnDemand ? nil : Self.reader(fd: output, group: BatchEventLoops.group, gathersBursts: true) { await console.consume($0) }
-        async let logChannel: (any Channel)? =
-            logFD >= 0 ? Self.reader(fd: logFD, group: group) { await log.consume($0) } : nil
+            consoleOnDemand ? nil : Self.reader(fd: output, on: console.loop, gathersBursts: true, sink: console.readerSink)
+        async let logChannel: (any Channel)? = logFD >= 0 ? Self.reader(fd: logFD, on: log.loop, sink: log.readerSink) : nil
         // Every one is awaited, so none is left open when another failed.
         var failure: (any Error)?
         do {
@@ -414,11 +412,11 @@ final class VMMStreams: Sendable {
         async let outputChannel: (any Channel)? =
             consoleOnDemand
             ? nil
-            : Self.monitorConnection(socket: socket, request: "console 0", group: BatchEventLoops.group, gathersBursts: true) { chunks, _ in
+            : Self.monitorConnection(socket: socket, request: "console 0", group: console.loop, gathersBursts: true) { chunks, _ in
                 await console.consume(chunks)
             }
         async let errorChannel = Self.monitorConnection(socket: socket, request: "stderr 0", group: group) { chunks, _ in await standardError.consume(chunks) }
-        async let logChannel = Self.monitorConnection(socket: socket, request: "log 0", group: group) { chunks, history in
+        async let logChannel = Self.monitorConnection(socket: socket, request: "log 0", group: log.loop) { chunks, history in
             await log.consume(chunks, quietBytes: quietHistory ? await history() : 0)
         }
         var failure: (any Error)?
@@ -468,7 +466,7 @@ final class VMMStreams: Sendable {
                     if reads {
                         try channel.pipeline.syncOperations.addHandler(
                             PipeReader(
-                                continuation: continuation, gathersBursts: gathersBursts,
+                                sink: .stream(continuation), gathersBursts: gathersBursts,
                                 answered: { count in Task { await history.resolve(count) } }))
                     }
                 }
@@ -493,7 +491,7 @@ final class VMMStreams: Sendable {
             let console = self.console
             guard !ends.withLock({ $0.closed }) else { return }
             guard let channel = try? await Self.monitorConnection(
-                socket: monitor.socket, request: "console 0", group: BatchEventLoops.group, gathersBursts: true,
+                socket: monitor.socket, request: "console 0", group: console.loop, gathersBursts: true,
                 consume: { chunks, _ in await console.consume(chunks) })
             else {
                 // The monitor is gone, which it is only once the VMM has ended and its output
@@ -516,7 +514,7 @@ final class VMMStreams: Sendable {
         guard fd >= 0 else { return }
         let console = self.console
         do {
-            let channel = try await Self.reader(fd: fd, group: BatchEventLoops.group, gathersBursts: true) { await console.consume($0) }
+            let channel = try await Self.reader(fd: fd, on: console.loop, gathersBursts: true, sink: console.readerSink)
             let closedMeanwhile = ends.withLock { ends in
                 if !ends.closed { ends.readers.append(channel) }
                 return ends.closed
@@ -561,27 +559,22 @@ final class VMMStreams: Sendable {
         return Array(tail.suffix(limit))
     }
 
-    /// Reads a pipe into an ordered stream of chunks that `consume` runs through (on the
-    /// consumer's own actor: one hop per stream, not one per chunk; Firecracker writes the
-    /// console a byte at a time).
-    private static func reader(
-        fd: Int32, group: any EventLoopGroup, gathersBursts: Bool = false, consume: @escaping @Sendable (AsyncStream<[UInt8]>) async -> Void
-    ) async throws -> any Channel {
-        let (chunks, continuation) = AsyncStream<[UInt8]>.makeStream()
-        let channel = try await NIOPipeBootstrap(group: group)
+    /// Reads a pipe on `loop`, handing what arrives to `sink` there: the sink's consumer (a
+    /// console or a log) runs on that same loop, so a chunk reaches it without a hop to another
+    /// thread. On this host each hop woke a thread that took a CPU from the VM being launched.
+    private static func reader(fd: Int32, on loop: any EventLoop, gathersBursts: Bool = false, sink: ChunkSink) async throws -> any Channel {
+        try await NIOPipeBootstrap(group: loop)
             .channelOption(.autoRead, value: !gathersBursts)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(PipeReader(continuation: continuation, gathersBursts: gathersBursts))
+                    try channel.pipeline.syncOperations.addHandler(PipeReader(sink: sink, gathersBursts: gathersBursts))
                 }
             }
             .takingOwnershipOfDescriptor(input: fd)
             .get()
-        Task { await consume(chunks) }
-        return channel
     }
 
-    /// Hands what arrives on a pipe, in order, to the stream's consumer, a line at a time.
+    /// Hands what arrives on a pipe, in order, to its sink, a line at a time.
     ///
     /// Firecracker writes the serial console one byte per write(2), so a reader wakes once per
     /// byte; handing each byte to the consumer's actor cost more CPU than the guest's boot
@@ -605,7 +598,9 @@ final class VMMStreams: Sendable {
     /// cheaper too.
     private final class PipeReader: ChannelInboundHandler {
         typealias InboundIn = ByteBuffer
-        let continuation: AsyncStream<[UInt8]>.Continuation
+        let sink: ChunkSink
+        /// The sink was told the end (once).
+        private var ended = false
         private var pending: [UInt8] = []
         private var scheduledFlush: Scheduled<Void>?
         /// Until the monitor's answer line is in.
@@ -619,8 +614,8 @@ final class VMMStreams: Sendable {
         /// The last read's last byte was not a line's end.
         private var readEndedMidLine = false
 
-        init(continuation: AsyncStream<[UInt8]>.Continuation, gathersBursts: Bool = false, answered: (@Sendable (Int) -> Void)? = nil) {
-            self.continuation = continuation
+        init(sink: ChunkSink, gathersBursts: Bool = false, answered: (@Sendable (Int) -> Void)? = nil) {
+            self.sink = sink
             self.gathersBursts = gathersBursts
             self.awaitingAnswer = answered != nil
             self.answered = answered
@@ -661,7 +656,7 @@ final class VMMStreams: Sendable {
                 guard pending[..<newline].starts(with: Array("ok ".utf8)) else {
                     pending = []
                     answer(0)
-                    continuation.finish()
+                    end()
                     context.close(promise: nil)
                     return
                 }
@@ -684,7 +679,7 @@ final class VMMStreams: Sendable {
             scheduledFlush?.cancel()
             scheduledFlush = nil
             guard !pending.isEmpty, !awaitingAnswer else { return }
-            continuation.yield(pending)
+            sink.deliver(pending)
             pending = []
         }
 
@@ -693,7 +688,13 @@ final class VMMStreams: Sendable {
             scheduledRead = nil
             answer(0)
             flush()
-            continuation.finish()
+            end()
+        }
+
+        private func end() {
+            guard !ended else { return }
+            ended = true
+            sink.finish()
         }
 
         func handlerRemoved(context: ChannelHandlerContext) {
@@ -706,7 +707,7 @@ final class VMMStreams: Sendable {
             if case .inputClosed = event as? ChannelEvent {
                 answer(0)
                 flush()
-                continuation.finish()
+                end()
                 context.close(promise: nil)
             }
         }
@@ -714,9 +715,21 @@ final class VMMStreams: Sendable {
         func errorCaught(context: ChannelHandlerContext, error: any Error) {
             answer(0)
             flush()
-            continuation.finish()
+            end()
             context.close(promise: nil)
         }
+    }
+}
+
+/// Where a pipe reader hands what it read, in order, and the end: straight to a consumer that
+/// runs on the reader's own event loop, or into a stream that a task consumes (a monitor's
+/// socket, whose history length the consumer waits for).
+struct ChunkSink: Sendable {
+    let deliver: @Sendable ([UInt8]) -> Void
+    let finish: @Sendable () -> Void
+
+    static func stream(_ continuation: AsyncStream<[UInt8]>.Continuation) -> ChunkSink {
+        ChunkSink(deliver: { continuation.yield($0) }, finish: { continuation.finish() })
     }
 }
 

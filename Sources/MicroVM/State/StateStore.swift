@@ -112,23 +112,33 @@ public struct StateStore: Sendable, Hashable {
 
     /// Writes `record` atomically under the VM's lock.
     func write(_ record: VMRecord) throws(MicroVMError) {
+        try write(encoded(record))
+    }
+
+    /// `record` as it is written, dated now: encoding apart from writing lets a launch encode
+    /// its first record while Firecracker builds the VM and write it once Firecracker is ready.
+    func encoded(_ record: VMRecord) throws(MicroVMError) -> EncodedRecord {
         var record = record
         record.updatedAt = Date()
+        do {
+            return EncodedRecord(id: record.id, data: try JSONEncoder.stateRecords.encode(record))
+        } catch {
+            throw .corruptRecord(id: record.id, path: recordPath(for: record.id).string, detail: "cannot encode: \(error)")
+        }
+    }
+
+    /// Writes an encoded record atomically (a temporary file renamed into place) under the
+    /// VM's lock.
+    func write(_ record: EncodedRecord) throws(MicroVMError) {
         let final = recordPath(for: record.id).string
         let temporary = final + ".tmp"
-        let data: Data
-        do {
-            data = try JSONEncoder.stateRecords.encode(record)
-        } catch {
-            throw .corruptRecord(id: record.id, path: final, detail: "cannot encode: \(error)")
-        }
         try withLock(directory(for: record.id), id: record.id) { () throws(MicroVMError) in
             let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
             guard fd >= 0 else { throw .file(id: record.id, SystemCallError(call: "open", subject: temporary, errno: errno)) }
-            let written = data.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            let written = record.data.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
             let writeError = errno
             close(fd)
-            guard written == data.count else {
+            guard written == record.data.count else {
                 unlink(temporary)
                 throw .file(id: record.id, SystemCallError(call: "write", subject: temporary, errno: written < 0 ? writeError : EIO))
             }
@@ -216,6 +226,12 @@ public struct StateStore: Sendable, Hashable {
         }
         return try body()
     }
+}
+
+/// A VM's record as its file holds it.
+struct EncodedRecord: Sendable {
+    let id: String
+    let data: Data
 }
 
 /// Where a VM being created has its jail (or, unjailed, its directory) and cgroups: noted on its
