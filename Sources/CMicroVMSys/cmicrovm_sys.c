@@ -144,6 +144,13 @@ int cmv_sched_batch(void) {
     return sched_setscheduler(0, SCHED_BATCH, &param);
 }
 
+int cmv_sched_batch_once(void) {
+    static __thread int done;
+    if (done) return 0;
+    done = 1;
+    return cmv_sched_batch();
+}
+
 int cmv_ofd_read_lock(int fd) {
     struct flock lock;
     memset(&lock, 0, sizeof(lock));

@@ -2,15 +2,14 @@ import DequeModule
 import FirecrackerAPI
 public import Logging
 import NIOCore
-import NIOPosix
 
 /// Firecracker's own log, read from the FIFO the driver gives it (never its stdout, which is the
 /// guest's console), re-emitted through swift-log with the VM id as metadata and Firecracker's
 /// level mapped, and kept (the newest lines) to explain how the VMM ended.
 ///
-/// The log runs on one of NIO's shared event loops, the one that reads the log's pipe or FIFO:
-/// each line is taken by the reader itself, with no hop to another thread (readiness waits for
-/// these lines; see ``VMMStreams``).
+/// The log runs on one of the driver's batch event loops, the one that reads the log's pipe
+/// or FIFO: each line is taken by the reader itself, with no hop to another thread, and never
+/// at the cost of a VM's CPU (readiness waits for these lines; see ``BatchEventLoops``).
 public actor FirecrackerLog {
     /// One parsed line: `<timestamp> [<instance>:<thread>:<LEVEL>] <message>`.
     public struct Line: Sendable, Hashable {
@@ -45,7 +44,7 @@ public actor FirecrackerLog {
         self.logger = logger
         self.forwardLevel = forwardLevel
         self.capacity = max(capacity, 16)
-        self.loop = MultiThreadedEventLoopGroup.singleton.next()
+        self.loop = BatchEventLoops.group.next()
     }
 
     /// Where a reader on ``loop`` hands the log: taken at once, on the reader's thread.

@@ -802,22 +802,29 @@ public actor MicroVM {
         try stateStore.encoded(currentRecord)
     }
 
-    /// Writes the VM's first record (a failure undoes the create), on the thread pool: creating
-    /// a file can take hundreds of microseconds on a busy filesystem, during which a
-    /// cooperative thread, of which a small machine has two, would serve no other VM's console
-    /// or supervision.
-    /// `encoded` when given, else the current record encoded there.
+    /// Writes the VM's first record (`encoded` when given, else the current one; a failure
+    /// undoes the create) on ``BatchThreadPool``: creating a file can take hundreds of
+    /// microseconds on a busy filesystem, during which a cooperative thread, of which a small
+    /// machine has two, would serve no other VM's console or supervision, and the write comes
+    /// as the guest starts, which it must not slow down.
     func record(_ encoded: EncodedRecord? = nil) async throws(MicroVMError) {
         let (store, record) = (stateStore, currentRecord)
-        try await Self.deviceOffPool(id: id.rawValue) { () throws(MicroVMError) in
+        try await Self.writeOffPool(id: id.rawValue) { () throws(MicroVMError) in
             if let encoded { try store.write(encoded) } else { try store.write(record) }
         }
     }
 
-    /// Records a change of state (a pause, a resume, a start, a drive swapped) on the thread
-    /// pool, after the operation has returned: a record's write (encoding, then a file renamed
-    /// into place: 0.25-0.35 ms here) took longer than the pause or resume it recorded, and made
-    /// them twice as slow as the request alone (BENCHMARKS.md, API). Writes run in the order of
+    /// A record's write, on ``BatchThreadPool``.
+    private static func writeOffPool(id: String, _ write: @escaping @Sendable () throws(MicroVMError) -> Void) async throws(MicroVMError) {
+        try await BatchThreadPool.run(write) { error in
+            .file(id: id, SystemCallError(call: "NIOThreadPool.runIfActive", subject: "the driver's batch thread pool: \(error)", errno: ECANCELED))
+        }
+    }
+
+    /// Records a change of state (a pause, a resume, a start, a drive swapped) on
+    /// ``BatchThreadPool``, after the operation has returned: a record's write (encoding, then
+    /// a file renamed into place: 0.25-0.35 ms here) took longer than the pause or resume it
+    /// recorded, and made them twice as slow as the request alone (BENCHMARKS.md, API). Writes run in the order of
     /// the changes, and only the newest of those waiting is written. A failure is logged, not
     /// thrown: the VM did change, and a later write (or `gc`) brings the record up to date. A
     /// driver that dies before the write leaves the record one step behind, which `attach`
@@ -831,7 +838,7 @@ public actor MicroVM {
             guard generation == recordGeneration, state.isLive else { return }
             let (record, store) = (currentRecord, stateStore)
             do {
-                try await Self.deviceOffPool(id: id.rawValue) { () throws(MicroVMError) in try store.write(record) }
+                try await Self.writeOffPool(id: id.rawValue) { () throws(MicroVMError) in try store.write(record) }
             } catch {
                 logger.error("could not update the VM's record", metadata: ["error": "\(error)"])
             }

@@ -367,4 +367,32 @@ struct BatchEventLoopTests {
         try await Task.sleep(for: .milliseconds(20))
         #expect(fired.withLock { $0 } == ["kept"])
     }
+
+    /// Records are written on batch threads, and a console and a log run on the batch loop
+    /// that reads them (their actors' executor), so a reader hands them chunks with no hop.
+    @Test func recordsAndStreamsRunAtBatchPriority() async throws {
+        struct Refused: Error {}
+        for _ in 0..<4 {
+            #expect(try await BatchThreadPool.run({ () throws(Refused) -> Int32 in sched_getscheduler(0) }, unavailable: { _ in Refused() }) == 3)
+        }
+        await #expect(throws: Refused.self) {
+            try await BatchThreadPool.run({ () throws(Refused) -> Int in throw Refused() }, unavailable: { _ in Refused() })
+        }
+        let console = Console()
+        let log = FirecrackerLog(logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() })
+        #expect(try await console.loop.submit { sched_getscheduler(0) }.get() == 3)
+        #expect(try await log.loop.submit { sched_getscheduler(0) }.get() == 3)
+        // The sinks deliver on the loop itself, in order, as a reader does.
+        try await console.loop.submit {
+            console.readerSink.deliver(Array("first\nsec".utf8))
+            console.readerSink.deliver(Array("ond\n".utf8))
+            console.readerSink.finish()
+        }.get()
+        #expect(await console.recentLines.map(\.text) == ["first", "second"])
+        #expect(await console.isFinished)
+        try await log.loop.submit {
+            log.readerSink.deliver(Array("2026-12-02T10:00:00.000000000 [anonymous-instance:main:INFO] Running Firecracker v1.12.1\n".utf8))
+        }.get()
+        #expect(await log.recentLines.map(\.message) == ["Running Firecracker v1.12.1"])
+    }
 }

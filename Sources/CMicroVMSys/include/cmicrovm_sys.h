@@ -54,6 +54,8 @@ int cmv_is_dumpable(void);
 /* sched_setscheduler(SCHED_BATCH) for the calling thread: it no longer preempts a running
  * thread when it wakes. Returns 0. */
 int cmv_sched_batch(void);
+/* cmv_sched_batch, once per thread (later calls on that thread return 0 at once). */
+int cmv_sched_batch_once(void);
 
 /* fsetxattr(2) of `name` (a "user." attribute) on fd. Returns 0. */
 int cmv_fset_xattr(int fd, const char *name, const void *value, size_t size);

@@ -190,14 +190,14 @@ func onThreadPool<T: Sendable>(_ body: @escaping @Sendable () throws(JailError) 
     try await onThreadPool(body) { error in JailError.cancelled("host work on the thread pool: \(error)") }
 }
 
-/// `body` on NIO's thread pool, its typed error kept; `unavailable` makes the error for a pool
-/// that no longer runs work (it was shut down).
+/// `body` on `pool` (NIO's shared one unless given), its typed error kept; `unavailable` makes
+/// the error for a pool that no longer runs work (it was shut down).
 func onThreadPool<T: Sendable, Failure: Error>(
-    _ body: @escaping @Sendable () throws(Failure) -> T, unavailable: (any Error) -> Failure
+    on pool: NIOThreadPool = .singleton, _ body: @escaping @Sendable () throws(Failure) -> T, unavailable: (any Error) -> Failure
 ) async throws(Failure) -> T {
     let result: Result<T, Failure>
     do {
-        result = try await NIOThreadPool.singleton.runIfActive {
+        result = try await pool.runIfActive {
             do throws(Failure) { return .success(try body()) } catch { return .failure(error) }
         }
     } catch {
