@@ -17,8 +17,9 @@ import NIOPosix
 /// the record's write (``BatchThreadPool``): its last lines come as the guest starts, when
 /// KVM's worker for the new VM and the vCPU want both CPUs of a small host, and a driver that
 /// woke at normal priority then to take them (and write the record) took a CPU from the VM.
-/// Same-run A/Bs, 200 launches per arm, three runs: the banner 0.17-0.31 ms sooner (p50). The
-/// API stays on NIO's shared loops.
+/// Same-run A/Bs, 200 launches per arm, five runs: the banner 0.13-0.31 ms sooner (p50), and
+/// `run` 0.3-0.5 ms later, as it waits for the record (BENCHMARKS.md, session 15). The API
+/// stays on NIO's shared loops.
 enum BatchEventLoops {
     /// One loop per CPU, at most four: a loop reads many consoles (each read is a few
     /// microseconds), and a large host should not get a hundred more threads for it.
