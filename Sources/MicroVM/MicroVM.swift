@@ -808,9 +808,12 @@ public actor MicroVM {
     /// machine has two, would serve no other VM's console or supervision, and the write comes
     /// as the guest starts, which it must not slow down.
     func record(_ encoded: EncodedRecord? = nil) async throws(MicroVMError) {
-        let (store, record) = (stateStore, currentRecord)
-        try await Self.writeOffPool(id: id.rawValue) { () throws(MicroVMError) in
-            if let encoded { try store.write(encoded) } else { try store.write(record) }
+        let store = stateStore
+        if let encoded {
+            try await Self.writeOffPool(id: id.rawValue) { () throws(MicroVMError) in try store.write(encoded) }
+        } else {
+            let record = currentRecord
+            try await Self.writeOffPool(id: id.rawValue) { () throws(MicroVMError) in try store.write(record) }
         }
     }
 
