@@ -34,7 +34,7 @@ public struct DriverConfiguration: Sendable, Hashable {
     /// waits in a 64 KiB FIFO, its exit status is lost). `microvm` always uses one.
     public var monitor: MonitorSettings?
     /// The host side of VM networks (for specs with `network`); nil: the defaults, with the
-    /// leases under `<state root>/network`.
+    /// leases under `<state root>/.network` (a dot: no VM id can name it).
     public var network: VMNetworkConfiguration?
 
     /// Where the driver's own metrics go (launches, exits, stops, snapshots, teardowns; see
@@ -56,8 +56,9 @@ public struct DriverConfiguration: Sendable, Hashable {
 
     var metrics: DriverMetrics { DriverMetrics(factory: metricsBackend.factory) }
 
-    var networkConfiguration: VMNetworkConfiguration {
-        network ?? VMNetworkConfiguration(stateDirectory: stateStore.root.appending("network"))
+    /// ``network``, or the defaults with the leases under the state root.
+    public var networkConfiguration: VMNetworkConfiguration {
+        network ?? VMNetworkConfiguration(stateDirectory: stateStore.root.appending(".network"))
     }
 
     public init(

@@ -563,6 +563,14 @@ public actor MicroVM {
         }
         if !decision.isSandboxed {
             logger.warning("starting Firecracker UNJAILED", metadata: ["policy": "\((spec.sandbox ?? configuration.policy).rawValue)"])
+            var ignored: [String] = []
+            if spec.limits != nil { ignored.append("limits") }
+            if let jail = spec.jail, jail.uid != nil || jail.gid != nil { ignored.append("jail.uid/gid") }
+            if !ignored.isEmpty {
+                logger.warning(
+                    "the spec's \(ignored.joined(separator: " and ")) apply to a jailed VMM only: this one runs without them, as this process's user",
+                    metadata: ["policy": "\((spec.sandbox ?? configuration.policy).rawValue)"])
+            }
         }
         let missingTAPs = missingTAPProblems(spec, sandboxed: decision.isSandboxed, uid: jailerConfiguration.uid)
         if !missingTAPs.isEmpty { throw .invalidSpec(id: spec.id, problems: missingTAPs) }
@@ -1035,6 +1043,10 @@ public actor MicroVM {
                 if let reason = await ended.wait(timeout: grace) { return reason }
                 logger.warning("the guest did not shut down within the grace period; killing the VMM", metadata: ["grace": "\(grace)"])
             } catch {
+                // A VMM already on its way out (another process's stop, a guest shutting down)
+                // closes or refuses the connection: its own exit, within the grace, is the end
+                // it was having. A refusal from Firecracker itself means no shutdown is coming.
+                if case .api(_, _, .transport) = error, let reason = await ended.wait(timeout: grace) { return reason }
                 logger.debug("Ctrl-Alt-Del failed; killing", metadata: ["error": "\(error)"])
             }
         }

@@ -49,7 +49,7 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
     }
 
     public var description: String {
-        let vm = id.map { "VM \($0): " } ?? ""
+        let vm = id.flatMap { $0.isEmpty ? nil : "VM \($0): " } ?? ""  // a Firecracker config file names no VM
         switch self {
         case .invalidSpec(_, let problems):
             // A problem with the file itself (no field) has its hint as the error's hint.

@@ -75,7 +75,7 @@ enum DoctorChecks {
     /// forwarding, no foreign forward chain with policy drop, legacy iptables, br_netfilter.
     /// A warning, not a failure: only VMs that ask for a network need it.
     static func network(_ context: DoctorContext) -> Finding {
-        let configuration = context.configuration.network ?? VMNetworkConfiguration(stateDirectory: FilePath(context.stateRoot).appending("network"))
+        let configuration = context.configuration.networkConfiguration
         let why = "VMs whose spec has `network:` get a namespace, a TAP and an nftables firewall; these need it"
         let network: VMNetwork
         do {

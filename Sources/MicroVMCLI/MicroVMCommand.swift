@@ -85,10 +85,13 @@ struct GlobalOptions: ParsableArguments {
     func makeLogger(label: String) -> Logger {
         Self.bootstrap
         var logger = Logger(label: label)
-        logger.logLevel = verbose ? .debug : .error
-        // Firecracker's own error lines, re-emitted by the driver, reach the user once: in the
-        // error or exit reason that quotes them (and `microvm logs --firecracker`), not also as
-        // log lines above it. --verbose shows them as they come.
+        // Warnings too: a sandbox that falls back to an unjailed VMM (policy preferred) or is
+        // off, a guest killed after its grace, a teardown left incomplete must not pass silently.
+        logger.logLevel = verbose ? .debug : .warning
+        // Firecracker's own lines, re-emitted by the driver, reach the user once: in the error
+        // or exit reason that quotes them (and `microvm logs --firecracker`), not also as log
+        // lines above it; so does a VM's failure, which the command reports. --verbose shows
+        // them as they come.
         if !verbose { logger.handler = WithoutFirecrackerLines(logger.handler) }
         return logger
     }
@@ -125,14 +128,14 @@ enum CLIVersion {
 }
 
 /// A log handler that leaves out the lines the driver re-emits from Firecracker's log (they
-/// carry `firecracker_thread`).
+/// carry `firecracker_thread`) and its "VM failed" (the command prints the exit reason).
 struct WithoutFirecrackerLines: LogHandler {
     var wrapped: any LogHandler
 
     init(_ wrapped: any LogHandler) { self.wrapped = wrapped }
 
     func log(event: LogEvent) {
-        guard event.metadata?["firecracker_thread"] == nil else { return }
+        guard event.metadata?["firecracker_thread"] == nil, event.message.description != "VM failed" else { return }
         wrapped.log(event: event)
     }
 

@@ -116,9 +116,12 @@ struct VMOptions: ParsableArguments {
             }
         }
         for (index, text) in taps.enumerated() {
-            let parts = text.split(separator: "=", maxSplits: 1).map(String.init)
+            let parts = text.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
             let interface = parts.count == 2 ? parts[0] : "eth\(index)"
             let tap = parts.count == 2 ? parts[1] : parts[0]
+            guard !interface.isEmpty, !tap.isEmpty else {
+                throw ValidationError("--tap \(text): expected [IFACE=]TAP with a non-empty interface id and TAP name")
+            }
             spec.networkInterfaces.removeAll { $0.id == interface }
             spec.networkInterfaces.append(NetworkInterfaceSpec(id: interface, tap: tap))
         }
@@ -155,20 +158,29 @@ struct VMOptions: ParsableArguments {
         var readOnly: Bool?
         var root: Bool?
         for item in text.split(separator: ",").map(String.init) {
-            let pair = item.split(separator: "=", maxSplits: 1).map(String.init)
+            let pair = item.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
             switch (pair[0], pair.count == 2 ? pair[1] : nil) {
             case ("id", let value?): id = value
             case ("path", let value?): path = Paths.absolute(value)
             case ("ro", nil), ("read_only", nil), ("readonly", nil): readOnly = true
-            case ("ro", let value?), ("read_only", let value?): readOnly = value == "true" || value == "1"
+            case ("ro", let value?), ("read_only", let value?), ("readonly", let value?):
+                readOnly = try Self.flag(value, item: item, in: text)
             case ("root", nil): root = true
-            case ("root", let value?): root = value == "true" || value == "1"
+            case ("root", let value?): root = try Self.flag(value, item: item, in: text)
             default:
                 throw ValidationError("--drive \(text): unknown item '\(item)' (expected id=NAME,path=PATH[,ro][,root])")
             }
         }
         guard let id, let path else { throw ValidationError("--drive \(text): needs id=NAME and path=PATH") }
         return DriveSpec(id: id, path: path, readOnly: readOnly, root: root)
+    }
+
+    private static func flag(_ value: String, item: String, in text: String) throws -> Bool {
+        switch value.lowercased() {
+        case "true", "1", "yes", "on": return true
+        case "false", "0", "no", "off": return false
+        default: throw ValidationError("--drive \(text): '\(item)' is not true or false")
+        }
     }
 }
 

@@ -72,6 +72,39 @@ struct VMSpecTests {
         #expect(throws: MicroVMError.self) { try VMSpec.decode(json: Data("{not json".utf8)) }
     }
 
+    @Test("A number its field cannot hold is named with the field and the range (Foundation's decoder gives no path)")
+    func numbersOutOfRange() {
+        func problem(_ yaml: String) -> SpecProblem? {
+            do {
+                _ = try VMSpec.decode(yaml: "id: a\nmachine: {vcpus: 1, memory_mib: 64}\nboot: {kernel: /k}\n" + yaml)
+                return nil
+            } catch {
+                guard case .invalidSpec(_, let problems) = error, problems.count == 1 else { return nil }
+                return problems[0]
+            }
+        }
+        let cid = problem("vsock: {guest_cid: -3}")
+        #expect(cid?.field == "vsock.guest_cid" && cid?.message == "-3 does not fit this field", "\(String(describing: cid))")
+        #expect(cid?.hint == "give a whole number from 0 to 4294967295")
+        let uid = problem("jail: {uid: 5000000000}")
+        #expect(uid?.field == "jail.uid", "\(String(describing: uid))")
+        let size = problem("drives: [{id: d, path: /d, rate_limiter: {bandwidth: {size: -5, refill_time: 100}}}]")
+        #expect(size?.field == "drives[0].rate_limiter.bandwidth.size" && size?.hint == "give a whole number from 0 to \(Int64.max)")
+        let fraction = problem("balloon: {amount_mib: 1.5}")
+        #expect(fraction?.field == "balloon.amount_mib" && fraction?.hint == "give a whole number", "\(String(describing: fraction))")
+        let huge = problem("console: {ring_lines: 99999999999999999999}")
+        #expect(huge?.field == "console.ring_lines", "\(String(describing: huge))")
+        let text = problem("drives: [{id: d, path: /d, rate_limiter: {bandwidth: {size: 5, refill_time: '1s'}}}]")
+        #expect(text?.field == "drives[0].rate_limiter.bandwidth.refill_time" && text?.message == "expected an integer")
+    }
+
+    @Test("A spec without boot.args boots with the serial console, reboot=k and panic=1 (as --kernel alone does)")
+    func defaultBootArguments() throws {
+        let spec = try VMSpec.decode(yaml: "id: a\nmachine: {vcpus: 1, memory_mib: 64}\nboot: {kernel: /k}\n")
+        #expect(spec.boot.args == ["console=ttyS0", "reboot=k", "panic=1"])
+        #expect(try VMSpec.decode(yaml: "id: a\nmachine: {vcpus: 1, memory_mib: 64}\nboot: {kernel: /k, args: []}\n").boot.args == [])
+    }
+
     @Test("YAML: the same spec; unquoted Off and no stay strings; duplicate keys are errors")
     func yaml() throws {
         let yaml = """
@@ -383,6 +416,31 @@ struct FirecrackerConfigFileTests {
         } throws: { error in
             guard case .invalidSpec(_, let problems)? = error as? MicroVMError else { return false }
             return problems.map(\.field) == ["cpu-config"] && problems[0].message.contains("cannot read the CPU template file")
+        }
+    }
+
+    @Test("As in Firecracker, machine-config may be left out and boot_args default to Firecracker's command line")
+    func firecrackerDefaults() throws {
+        let spec = try VMSpec.decode(json: Data(#"{"boot-source": {"kernel_image_path": "/k"}, "drives": []}"#.utf8))
+        #expect(spec.machine.vcpus == 1 && spec.machine.memoryMiB == 128)
+        #expect(spec.boot.args.joined(separator: " ") == "reboot=k panic=1 pci=off nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.dumbkbd")
+    }
+
+    @Test("Problems of the spec a file becomes are named in the file's terms; the message names no VM")
+    func specProblemsInFileTerms() {
+        let missingMemory = Self.problems(#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 1}}"#)
+        #expect(missingMemory.map(\.field) == ["machine-config.mem_size_mib"], "\(missingMemory)")
+        let missingTAP = Self.problems(#"{"boot-source": {"kernel_image_path": "/k"}, "network-interfaces": [{"iface_id": "eth0"}]}"#)
+        #expect(missingTAP.map(\.field) == ["network-interfaces[0].host_dev_name"], "\(missingTAP)")
+        let negative = Self.problems(#"{"boot-source": {"kernel_image_path": "/k"}, "vsock": {"guest_cid": -1}}"#)
+        #expect(negative.map(\.field) == ["vsock.guest_cid"], "\(negative)")
+        let mistyped = Self.problems(#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": "2", "mem_size_mib": 64}}"#)
+        #expect(mistyped.map(\.field) == ["machine-config.vcpu_count"], "\(mistyped)")
+        do {
+            _ = try VMSpec.decode(json: Data(#"{"boot-source": {}}"#.utf8))
+            Issue.record("decoded")
+        } catch {
+            #expect("\(error)".hasPrefix("invalid spec: boot-source.kernel_image_path: missing"), "\(error)")
         }
     }
 

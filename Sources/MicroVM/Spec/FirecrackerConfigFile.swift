@@ -19,12 +19,22 @@ enum FirecrackerConfigFile {
         return members["boot-source"] != nil || members["machine-config"] != nil
     }
 
-    /// The spec's tree for a document in Firecracker's format; every problem found, at once.
-    static func spec(from tree: JSONValue) throws(MicroVMError) -> JSONValue {
+    /// Firecracker's default kernel command line (1.12-1.16), for a `boot-source` without
+    /// `boot_args`: the file boots as it would under Firecracker itself.
+    static let defaultBootArguments = "reboot=k panic=1 pci=off nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.dumbkbd"
+
+    /// The spec a document in Firecracker's format describes, with every problem found at
+    /// once; problems of the spec it becomes are named in the file's own terms.
+    static func decode(_ tree: JSONValue) throws(MicroVMError) -> VMSpec {
         var converter = Converter()
-        let spec = converter.convert(tree.objectValue ?? [:])
+        let converted = JSONValue.object(converter.convert(tree.objectValue ?? [:]))
         if !converter.problems.isEmpty { throw .invalidSpec(id: nil, problems: converter.problems) }
-        return .object(spec)
+        do {
+            return try VMSpec.decode(tree: converted)
+        } catch {
+            guard case .invalidSpec(let id, let problems) = error else { throw error }
+            throw .invalidSpec(id: id, problems: problems.map { converter.inFileTerms($0) })
+        }
     }
 
     /// A key of Firecracker's format: the spec's key it becomes, or why it cannot be taken.
@@ -38,20 +48,47 @@ enum FirecrackerConfigFile {
 
     private struct Converter {
         var problems: [SpecProblem] = []
+        /// A spec's path and the file's path it came from: sections, list items and keys.
+        var names: [(spec: String, file: String)] = [
+            ("boot", "boot-source"), ("machine", "machine-config"), ("network_interfaces", "network-interfaces"),
+            ("mmds", "mmds-config"), ("cpu_config", "cpu-config"), ("logging.vmm_level", "logger.level"),
+        ]
+
+        /// `problem` with its field as the file names it: the longest spec path it starts with
+        /// replaced by the file's.
+        func inFileTerms(_ problem: SpecProblem) -> SpecProblem {
+            var problem = problem
+            let field = problem.field
+            let match = names.filter { name in
+                field == name.spec || field.hasPrefix(name.spec + ".") || field.hasPrefix(name.spec + "[")
+            }.max { $0.spec.count < $1.spec.count }
+            if let match { problem.field = match.file + field.dropFirst(match.spec.count) }
+            return problem
+        }
 
         mutating func convert(_ file: [String: JSONValue]) -> [String: JSONValue] {
             // The file names no VM: the caller gives the id (the command line: --id, or one it makes).
             var spec: [String: JSONValue] = ["id": .string("")]
+            // Optional in Firecracker's format, which then gives the guest 1 vCPU and 128 MiB.
+            if file["machine-config"] == nil || file["machine-config"] == .null {
+                spec["machine"] = .object(["vcpus": .int(1), "memory_mib": .int(128)])
+            }
             for (key, value) in file.sorted(by: { $0.key < $1.key }) where value != .null {
                 switch key {
                 case "boot-source":
+                    var boot = value
+                    // Without boot_args, Firecracker boots with its own default command line.
+                    if case .object(var members) = value, members["boot_args"] == nil || members["boot_args"] == .null {
+                        members["boot_args"] = .string(FirecrackerConfigFile.defaultBootArguments)
+                        boot = .object(members)
+                    }
                     spec["boot"] = section(
-                        value, at: key,
+                        boot, at: key, as: "boot",
                         keys: ["kernel_image_path": .renamed("kernel"), "initrd_path": .renamed("initrd"), "boot_args": .renamed("args")],
                         transform: ["args": { .array(($0.stringValue ?? "").split(whereSeparator: \.isWhitespace).map { .string(String($0)) }) }])
                 case "machine-config":
                     spec["machine"] = section(
-                        value, at: key,
+                        value, at: key, as: "machine",
                         keys: [
                             "vcpu_count": .renamed("vcpus"), "mem_size_mib": .renamed("memory_mib"), "smt": .renamed("smt"),
                             "cpu_template": .renamed("cpu_template"), "track_dirty_pages": .renamed("track_dirty_pages"),
@@ -60,7 +97,7 @@ enum FirecrackerConfigFile {
                         ])
                 case "drives":
                     spec["drives"] = list(
-                        value, at: key,
+                        value, at: key, as: "drives",
                         keys: [
                             "drive_id": .renamed("id"), "path_on_host": .renamed("path"), "is_root_device": .renamed("root"),
                             "is_read_only": .renamed("read_only"), "partuuid": .renamed("partuuid"), "cache_type": .renamed("cache_type"),
@@ -69,17 +106,17 @@ enum FirecrackerConfigFile {
                         ])
                 case "network-interfaces":
                     spec["network_interfaces"] = list(
-                        value, at: key,
+                        value, at: key, as: "network_interfaces",
                         keys: [
                             "iface_id": .renamed("id"), "host_dev_name": .renamed("tap"), "guest_mac": .renamed("mac"), "mtu": .renamed("mtu"),
                             "rx_rate_limiter": .renamed("rx_rate_limiter"), "tx_rate_limiter": .renamed("tx_rate_limiter"),
                         ])
                 case "vsock":
                     // The socket is the driver's, in the VM's directory (MicroVM.vsockPath).
-                    spec["vsock"] = section(value, at: key, keys: ["guest_cid": .renamed("guest_cid"), "uds_path": .dropped, "vsock_id": .dropped])
+                    spec["vsock"] = section(value, at: key, as: "vsock", keys: ["guest_cid": .renamed("guest_cid"), "uds_path": .dropped, "vsock_id": .dropped])
                 case "mmds-config":
                     spec["mmds"] = section(
-                        value, at: key,
+                        value, at: key, as: "mmds",
                         keys: [
                             "version": .renamed("version"), "network_interfaces": .renamed("network_interfaces"),
                             "ipv4_address": .renamed("ipv4_address"), "imds_compat": .renamed("imds_compat"),
@@ -91,7 +128,7 @@ enum FirecrackerConfigFile {
                     // exit reasons, `microvm logs ID`): its level is the file's to say, its path
                     // is not.
                     let logging = section(
-                        value, at: key,
+                        value, at: key, as: "logging",
                         keys: [
                             "level": .renamed("vmm_level"), "log_path": .dropped, "show_level": .dropped, "show_log_origin": .dropped,
                             "module": .dropped,
@@ -100,7 +137,7 @@ enum FirecrackerConfigFile {
                     spec["logging"] = merged(spec["logging"], logging)
                 case "metrics":
                     _ = section(
-                        value, at: key,
+                        value, at: key, as: "logging",
                         keys: [
                             "metrics_path": .dropped,
                             "metrics_fifo": .obsolete("Firecracker 1.0 replaced it with metrics_path, which the driver owns: remove it (microvm stats reads the metrics)"),
@@ -112,7 +149,7 @@ enum FirecrackerConfigFile {
                     // API takes the object; both are read here).
                     guard let template = cpuTemplate(value, at: key) else { continue }
                     spec["cpu_config"] = section(
-                        template, at: key,
+                        template, at: key, as: "cpu_config",
                         keys: [
                             "kvm_capabilities": .renamed("kvm_capabilities"), "cpuid_modifiers": .renamed("cpuid_modifiers"),
                             "msr_modifiers": .renamed("msr_modifiers"), "reg_modifiers": .renamed("reg_modifiers"),
@@ -160,8 +197,10 @@ enum FirecrackerConfigFile {
 
         /// An object of Firecracker's format, its keys renamed (and their values transformed).
         mutating func section(
-            _ value: JSONValue, at path: String, keys: [String: Key], transform: [String: (JSONValue) -> JSONValue] = [:]
+            _ value: JSONValue, at path: String, as specPath: String, keys: [String: Key], transform: [String: (JSONValue) -> JSONValue] = [:]
         ) -> JSONValue {
+            names.append((specPath, path))
+            for (key, kind) in keys { if case .renamed(let name) = kind { names.append(("\(specPath).\(name)", "\(path).\(key)")) } }
             guard let members = value.objectValue else {
                 problems.append(SpecProblem(field: path, message: "expected an object"))
                 return value
@@ -187,12 +226,13 @@ enum FirecrackerConfigFile {
             return .object(result)
         }
 
-        mutating func list(_ value: JSONValue, at path: String, keys: [String: Key]) -> JSONValue {
+        mutating func list(_ value: JSONValue, at path: String, as specPath: String, keys: [String: Key]) -> JSONValue {
+            names.append((specPath, path))
             guard let items = value.arrayValue else {
                 problems.append(SpecProblem(field: path, message: "expected a list"))
                 return value
             }
-            return .array(items.enumerated().map { index, item in section(item, at: "\(path)[\(index)]", keys: keys) })
+            return .array(items.enumerated().map { index, item in section(item, at: "\(path)[\(index)]", as: "\(specPath)[\(index)]", keys: keys) })
         }
 
         func merged(_ existing: JSONValue?, _ added: JSONValue) -> JSONValue {

@@ -128,7 +128,11 @@ public struct VMSpec: Codable, Sendable, Hashable {
         /// the last occurrence of an option usually wins).
         public var args: [String]
 
-        public init(kernel: String, initrd: String? = nil, args: [String] = ["console=ttyS0", "reboot=k", "panic=1"]) {
+        /// The command line of a spec that gives none: the serial console (the driver's console
+        /// reads it), a reboot that ends the VMM (Firecracker has no reset), a panic that reboots.
+        public static let defaultArgs = ["console=ttyS0", "reboot=k", "panic=1"]
+
+        public init(kernel: String, initrd: String? = nil, args: [String] = defaultArgs) {
             self.kernel = kernel
             self.initrd = initrd
             self.args = args
@@ -142,7 +146,7 @@ public struct VMSpec: Codable, Sendable, Hashable {
             let container = try decoder.container(keyedBy: CodingKeys.self)
             kernel = try container.decode(String.self, forKey: .kernel)
             initrd = try container.decodeIfPresent(String.self, forKey: .initrd)
-            args = try container.decodeIfPresent([String].self, forKey: .args) ?? []
+            args = try container.decodeIfPresent([String].self, forKey: .args) ?? Self.defaultArgs
         }
     }
 

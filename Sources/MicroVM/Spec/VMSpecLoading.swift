@@ -91,7 +91,7 @@ extension VMSpec {
     /// in Firecracker's own config-file format (`boot-source`, `machine-config`, ...) is read
     /// as the spec it describes, with an empty id for the caller to set.
     public static func decode(tree: JSONValue) throws(MicroVMError) -> VMSpec {
-        if FirecrackerConfigFile.isOne(tree) { return try decode(tree: FirecrackerConfigFile.spec(from: tree)) }
+        if FirecrackerConfigFile.isOne(tree) { return try FirecrackerConfigFile.decode(tree) }
         let spec: VMSpec
         let taken: JSONValue
         do {
@@ -99,7 +99,11 @@ extension VMSpec {
             spec = try JSONDecoder().decode(VMSpec.self, from: data)
             taken = try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(spec))
         } catch let error as DecodingError {
-            throw .invalidSpec(id: tree.objectValue?["id"]?.stringValue, problems: [Self.problem(error)])
+            let id = tree.objectValue?["id"]?.stringValue
+            if case .dataCorrupted(let context) = error, context.codingPath.isEmpty, let problem = Self.numberItCannotHold(in: tree) {
+                throw .invalidSpec(id: id, problems: [problem])
+            }
+            throw .invalidSpec(id: id, problems: [Self.problem(error)])
         } catch {
             throw .invalidSpec(id: nil, problems: [SpecProblem(field: "", message: "\(error)")])
         }
@@ -107,6 +111,67 @@ extension VMSpec {
         Self.unknownKeys(in: tree, taken: taken, path: "", into: &unknown)
         if !unknown.isEmpty { throw .invalidSpec(id: spec.id, problems: unknown) }
         return spec
+    }
+
+    /// The number that its field cannot hold (a negative uid, a guest CID over 2^32 - 1, 1.5
+    /// vCPUs), found by decoding again with each number set to 0 in turn: Foundation's decoder
+    /// on Linux reports such a number as "not valid JSON", with no path. The field's range is
+    /// probed the same way. Only on that error's path: a spec holds a few dozen numbers.
+    private static func numberItCannotHold(in tree: JSONValue) -> SpecProblem? {
+        /// Whether `candidate` no longer fails that way (it may fail otherwise: a key missing
+        /// beside the number is reported once the number is right).
+        func decodes(_ candidate: JSONValue) -> Bool {
+            guard let data = try? JSONEncoder().encode(candidate) else { return false }
+            do {
+                _ = try JSONDecoder().decode(VMSpec.self, from: data)
+                return true
+            } catch DecodingError.dataCorrupted(let context) where context.codingPath.isEmpty {
+                return false
+            } catch {
+                return true
+            }
+        }
+        for (path, value) in numbers(in: tree, path: []) {
+            guard decodes(tree.replacing(at: path, with: .int(0))) else { continue }
+            let range =
+                if case .double(let number) = value, number.rounded() != number {
+                    "a whole number"
+                } else if decodes(tree.replacing(at: path, with: .int(-1))) {
+                    "a whole number from \(Int64.min) to \(Int64.max)"
+                } else if decodes(tree.replacing(at: path, with: .int(Int64(UInt32.max) + 1))) {
+                    "a whole number from 0 to \(Int64.max)"
+                } else {
+                    "a whole number from 0 to \(UInt32.max)"
+                }
+            let shown: String =
+                switch value {
+                case .int(let number): "\(number)"
+                case .double(let number): number.rounded() == number && abs(number) < 1e15 ? "\(Int64(number))" : "\(number)"
+                default: "\(value)"
+                }
+            return SpecProblem(field: render(path), message: "\(shown) does not fit this field", hint: "give \(range)")
+        }
+        return nil
+    }
+
+    private static func numbers(in value: JSONValue, path: [SpecPathStep]) -> [([SpecPathStep], JSONValue)] {
+        switch value {
+        case .int, .double: [(path, value)]
+        case .object(let members): members.sorted { $0.key < $1.key }.flatMap { numbers(in: $0.value, path: path + [.key($0.key)]) }
+        case .array(let items): items.enumerated().flatMap { numbers(in: $0.element, path: path + [.index($0.offset)]) }
+        default: []
+        }
+    }
+
+    private static func render(_ path: [SpecPathStep]) -> String {
+        var result = ""
+        for step in path {
+            switch step {
+            case .key(let key): result += result.isEmpty ? key : ".\(key)"
+            case .index(let index): result += "[\(index)]"
+            }
+        }
+        return result
     }
 
     /// Keys present (with a value) in `given` that did not survive decoding into the spec.
@@ -158,8 +223,8 @@ extension VMSpec {
         switch type {
         case is String.Type: "a string"
         case is Bool.Type: "true or false"
-        case is Int.Type, is Int64.Type, is UInt32.Type: "an integer"
-        case is Double.Type: "a number"
+        case is any FixedWidthInteger.Type: "an integer"
+        case is any BinaryFloatingPoint.Type: "a number"
         default: "\(type)".contains("Array") ? "a list" : "an object"
         }
     }
@@ -232,6 +297,30 @@ extension JSONValue {
             self = .object(members)
         case .alias:
             throw .invalidSpec(id: nil, problems: [SpecProblem(field: path, message: "YAML aliases are not supported")])
+        }
+    }
+}
+
+/// One step of a path into a spec's tree: a key of an object or an index into a list.
+private enum SpecPathStep {
+    case key(String)
+    case index(Int)
+}
+
+extension JSONValue {
+    /// This value with the member at `path` set to `value` (unchanged where the path leads nowhere).
+    fileprivate func replacing(at path: [SpecPathStep], with value: JSONValue) -> JSONValue {
+        guard let step = path.first else { return value }
+        let rest = Array(path.dropFirst())
+        switch (self, step) {
+        case (.object(var members), .key(let key)):
+            if let member = members[key] { members[key] = member.replacing(at: rest, with: value) }
+            return .object(members)
+        case (.array(var items), .index(let index)) where items.indices.contains(index):
+            items[index] = items[index].replacing(at: rest, with: value)
+            return .array(items)
+        default:
+            return self
         }
     }
 }

@@ -144,10 +144,20 @@ extension MicroVM {
         var logger = logger
         logger[metadataKey: "vm"] = "\(id)"
         let store = configuration.stateStore
-        let record = try store.read(id: id)
-        if record.driverIsAlive, record.driverPID != getpid() {
-            throw .notAttachable(id: id, reason: "driver pid \(record.driverPID) still supervises it")
+        // The record names this process before anything else is done, so a second process
+        // attaching meanwhile is refused; put back if the attach fails.
+        let record = try store.takeOver(id: id)
+        do {
+            return try await attach(record: record, configuration: configuration, logger: logger)
+        } catch {
+            store.undoTakeOver(record)
+            throw error
         }
+    }
+
+    private static func attach(record: VMRecord, configuration: DriverConfiguration, logger: Logger) async throws(MicroVMError) -> MicroVM {
+        let id = record.id
+        let store = configuration.stateStore
         guard case .alive(let pid) = record.process else {
             throw .notAttachable(id: id, reason: "its Firecracker is gone (\(record.process)); gc removes what it left")
         }

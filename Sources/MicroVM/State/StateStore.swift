@@ -130,21 +130,49 @@ public struct StateStore: Sendable, Hashable {
     /// Writes an encoded record atomically (a temporary file renamed into place) under the
     /// VM's lock.
     func write(_ record: EncodedRecord) throws(MicroVMError) {
+        try withLock(directory(for: record.id), id: record.id) { () throws(MicroVMError) in try writeHoldingLock(record) }
+    }
+
+    private func writeHoldingLock(_ record: EncodedRecord) throws(MicroVMError) {
         let final = recordPath(for: record.id).string
         let temporary = final + ".tmp"
-        try withLock(directory(for: record.id), id: record.id) { () throws(MicroVMError) in
-            let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
-            guard fd >= 0 else { throw .file(id: record.id, SystemCallError(call: "open", subject: temporary, errno: errno)) }
-            let written = record.data.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-            let writeError = errno
-            close(fd)
-            guard written == record.data.count else {
-                unlink(temporary)
-                throw .file(id: record.id, SystemCallError(call: "write", subject: temporary, errno: written < 0 ? writeError : EIO))
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw .file(id: record.id, SystemCallError(call: "open", subject: temporary, errno: errno)) }
+        let written = record.data.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        let writeError = errno
+        close(fd)
+        guard written == record.data.count else {
+            unlink(temporary)
+            throw .file(id: record.id, SystemCallError(call: "write", subject: temporary, errno: written < 0 ? writeError : EIO))
+        }
+        guard rename(temporary, final) == 0 else {
+            throw .file(id: record.id, SystemCallError(call: "rename", subject: final, errno: errno))
+        }
+    }
+
+    /// Makes this process the VM's driver in its record, under the VM's lock, unless another
+    /// live driver supervises it: two processes attaching at once (two `microvm stop` of one
+    /// VM) cannot both pass the check. Returns the record as it was.
+    func takeOver(id: String) throws(MicroVMError) -> VMRecord {
+        try withLock(directory(for: id), id: id) { () throws(MicroVMError) in
+            let record = try read(id: id)
+            if record.driverIsAlive, record.driverPID != getpid() {
+                throw .notAttachable(id: id, reason: "driver pid \(record.driverPID) still supervises it")
             }
-            guard rename(temporary, final) == 0 else {
-                throw .file(id: record.id, SystemCallError(call: "rename", subject: final, errno: errno))
-            }
+            var taken = record
+            taken.driverPID = getpid()
+            taken.driverStartTime = MicroVM.driverStartTime
+            try writeHoldingLock(encoded(taken))
+            return record
+        }
+    }
+
+    /// Puts back the record a failed ``takeOver(id:)`` replaced, unless another driver has
+    /// taken the VM since.
+    func undoTakeOver(_ previous: VMRecord) {
+        try? withLock(directory(for: previous.id), id: previous.id) { () throws(MicroVMError) in
+            guard let current = try? read(id: previous.id), current.driverPID == getpid() else { return }
+            try writeHoldingLock(encoded(previous))
         }
     }
 

@@ -3,7 +3,7 @@ public import SystemPackage
 /// How VM networks are laid out on this host. One value describes a fleet; every per-VM name,
 /// subnet, MAC and uid follows from it and the VM's lease index.
 public struct VMNetworkConfiguration: Sendable, Hashable {
-    /// Where leases live (created 0700 if missing), e.g. `<state root>/network`.
+    /// Where leases live (created 0700 if missing), e.g. `<state root>/.network`.
     public var stateDirectory: FilePath
     /// Starts every interface and namespace name this library creates (`<prefix><index>`), and
     /// names its nft chains; 1-8 lowercase letters. Names this library owns are recognised by
