@@ -57,13 +57,22 @@ public struct Snapshot: Codable, Sendable, Hashable {
     /// Reads `snapshot.json` from a snapshot directory (which may have been moved since).
     public static func load(from directory: FilePath) throws(MicroVMError) -> Snapshot {
         let file = directory.appending(descriptionFile)
+        let hint = "give the directory that `microvm snapshot` or MicroVM.snapshot(to:) wrote"
+        guard let data = FileManager.default.contents(atPath: file.string) else {
+            var isDirectory: ObjCBool = false
+            let why =
+                !FileManager.default.fileExists(atPath: directory.string, isDirectory: &isDirectory) ? "\(directory) does not exist"
+                : !isDirectory.boolValue ? "\(directory) is not a directory"
+                : access(file.string, F_OK) != 0 ? "\(directory) holds no \(descriptionFile): it is not a snapshot (or one whose writing did not finish)"
+                : "\(file) exists but cannot be read (check its permissions)"
+            throw .invalidSpec(id: nil, problems: [SpecProblem(field: "", message: why, hint: hint)])
+        }
         do {
-            let data = try Data(contentsOf: URL(fileURLWithPath: file.string))
             var snapshot = try JSONDecoder.records.decode(Snapshot.self, from: data)
             snapshot.directory = directory.string
             return snapshot
         } catch {
-            throw .invalidSpec(id: nil, problems: [SpecProblem(field: file.string, message: "not a readable snapshot description: \(error)", hint: "give the directory MicroVM.snapshot(to:) wrote")])
+            throw .invalidSpec(id: nil, problems: [SpecProblem(field: file.string, message: "not a snapshot description this driver wrote: \(error)", hint: hint)])
         }
     }
 

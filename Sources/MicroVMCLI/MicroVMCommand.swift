@@ -17,7 +17,8 @@ struct MicroVMCommand: AsyncParsableCommand {
             problem (sandbox unavailable, missing binary, /dev/kvm, cgroups, files; doctor \
             found a failure); 4 VM failure (create failed, Firecracker refused, the guest ended \
             uncleanly); 5 no such VM; 6 the VM's state forbids it (id in use, not running, \
-            another process is attached).
+            another process is attached); 130 interrupted (SIGINT, SIGTERM or SIGHUP; what the \
+            command was doing was undone or finished).
             """,
         version: CLIVersion.current,
         subcommands: [

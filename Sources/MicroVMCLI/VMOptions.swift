@@ -96,7 +96,10 @@ struct VMOptions: ParsableArguments {
             }
             spec = VMSpec(id: "", machine: .init(vcpus: 1, memoryMiB: 128), boot: .init(kernel: Paths.absolute(kernel)))
         }
-        if let id { spec.id = id }
+        if let id {
+            guard !id.isEmpty else { throw ValidationError("--id is empty: give 1-64 letters, digits and '-', or leave --id out for a generated id") }
+            spec.id = id
+        }
         if spec.id.isEmpty { spec.id = VMSpec.generatedID() }
         if let kernel { spec.boot.kernel = Paths.absolute(kernel) }
         if let initrd { spec.boot.initrd = Paths.absolute(initrd) }
@@ -107,8 +110,11 @@ struct VMOptions: ParsableArguments {
             spec.drives.removeAll { $0.id == "rootfs" || $0.root == true }
             spec.drives.insert(DriveSpec(id: "rootfs", path: Paths.absolute(rootfs), root: true), at: 0)
         }
+        var flaggedDrives: Set<String> = []
         for text in drives {
             let drive = try Self.parseDrive(text)
+            // A flag replaces the spec's drive of its id; two flags of one id is a mistake.
+            guard flaggedDrives.insert(drive.id).inserted else { throw ValidationError("--drive \(text): a second --drive with id=\(drive.id)") }
             if let index = spec.drives.firstIndex(where: { $0.id == drive.id }) {
                 spec.drives[index] = drive
             } else {

@@ -402,6 +402,12 @@ struct CLITests {
             }
             let badFlag = try await CLI.run(["create", "--kernel", "/bin/true", "--drive", "id=d,path=/x,ro=maybe"] + state)
             #expect(badFlag.status == 2 && badFlag.stderr.contains("not true or false"), "\(badFlag)")
+            let twice = try await CLI.run(["create", "--kernel", "/bin/true", "--drive", "id=d,path=/x", "--drive", "id=d,path=/y"] + state)
+            #expect(twice.status == 2 && twice.stderr.contains("a second --drive with id=d"), "\(twice)")
+            let emptyID = try await CLI.run(["create", "--kernel", "/bin/true", "--id", ""] + state)
+            #expect(emptyID.status == 2 && emptyID.stderr.contains("--id is empty"), "\(emptyID)")
+            let notSnapshot = try await CLI.run(["restore", directory, "--id", "x"] + state)
+            #expect(notSnapshot.status == 2 && notSnapshot.stderr.contains("holds no snapshot.json"), "\(notSnapshot)")
             let badSpec = try await CLI.run(["create", "--kernel", directory + "/no-such-kernel", "--sandbox", "disabled"] + state)
             #expect(badSpec.status == 2 && badSpec.stderr.contains("boot.kernel"), "an invalid spec names its field: \(badSpec)")
             // One problem: its own hint, said once, on the hint line.

@@ -98,6 +98,27 @@ struct VMSpecTests {
         #expect(text?.field == "drives[0].rate_limiter.bandwidth.refill_time" && text?.message == "expected an integer")
     }
 
+    @Test("A value an enumeration does not have is named with the values it has")
+    func enumerationChoices() {
+        func problem(_ yaml: String) -> SpecProblem? {
+            do {
+                _ = try VMSpec.decode(yaml: "id: a\nmachine: {vcpus: 1, memory_mib: 64}\nboot: {kernel: /k}\n" + yaml)
+                return nil
+            } catch {
+                guard case .invalidSpec(_, let problems) = error, problems.count == 1 else { return nil }
+                return problems[0]
+            }
+        }
+        let version = problem("mmds: {version: V3}")
+        #expect(version?.field == "mmds.version" && version?.message == "'V3' is not one of V1, V2", "\(String(describing: version))")
+        let cache = problem("drives: [{id: d, path: /d, cache_type: Writeback2}]")
+        #expect(cache?.field == "drives[0].cache_type" && cache?.message.contains("Unsafe, Writeback") == true, "\(String(describing: cache))")
+        let policy = problem("sandbox: maybe")
+        #expect(policy?.message == "'maybe' is not one of required, preferred, disabled", "\(String(describing: policy))")
+        let level = problem("logging: {level: Verbose}")
+        #expect(level?.message.contains("Error, Warning, Info, Debug, Trace, Off") == true, "\(String(describing: level))")
+    }
+
     @Test("A spec without boot.args boots with the serial console, reboot=k and panic=1 (as --kernel alone does)")
     func defaultBootArguments() throws {
         let spec = try VMSpec.decode(yaml: "id: a\nmachine: {vcpus: 1, memory_mib: 64}\nboot: {kernel: /k}\n")

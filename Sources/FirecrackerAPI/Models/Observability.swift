@@ -18,7 +18,7 @@ public enum LogLevel: String, Codable, Sendable, CaseIterable {
             self = level
         } else {
             throw DecodingError.dataCorruptedError(
-                in: container, debugDescription: "'\(text)' is not a Firecracker log level")
+                in: container, debugDescription: "'\(text)' is not a Firecracker log level (\(LogLevel.allCases.map(\.rawValue).joined(separator: ", ")), in any case, or Warn)")
         }
     }
 }

@@ -409,7 +409,7 @@ public struct MMDSSpec: Codable, Sendable, Hashable {
 /// unless the driver's network has IPv6 (`VMNetworkConfiguration.ipv6`) and a rule lists an
 /// IPv6 destination.
 public struct NetworkSpec: Codable, Sendable, Hashable {
-    public enum Mode: String, Codable, Sendable, Hashable {
+    public enum Mode: String, Codable, Sendable, Hashable, CaseIterable {
         case namespace, tap
     }
 

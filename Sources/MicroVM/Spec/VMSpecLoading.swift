@@ -1,6 +1,7 @@
 public import FirecrackerAPI
 public import Foundation
 public import SystemPackage
+import MicroVMHost
 import Yams
 
 /// One thing wrong with a spec: where (a key path such as `drives[1].path`), what, and how to fix it.
@@ -213,11 +214,34 @@ extension VMSpec {
         case .valueNotFound(let type, let context):
             return SpecProblem(field: render(context.codingPath), message: "expected \(Self.typeName(type)), found null")
         case .dataCorrupted(let context):
+            // "Cannot initialize CacheType from invalid String value Writeback": with the choices.
+            let words = context.debugDescription.split(separator: " ")
+            if words.starts(with: ["Cannot", "initialize"]), words.count >= 3, let choices = Self.choices[String(words[2])],
+                let range = context.debugDescription.range(of: "invalid String value ")
+            {
+                let given = context.debugDescription[range.upperBound...]
+                return SpecProblem(
+                    field: render(context.codingPath), message: "'\(given)' is not one of \(choices.joined(separator: ", "))",
+                    hint: "give one of \(choices.joined(separator: ", ")) (spelt exactly so)")
+            }
             return SpecProblem(field: render(context.codingPath), message: context.debugDescription)
         @unknown default:
             return SpecProblem(field: "", message: "\(error)")
         }
     }
+
+    /// The values each of the spec's enumerations takes, by the type name Foundation's error
+    /// gives.
+    private static let choices: [String: [String]] = {
+        func values<T: CaseIterable & RawRepresentable>(_ type: T.Type) -> (String, [String]) where T.RawValue == String {
+            ("\(T.self)", T.allCases.map(\.rawValue))
+        }
+        return Dictionary(
+            [
+                values(CpuTemplate.self), values(HugePages.self), values(Drive.CacheType.self), values(Drive.IOEngine.self),
+                values(LogLevel.self), values(MmdsVersion.self), values(SandboxPolicy.self), values(NetworkSpec.Mode.self),
+            ], uniquingKeysWith: { first, _ in first })
+    }()
 
     private static func typeName(_ type: Any.Type) -> String {
         switch type {
