@@ -412,21 +412,29 @@ enum DoctorChecks {
                     ? Finding(check: "swap", status: .ok, seen: "no swap")
                     : Finding(check: "swap", status: .warn, seen: "swap on \(devices.joined(separator: ", "))", why: "guest memory written to swap outlives the guest and can be read back", fix: "swapoff -a"))
         }
+        // Every vulnerability the kernel reports on, not a fixed list: new ones keep appearing
+        // (spec_rstack_overflow, gather_data_sampling, ...).
         var vulnerable: [String] = []
-        for name in ["meltdown", "spectre_v2", "l1tf", "spec_store_bypass", "mds"] {
-            if let text = context.read("/sys/devices/system/cpu/vulnerabilities/\(name)"), text.hasPrefix("Vulnerable") {
+        let directory = "/sys/devices/system/cpu/vulnerabilities"
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: context.host(directory))) ?? []).sorted()
+        for name in names {
+            if let text = context.read("\(directory)/\(name)"), text.hasPrefix("Vulnerable") {
                 vulnerable.append("\(name): \(text.trimmingCharacters(in: .whitespacesAndNewlines))")
             }
         }
-        let cmdline = context.read("/proc/cmdline") ?? ""
-        if cmdline.contains("mitigations=off") { vulnerable.append("mitigations=off on the kernel command line") }
+        let cmdline = (context.read("/proc/cmdline") ?? "").split(whereSeparator: \.isWhitespace)
+        let switchedOff = cmdline.filter { $0 == "mitigations=off" || $0 == "nospectre_v2" || $0 == "nopti" || $0.hasSuffix("=off") && $0.hasPrefix("spec") }
+        if !switchedOff.isEmpty { vulnerable.append("\(switchedOff.joined(separator: " ")) on the kernel command line") }
+        let fix =
+            switchedOff.isEmpty
+            ? "update the kernel and the CPU microcode (the host's, or ask the cloud provider for the VM's); the kernel reports each one in \(directory)"
+            : "remove \(switchedOff.joined(separator: " ")) from the kernel command line (with GRUB: GRUB_CMDLINE_LINUX in /etc/default/grub, then update-grub and reboot), and keep the kernel and CPU microcode updated"
         findings.append(
             vulnerable.isEmpty
                 ? Finding(check: "mitigations", status: .ok, seen: "no side-channel vulnerability reported unmitigated")
                 : Finding(
                     check: "mitigations", status: .warn, seen: vulnerable.joined(separator: "; "),
-                    why: "an unmitigated side channel lets a guest read host or other guests' memory",
-                    fix: "update the kernel and CPU microcode, and remove mitigations=off from the kernel command line (/etc/default/grub, then update-grub)"))
+                    why: "an unmitigated side channel lets a guest read host or other guests' memory", fix: fix))
         return findings
     }
 

@@ -371,6 +371,14 @@ struct CLITests {
                 #expect(leftovers["status"] as? String == "warn")
                 #expect((leftovers["fix"] as? String) == "microvm gc --state-dir \(configuration.stateStore.root.string)")
 
+                // A file of someone else's in the VM's state directory: kept, and the removal
+                // says so instead of reporting the VM removed.
+                let foreign = configuration.stateStore.directory(for: rmID).appending("notes.txt").string
+                #expect(FileManager.default.createFile(atPath: foreign, contents: Data("mine".utf8)))
+                let refused = try await CLI.run(["rm", rmID] + flags)
+                #expect(refused.status != 0 && refused.stderr.contains("notes.txt"), "\(refused)")
+                #expect(FileManager.default.fileExists(atPath: foreign))
+                try FileManager.default.removeItem(atPath: foreign)
                 let removed = try await CLI.run(["rm", rmID] + flags)
                 #expect(removed.status == 0 && removed.lines == [rmID], "\(removed)")
                 let collected = try await CLI.run(["gc", "--json"] + flags)

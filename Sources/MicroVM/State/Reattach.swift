@@ -359,11 +359,11 @@ extension MicroVM {
         }
         var vmLogger = logger
         vmLogger[metadataKey: "vm"] = "\(id)"
-        let report = await JailTeardown.run(layout: layout, parentCgroup: record.parentCgroup, cgroupHost: cgroupHost, logger: vmLogger)
+        var report = await JailTeardown.run(layout: layout, parentCgroup: record.parentCgroup, cgroupHost: cgroupHost, logger: vmLogger)
         if record.spec.network != nil {
             await VMNetworking.tearDown(vmID, configuration: configuration.networkConfiguration, logger: vmLogger)
         }
-        if report.isComplete { configuration.stateStore.remove(id: id) }
+        if report.isComplete, let left = configuration.stateStore.remove(id: id) { report.failures.append(left) }
         reapMonitor(of: record)
         vmLogger.info("removed a dead VM", metadata: ["complete": "\(report.isComplete)"])
         return report
@@ -390,7 +390,7 @@ extension MicroVM {
         // Where the creating driver noted the jail; otherwise where this configuration puts it.
         let noted = CreationJail(notedOn: configuration.stateStore.directory(for: id), id: vmID)
         // Jailed or not, the teardown tells from what is on disk (`JailLayout.matchingDisk()`).
-        let report = await JailTeardown.run(
+        var report = await JailTeardown.run(
             layout: noted?.layout ?? jail.layout, parentCgroup: noted?.parentCgroup ?? jail.parentCgroup, cgroupHost: jail.cgroupHost,
             options: TeardownOptions(searchForProcesses: true), logger: vmLogger)
         // A network is made before anything runs; with no network state at all there is none
@@ -398,7 +398,7 @@ extension MicroVM {
         if access(configuration.networkConfiguration.stateDirectory.string, F_OK) == 0 {
             await VMNetworking.tearDown(vmID, configuration: configuration.networkConfiguration, logger: vmLogger)
         }
-        if report.isComplete { configuration.stateStore.remove(id: id) }
+        if report.isComplete, let left = configuration.stateStore.remove(id: id) { report.failures.append(left) }
         vmLogger.info(
             "removed an interrupted creation",
             metadata: ["complete": "\(report.isComplete)", "stopped": "\(report.stopped.count)", "jail": "\(report.removedJailDirectory)"])

@@ -220,7 +220,9 @@ public struct StateStore: Sendable, Hashable {
 
     /// Removes the VM's directory (record, lock, FIFOs, and what its monitor kept): only the
     /// files the driver and the monitor make, so a directory holding anything else stays.
-    func remove(id: String) {
+    /// Returns the error when the directory stays (it holds files of someone else's).
+    @discardableResult
+    func remove(id: String) -> JailError? {
         let directory = directory(for: id)
         let monitorFiles = [
             "monitor.sock", "exit", "exit.tmp", "console.log", "console.log.1", "firecracker.log", "firecracker.log.1", "stderr.log",
@@ -229,7 +231,11 @@ public struct StateStore: Sendable, Hashable {
         for name in ["state.json", "state.json.tmp", "stdin", "stdout", "stderr"] + monitorFiles {
             unlink(directory.appending(name).string)
         }
-        rmdir(directory.string)
+        guard rmdir(directory.string) != 0, errno != ENOENT else { return nil }
+        let error = errno
+        let left = (try? FileManager.default.contentsOfDirectory(atPath: directory.string))?.sorted() ?? []
+        let subject = left.isEmpty ? directory.string : "\(directory) (it holds files the driver did not make: \(left.joined(separator: ", ")))"
+        return .system(id: nil, SystemCallError(call: "rmdir", subject: subject, errno: error))
     }
 
     private func ensureRoot(id: String) throws(MicroVMError) {
