@@ -138,6 +138,8 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
                 ?? (cause is MonitoredLaunchFailure
                     ? "Firecracker's own words follow the cause; `microvm doctor ID` reads them and names the fix"
                     : "see the cause above")
+        case .snapshotFailed(_, let step, _) where step.hasPrefix("checking ") || step.hasPrefix("creating "):
+            "give a new directory whose parent exists, or an empty one (nothing of an earlier snapshot is overwritten)"
         case .snapshotFailed: "check the destination's free space and permissions"
         case .file: "check the path and its permissions"
         case .network(_, let error): error.hint

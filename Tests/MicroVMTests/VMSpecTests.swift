@@ -98,6 +98,27 @@ struct VMSpecTests {
         #expect(text?.field == "drives[0].rate_limiter.bandwidth.refill_time" && text?.message == "expected an integer")
     }
 
+    @Test("Huge pages the host has not reserved are named before the launch (Firecracker would blame the kernel image)")
+    func hugePagesNotReserved() {
+        var spec = VMSpec(id: "hp", machine: .init(vcpus: 1, memoryMiB: 1 << 20, hugePages: .hugetlbfs2M), boot: .init(kernel: Self.kernel))
+        let problem = spec.validate().first { $0.field == "machine.huge_pages" }
+        #expect(problem?.message.contains("need 524288 free 2 MiB huge pages") == true, "\(spec.validate())")
+        #expect(problem?.hint?.contains("nr_hugepages") == true)
+        spec.machine.hugePages = HugePages.none
+        #expect(!spec.validate().contains { $0.field == "machine.huge_pages" })
+    }
+
+    @Test("MMDS's address must be an IPv4 link-local one, as Firecracker requires")
+    func mmdsAddress() throws {
+        var spec = try VMSpec.decode(json: Data(Self.json.utf8))
+        for (address, expected) in [("169.254.170.2", nil), ("8.8.8.8", "not link-local"), ("not-an-ip", "not an IPv4 address")] {
+            spec.mmds?.ipv4Address = address
+            let problem = spec.validate().first { $0.field == "mmds.ipv4_address" }
+            #expect(problem?.message.contains(expected ?? "") ?? (expected == nil), "\(address): \(String(describing: problem))")
+            #expect((problem == nil) == (expected == nil), "\(address)")
+        }
+    }
+
     @Test("A value an enumeration does not have is named with the values it has")
     func enumerationChoices() {
         func problem(_ yaml: String) -> SpecProblem? {

@@ -8,6 +8,17 @@ import MicroVMHost
 extension VMSpec {
     /// Every problem with the spec, each naming its field, without touching the host (it only
     /// reads: files must exist and be regular files).
+    /// The host's free, unreserved 2 MiB huge pages; nil where the host does not say.
+    static func available2MHugePages() -> Int? {
+        func read(_ name: String) -> Int? {
+            let path = "/sys/kernel/mm/hugepages/hugepages-2048kB/\(name)"
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
+            return Int(text.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        guard let free = read("free_hugepages") else { return nil }
+        return max(0, free - (read("resv_hugepages") ?? 0))
+    }
+
     public func validate() -> [SpecProblem] {
         var problems: [SpecProblem] = []
         func problem(_ field: String, _ message: String, _ hint: String? = nil) {
@@ -26,6 +37,14 @@ extension VMSpec {
         if machine.memoryMiB < 1 { problem("machine.memory_mib", "must be at least 1") }
         if machine.hugePages == .hugetlbfs2M, machine.memoryMiB % 2 != 0 {
             problem("machine.memory_mib", "\(machine.memoryMiB) MiB is not a multiple of 2 MiB", "huge_pages 2M needs an even size")
+        }
+        if machine.hugePages == .hugetlbfs2M, let available = Self.available2MHugePages(), available * 2 < machine.memoryMiB {
+            // Firecracker would fail only once launched, and in other words ("Unable to read
+            // kernel image" on a guest memory it could not map).
+            let needed = (machine.memoryMiB + 1) / 2
+            problem(
+                "machine.huge_pages", "the guest's \(machine.memoryMiB) MiB need \(needed) free 2 MiB huge pages; the host has \(available) free",
+                "reserve them first: echo \(needed) > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages (more for several VMs), or drop huge_pages")
         }
         if machine.hugePages == .hugetlbfs2M, balloon != nil {
             problem("balloon", "a balloon cannot be used with huge pages", "drop the balloon or huge_pages")
@@ -112,6 +131,15 @@ extension VMSpec {
         if let mmds {
             if mmds.networkInterfaces.isEmpty {
                 problem("mmds.network_interfaces", "is empty", "name the interface(s) whose guest traffic MMDS answers")
+            }
+            if let address = mmds.ipv4Address {
+                // Firecracker takes a link-local address only, and says so only once launched.
+                var parsed = in_addr()
+                if inet_pton(AF_INET, address, &parsed) != 1 {
+                    problem("mmds.ipv4_address", "'\(address)' is not an IPv4 address", "give a link-local address such as 169.254.169.254 (the default)")
+                } else if !address.hasPrefix("169.254.") {
+                    problem("mmds.ipv4_address", "\(address) is not link-local (169.254.0.0/16), which Firecracker requires", "use 169.254.169.254 (the default) or another 169.254.x.y")
+                }
             }
             for (index, name) in mmds.networkInterfaces.enumerated() where !interfaceIDs.contains(name) && name != network?.interface {
                 problem("mmds.network_interfaces[\(index)]", "'\(name)' is not the id of one of network_interfaces")
