@@ -72,29 +72,31 @@ struct VMSpecTests {
         #expect(throws: MicroVMError.self) { try VMSpec.decode(json: Data("{not json".utf8)) }
     }
 
+    /// The one problem of a minimal spec with `yaml` added; nil when it decodes or has several.
+    static func onlyProblem(_ yaml: String) -> SpecProblem? {
+        do {
+            _ = try VMSpec.decode(yaml: "id: a\nmachine: {vcpus: 1, memory_mib: 64}\nboot: {kernel: /k}\n" + yaml)
+            return nil
+        } catch {
+            guard case .invalidSpec(_, let problems) = error, problems.count == 1 else { return nil }
+            return problems[0]
+        }
+    }
+
     @Test("A number its field cannot hold is named with the field and the range (Foundation's decoder gives no path)")
     func numbersOutOfRange() {
-        func problem(_ yaml: String) -> SpecProblem? {
-            do {
-                _ = try VMSpec.decode(yaml: "id: a\nmachine: {vcpus: 1, memory_mib: 64}\nboot: {kernel: /k}\n" + yaml)
-                return nil
-            } catch {
-                guard case .invalidSpec(_, let problems) = error, problems.count == 1 else { return nil }
-                return problems[0]
-            }
-        }
-        let cid = problem("vsock: {guest_cid: -3}")
+        let cid = Self.onlyProblem("vsock: {guest_cid: -3}")
         #expect(cid?.field == "vsock.guest_cid" && cid?.message == "-3 does not fit this field", "\(String(describing: cid))")
         #expect(cid?.hint == "give a whole number from 0 to 4294967295")
-        let uid = problem("jail: {uid: 5000000000}")
+        let uid = Self.onlyProblem("jail: {uid: 5000000000}")
         #expect(uid?.field == "jail.uid", "\(String(describing: uid))")
-        let size = problem("drives: [{id: d, path: /d, rate_limiter: {bandwidth: {size: -5, refill_time: 100}}}]")
+        let size = Self.onlyProblem("drives: [{id: d, path: /d, rate_limiter: {bandwidth: {size: -5, refill_time: 100}}}]")
         #expect(size?.field == "drives[0].rate_limiter.bandwidth.size" && size?.hint == "give a whole number from 0 to \(Int64.max)")
-        let fraction = problem("balloon: {amount_mib: 1.5}")
+        let fraction = Self.onlyProblem("balloon: {amount_mib: 1.5}")
         #expect(fraction?.field == "balloon.amount_mib" && fraction?.hint == "give a whole number", "\(String(describing: fraction))")
-        let huge = problem("console: {ring_lines: 99999999999999999999}")
+        let huge = Self.onlyProblem("console: {ring_lines: 99999999999999999999}")
         #expect(huge?.field == "console.ring_lines", "\(String(describing: huge))")
-        let text = problem("drives: [{id: d, path: /d, rate_limiter: {bandwidth: {size: 5, refill_time: '1s'}}}]")
+        let text = Self.onlyProblem("drives: [{id: d, path: /d, rate_limiter: {bandwidth: {size: 5, refill_time: '1s'}}}]")
         #expect(text?.field == "drives[0].rate_limiter.bandwidth.refill_time" && text?.message == "expected an integer")
     }
 
@@ -121,22 +123,13 @@ struct VMSpecTests {
 
     @Test("A value an enumeration does not have is named with the values it has")
     func enumerationChoices() {
-        func problem(_ yaml: String) -> SpecProblem? {
-            do {
-                _ = try VMSpec.decode(yaml: "id: a\nmachine: {vcpus: 1, memory_mib: 64}\nboot: {kernel: /k}\n" + yaml)
-                return nil
-            } catch {
-                guard case .invalidSpec(_, let problems) = error, problems.count == 1 else { return nil }
-                return problems[0]
-            }
-        }
-        let version = problem("mmds: {version: V3}")
+        let version = Self.onlyProblem("mmds: {version: V3}")
         #expect(version?.field == "mmds.version" && version?.message == "'V3' is not one of V1, V2", "\(String(describing: version))")
-        let cache = problem("drives: [{id: d, path: /d, cache_type: Writeback2}]")
+        let cache = Self.onlyProblem("drives: [{id: d, path: /d, cache_type: Writeback2}]")
         #expect(cache?.field == "drives[0].cache_type" && cache?.message.contains("Unsafe, Writeback") == true, "\(String(describing: cache))")
-        let policy = problem("sandbox: maybe")
+        let policy = Self.onlyProblem("sandbox: maybe")
         #expect(policy?.message == "'maybe' is not one of required, preferred, disabled", "\(String(describing: policy))")
-        let level = problem("logging: {level: Verbose}")
+        let level = Self.onlyProblem("logging: {level: Verbose}")
         #expect(level?.message.contains("Error, Warning, Info, Debug, Trace, Off") == true, "\(String(describing: level))")
     }
 
