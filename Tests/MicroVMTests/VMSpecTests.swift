@@ -140,6 +140,23 @@ struct VMSpecTests {
         #expect(try VMSpec.decode(yaml: "id: a\nmachine: {vcpus: 1, memory_mib: 64}\nboot: {kernel: /k, args: []}\n").boot.args == [])
     }
 
+    @Test("JSON: a key given twice is an error naming it, as in YAML (JSON's decoder would keep one silently)")
+    func duplicateJSONKeys() {
+        let json = #"{"id": "a", "machine": {"vcpus": 1, "memory_mib": 64, "vcpus": 2}, "boot": {"kernel": "/k\"x"}, "drives": [{"id": "d", "path": "/d"}, {"id": "e", "path": "/e", "path": "/f"}], "machine": {"vcpus": 1, "memory_mib": 128}}"#
+        do {
+            _ = try VMSpec.decode(json: Data(json.utf8))
+            Issue.record("decoded")
+        } catch {
+            guard case .invalidSpec(_, let problems) = error else {
+                Issue.record("\(error)")
+                return
+            }
+            #expect(problems.map(\.field) == ["machine.vcpus", "drives[1].path", "machine"], "\(problems)")
+            #expect(problems.allSatisfy { $0.message == "given twice" })
+        }
+        #expect((try? VMSpec.decode(json: Data(Self.json.utf8))) != nil)
+    }
+
     @Test("YAML: the same spec; unquoted Off and no stay strings; duplicate keys are errors")
     func yaml() throws {
         let yaml = """

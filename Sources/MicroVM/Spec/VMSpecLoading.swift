@@ -68,7 +68,67 @@ extension VMSpec {
             }
             throw .invalidSpec(id: nil, problems: [SpecProblem(field: "", message: "not valid JSON: \(Self.syntaxError(in: data, decoding: error))")])
         }
+        // JSON's decoder keeps one of two equal keys without a word (YAML's refuses them).
+        let duplicates = Self.duplicateKeys(in: data)
+        if !duplicates.isEmpty { throw .invalidSpec(id: tree.objectValue?["id"]?.stringValue, problems: duplicates) }
         return try decode(tree: tree)
+    }
+
+    /// Keys given twice in one object of a JSON document already known to be valid.
+    static func duplicateKeys(in data: Data) -> [SpecProblem] {
+        enum Frame {
+            case object(keys: Set<[UInt8]>, key: String?, expectingKey: Bool)
+            case array(index: Int)
+        }
+        var frames: [Frame] = []
+        var problems: [SpecProblem] = []
+        func path(adding key: String? = nil) -> String {
+            var result = ""
+            for frame in frames {
+                switch frame {
+                case .object(_, let key?, _): result += result.isEmpty ? key : ".\(key)"
+                case .object: break
+                case .array(let index): result += "[\(index)]"
+                }
+            }
+            if let key { result += result.isEmpty ? key : ".\(key)" }
+            return result
+        }
+        let bytes = [UInt8](data)
+        var position = 0
+        while position < bytes.count {
+            let byte = bytes[position]
+            switch byte {
+            case UInt8(ascii: "{"):
+                frames.append(.object(keys: [], key: nil, expectingKey: true))
+            case UInt8(ascii: "["):
+                frames.append(.array(index: 0))
+            case UInt8(ascii: "}"), UInt8(ascii: "]"):
+                _ = frames.popLast()
+            case UInt8(ascii: ","):
+                switch frames.last {
+                case .object(let keys, _, _)?: frames[frames.count - 1] = .object(keys: keys, key: nil, expectingKey: true)
+                case .array(let index)?: frames[frames.count - 1] = .array(index: index + 1)
+                case nil: break
+                }
+            case UInt8(ascii: "\""):
+                var end = position + 1
+                while end < bytes.count, bytes[end] != UInt8(ascii: "\"") { end += bytes[end] == UInt8(ascii: "\\") ? 2 : 1 }
+                if case .object(var keys, _, true)? = frames.last {
+                    let raw = Array(bytes[(position + 1)..<min(end, bytes.count)])
+                    let key = String(decoding: raw, as: UTF8.self)
+                    if !keys.insert(raw).inserted {
+                        problems.append(SpecProblem(field: path(adding: key), message: "given twice", hint: "keep one of them"))
+                    }
+                    frames[frames.count - 1] = .object(keys: keys, key: key, expectingKey: false)
+                }
+                position = end
+            default:
+                break
+            }
+            position += 1
+        }
+        return problems
     }
 
     /// Decodes a spec from YAML, strictly. Unquoted `true`/`false` are booleans and numbers are
