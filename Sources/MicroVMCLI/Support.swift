@@ -263,8 +263,18 @@ enum VMs {
         throw first
     }
 
+    /// A usage error for a string no VM can have as its id (rather than "no such VM").
+    static func checkID(_ id: String) throws {
+        do {
+            _ = try VMIdentifier(id)
+        } catch {
+            throw CLIError(.usage, error.summary, hint: "ids are 1-64 ASCII letters, digits and '-'; `microvm ls -q` lists them")
+        }
+    }
+
     /// The VM's listing, or `notFound`.
     static func listing(_ id: String, configuration: DriverConfiguration) throws -> VMListing {
+        try checkID(id)
         if let listing = MicroVM.list(configuration: configuration).first(where: { $0.id == id }) { return listing }
         throw MicroVMError.notFound(id: id, stateRoot: configuration.stateStore.root.string)
     }
@@ -280,6 +290,7 @@ enum VMs {
 
     /// Attaches to a live VM, with errors that say what to do from the shell.
     static func attach(_ id: String, configuration: DriverConfiguration, logger: Logger) async throws -> MicroVM {
+        try checkID(id)
         do {
             return try await MicroVM.attach(id: id, configuration: configuration, logger: logger)
         } catch {

@@ -420,6 +420,8 @@ struct CLITests {
             #expect(badSpec.status == 2 && badSpec.stderr.contains("boot.kernel"), "an invalid spec names its field: \(badSpec)")
             // One problem: its own hint, said once, on the hint line.
             #expect(badSpec.stderr.split(separator: "\n").last == "hint: check the path" && !badSpec.stderr.contains("Hint:"), "\(badSpec)")
+            let notAnID = try await CLI.run(["stop", "bad_id"] + state)
+            #expect(notAnID.status == 2 && notAnID.stderr.contains("invalid VM id"), "an id no VM can have is a usage error: \(notAnID)")
             let notFound = try await CLI.run(["inspect", "nope"] + state)
             #expect(notFound.status == 5 && notFound.stderr.contains("no such VM"), "\(notFound)")
             let notFoundJSON = try await CLI.run(["inspect", "nope", "--json"] + state)
