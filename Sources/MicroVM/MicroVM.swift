@@ -534,6 +534,14 @@ public actor MicroVM {
             // A restore boots no kernel: it may be gone since the snapshot.
             problems.removeAll { $0.field.hasPrefix("boot.") }
             problems += snapshot.missingFiles()
+            if snapshot.type == .diff {
+                // Its memory holds only the pages written since the snapshot before it: the
+                // guest would run on zeros elsewhere (and triple-fault).
+                problems.append(
+                    SpecProblem(
+                        field: "snapshot", message: "\(snapshot.directory) is a diff snapshot: its memory holds only what changed since the full snapshot before it",
+                        hint: "merge it onto that full snapshot first: Snapshot.applyingDiff(onto:), or `microvm restore DIFF --base FULL`"))
+            }
         }
         if !problems.isEmpty { throw .invalidSpec(id: spec.id, problems: problems) }
         let id: VMIdentifier
@@ -560,6 +568,15 @@ public actor MicroVM {
             jail = decision.isSandboxed ? jailed : jailed.with(layoutKind: .directory)
         } catch {
             throw .sandbox(id: spec.id, error)
+        }
+        if case .restore(let snapshot, _, _) = mode, snapshot.sandboxed == true, !decision.isSandboxed {
+            throw .invalidSpec(
+                id: spec.id,
+                problems: [
+                    SpecProblem(
+                        field: "snapshot", message: "\(snapshot.directory) is a snapshot of a jailed VM: Firecracker recorded its drives at in-jail paths, which an unjailed VMM cannot open",
+                        hint: "restore it jailed (sandbox policy required, or preferred on a host where the jailer works)")
+                ])
         }
         if !decision.isSandboxed {
             logger.warning("starting Firecracker UNJAILED", metadata: ["policy": "\((spec.sandbox ?? configuration.policy).rawValue)"])
@@ -1033,20 +1050,26 @@ public actor MicroVM {
     }
 
     private func stopEscalating(grace: Duration) async -> ExitReason {
+        // The grace bounds the whole graceful part, the API calls included: a VMM that does not
+        // answer (hung, SIGSTOPped) is killed once it is over, not after the client's timeouts.
+        let deadline = ContinuousClock.now + grace
+        func remaining(atLeast floor: Duration = .zero) -> Duration { max(floor, deadline - .now) }
         if state == .paused {
-            try? await Self.call("PATCH /vm Resumed", id: id.rawValue) { try await client.resume() }
+            try? await Self.call("PATCH /vm Resumed", id: id.rawValue) { try await client.resume(timeout: remaining(atLeast: .milliseconds(100))) }
             if state == .paused { state = .running }
         }
         if state == .running {
             do {
-                try await Self.call("SendCtrlAltDel", id: id.rawValue) { try await client.sendCtrlAltDel() }
-                if let reason = await ended.wait(timeout: grace) { return reason }
+                try await Self.call("SendCtrlAltDel", id: id.rawValue) {
+                    try await client.sendCtrlAltDel(timeout: remaining(atLeast: .milliseconds(100)))
+                }
+                if let reason = await ended.wait(timeout: remaining()) { return reason }
                 logger.warning("the guest did not shut down within the grace period; killing the VMM", metadata: ["grace": "\(grace)"])
             } catch {
                 // A VMM already on its way out (another process's stop, a guest shutting down)
                 // closes or refuses the connection: its own exit, within the grace, is the end
                 // it was having. A refusal from Firecracker itself means no shutdown is coming.
-                if case .api(_, _, .transport) = error, let reason = await ended.wait(timeout: grace) { return reason }
+                if case .api(_, _, .transport) = error, let reason = await ended.wait(timeout: remaining()) { return reason }
                 logger.debug("Ctrl-Alt-Del failed; killing", metadata: ["error": "\(error)"])
             }
         }
@@ -1146,7 +1169,7 @@ public actor MicroVM {
         for drive in spec.drives where !drive.isReadOnly { driveCopies[drive.id] = destination.appending("drive-\(drive.id)").string }
         let snapshot = Snapshot(
             directory: destination, type: type, spec: currentSpec, firecrackerVersion: (try? await client.serverVersion())?.description,
-            driveCopies: driveCopies, createdAt: Date(), networkIndex: network?.mode == .tap ? network?.index : nil)
+            driveCopies: driveCopies, createdAt: Date(), networkIndex: network?.mode == .tap ? network?.index : nil, sandboxed: isSandboxed)
         let pendingDescription = Task { () -> MicroVMError? in
             do throws(MicroVMError) {
                 try await snapshot.writePendingDescription()

@@ -24,14 +24,19 @@ public struct Snapshot: Codable, Sendable, Hashable {
     /// keeps that allocation's address, so a restore takes the same lease (namespace mode needs
     /// none: every guest there has the same address).
     public var networkIndex: Int?
+    /// Whether the VM it was taken from was jailed (nil in snapshots of earlier versions): its
+    /// Firecracker recorded its drives at in-jail paths (`/drives/rootfs`), which only a jailed
+    /// VMM finds again.
+    public var sandboxed: Bool?
 
     public static let descriptionFile = "snapshot.json"
 
     init(
         directory: FilePath, type: SnapshotType, spec: VMSpec, firecrackerVersion: String?, driveCopies: [String: String], createdAt: Date,
-        networkIndex: Int? = nil
+        networkIndex: Int? = nil, sandboxed: Bool? = nil
     ) {
         self.networkIndex = networkIndex
+        self.sandboxed = sandboxed
         self.directory = directory.string
         self.type = type
         self.spec = spec
@@ -47,6 +52,7 @@ public struct Snapshot: Codable, Sendable, Hashable {
         case driveFiles = "drive_files"
         case createdAt = "created_at"
         case networkIndex = "network_index"
+        case sandboxed
     }
 
     public var statePath: FilePath { FilePath(directory).appending("state") }
@@ -206,14 +212,23 @@ enum SnapshotFiles {
         if createdDirectory { rmdir(snapshot.directory) }
     }
 
-    /// Moves a file: a rename on the same filesystem, else an extent-exact copy and unlink.
+    /// Moves a file Firecracker wrote: a rename on the same filesystem, else an extent-exact
+    /// copy and unlink. The snapshot's file then belongs to this process's user, read-only to
+    /// every other: a jailed VMM wrote it as the jail's user, and every VM restored from it is
+    /// given a hard link to the same inode, which that user could otherwise write, changing the
+    /// memory or state of every later restore. (A VMM only reads them; the snapshot's directory
+    /// is 0700, and each jail's root is its own user's.)
     static func move(_ source: FilePath, to destination: FilePath, id: String) async throws(MicroVMError) {
-        if rename(source.string, destination.string) == 0 { return }
-        guard errno == EXDEV else {
-            throw .snapshotFailed(id: id, step: "moving \(source) to \(destination)", detail: String(cString: strerror(errno)))
+        if rename(source.string, destination.string) != 0 {
+            guard errno == EXDEV else {
+                throw .snapshotFailed(id: id, step: "moving \(source) to \(destination)", detail: String(cString: strerror(errno)))
+            }
+            try await copy(source, to: destination, id: id)
+            unlink(source.string)
         }
-        try await copy(source, to: destination, id: id)
-        unlink(source.string)
+        guard chown(destination.string, geteuid(), getegid()) == 0, chmod(destination.string, 0o644) == 0 else {
+            throw .snapshotFailed(id: id, step: "taking \(destination) from the VM's user", detail: String(cString: strerror(errno)))
+        }
     }
 
     static func copy(_ source: FilePath, to destination: FilePath, id: String) async throws(MicroVMError) {

@@ -118,9 +118,12 @@ enum VMDiagnosis {
             return [Finding(check: "process", status: .ok, seen: "Firecracker pid \(pid) is alive (start time and \(record.sandboxed ? "jail root" : "directory") match the record); state \(record.state.name)")]
         case .gone:
             if reason == nil { reason = listing.state?.exitReason }
+            // A guest that shut down (or a VMM stopped on purpose) is not a fault: what it
+            // left only waits to be removed.
+            let status: Finding.Status = reason?.isClean == true ? .warn : .fail
             return [
                 Finding(
-                    check: "process", status: .fail,
+                    check: "process", status: status,
                     seen: "Firecracker (pid \(record.pid.map(String.init) ?? "?")) is gone; the record still says \(record.state.name)",
                     why: listing.supervised
                         ? "the VMM died; its driver (pid \(record.driverPID)) removes what it left as it notices"

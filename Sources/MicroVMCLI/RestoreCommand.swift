@@ -19,6 +19,12 @@ struct RestoreCommand: AsyncParsableCommand {
     @Option(help: "The new VM's id.")
     var id: String
 
+    @Option(
+        help: ArgumentHelp(
+            "For a diff snapshot (`snapshot --diff`): the full snapshot it was taken after. The diff's directory becomes a full snapshot (its memory merged onto the base's), then it is restored.",
+            valueName: "dir"))
+    var base: String?
+
     @Flag(help: "Leave the guest paused (`microvm resume` starts it).")
     var paused = false
 
@@ -42,7 +48,11 @@ struct RestoreCommand: AsyncParsableCommand {
             guard parts.count == 2 else { throw ValidationError("--tap \(tap): expected IFACE=TAP") }
             overrides[parts[0]] = parts[1]
         }
-        let snapshot = try Snapshot.load(from: FilePath(Paths.absolute(directory)))
+        var snapshot = try Snapshot.load(from: FilePath(Paths.absolute(directory)))
+        if let base {
+            guard snapshot.type == .diff else { throw ValidationError("--base: \(directory) is a full snapshot already; restore it without --base") }
+            snapshot = try await snapshot.applyingDiff(onto: Snapshot.load(from: FilePath(Paths.absolute(base))))
+        }
         let configuration = try global.driverConfiguration(firecracker: firecracker, jailer: jailer, launches: true)
         // A Ctrl-C cancels the restore, which removes everything it made.
         let interrupts = Interrupts.catching()

@@ -335,6 +335,18 @@ struct MicroVMLifecycleTests {
                 #expect(reason.exit == expected)
                 #expect(await vm.state == .stopped(reason))
             }
+            // A VMM that does not answer at all (SIGSTOPped): the grace bounds the API calls too,
+            // not the client's 10 s timeout.
+            let frozen = try await MicroVM.run(
+                EndToEnd.spec(assets, id: "frz-\(policy.rawValue.prefix(3))-\(getpid())"), configuration: configuration, logger: EndToEnd.logger)
+            try await EndToEnd.using(frozen) { vm in
+                _ = try await vm.console.waitForLine(containing: "microvm-guest: banner", timeout: .seconds(5))
+                kill(vm.pid, SIGSTOP)
+                let start = ContinuousClock.now
+                let reason = await vm.stop(grace: .milliseconds(500))
+                #expect(ContinuousClock.now - start < .seconds(3), "\(ContinuousClock.now - start)")
+                #expect(reason.kind == .killedByDriver, "\(reason)")
+            }
         }
     }
 

@@ -64,6 +64,30 @@ struct SnapshotTests {
                 let names = Set(try FileManager.default.contentsOfDirectory(atPath: snapshot.directory))
                 #expect(names == ["state", "memory", "drive-rootfs", Snapshot.descriptionFile])
                 #expect(try Snapshot.load(from: FilePath(snapshot.directory)) == snapshot)
+                #expect(snapshot.sandboxed == (policy == .required))
+                // The driver's, read-only to the VM's user: every restore links these inodes.
+                for path in [snapshot.statePath, snapshot.memoryPath] {
+                    var status = stat()
+                    #expect(stat(path.string, &status) == 0 && status.st_uid == geteuid() && status.st_mode & 0o777 == 0o644, "\(path)")
+                }
+            }
+            // A diff is refused (its memory is mostly zeros), before anything is made.
+            await #expect {
+                _ = try await MicroVM.restore(diff, id: "snap-rawdiff-\(tag)", configuration: configuration, logger: EndToEnd.logger)
+            } throws: { error in
+                guard case .invalidSpec(_, let problems) = error as? MicroVMError else { return false }
+                return problems.contains { $0.field == "snapshot" && $0.message.contains("diff snapshot") }
+            }
+            if policy == .required {
+                // A jailed VM's snapshot names in-jail paths: refused unjailed, before anything runs.
+                var unjailed = configuration
+                unjailed.policy = .disabled
+                await #expect {
+                    _ = try await MicroVM.restore(full, id: "snap-unjailed-\(tag)", configuration: unjailed, logger: EndToEnd.logger)
+                } throws: { error in
+                    guard case .invalidSpec(_, let problems) = error as? MicroVMError else { return false }
+                    return problems.contains { $0.field == "snapshot" && $0.message.contains("jailed VM") }
+                }
             }
             // The diff holds only what changed: far less data than the full memory.
             let fullSize = try FileManager.default.attributesOfItem(atPath: full.memoryPath.string)[.size] as? Int ?? 0

@@ -133,6 +133,15 @@ struct VMSpecTests {
         #expect(level?.message.contains("Error, Warning, Info, Debug, Trace, Off") == true, "\(String(describing: level))")
     }
 
+    @Test("A file may leave the id to its caller (the CLI's --id); validation names it if nobody gives one")
+    func idLeftToTheCaller() throws {
+        var spec = try VMSpec.decode(yaml: "machine: {vcpus: 1, memory_mib: 64}\nboot: {kernel: \(Self.kernel)}\n")
+        #expect(spec.id == "")
+        #expect(spec.validate().map(\.field) == ["id"], "\(spec.validate())")
+        spec.id = "given"
+        #expect(spec.validate().isEmpty, "\(spec.validate())")
+    }
+
     @Test("A spec without boot.args boots with the serial console, reboot=k and panic=1 (as --kernel alone does)")
     func defaultBootArguments() throws {
         let spec = try VMSpec.decode(yaml: "id: a\nmachine: {vcpus: 1, memory_mib: 64}\nboot: {kernel: /k}\n")

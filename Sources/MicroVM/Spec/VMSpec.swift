@@ -66,7 +66,7 @@ public struct VMSpec: Codable, Sendable, Hashable {
 
     public init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
-        id = try container.decode(String.self, forKey: .id)
+        id = try container.decodeIfPresent(String.self, forKey: .id) ?? ""  // the caller gives it (the CLI: --id, or one it makes); validate() names a missing one
         machine = try container.decode(Machine.self, forKey: .machine)
         boot = try container.decode(Boot.self, forKey: .boot)
         drives = try container.decodeIfPresent([DriveSpec].self, forKey: .drives) ?? []

@@ -264,7 +264,9 @@ extension MicroVM {
         }
         let client = FirecrackerClient(socketPath: record.connectableAPISocket, logger: logger)
         var state = record.state
-        if let info = try? await client.describeInstance() {
+        // Briefly: a VMM that does not answer (stopped, hung) keeps its record's state, and a
+        // stop or kill of it must not wait the client's default 10 s first.
+        if let info = try? await client.describeInstance(timeout: .milliseconds(500)) {
             switch info.state {
             case .notStarted: state = .created
             case .running: state = .running
