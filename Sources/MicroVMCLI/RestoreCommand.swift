@@ -25,6 +25,9 @@ struct RestoreCommand: AsyncParsableCommand {
             valueName: "dir"))
     var base: String?
 
+    @Option(help: "required, preferred or disabled (default: the snapshotted VM's spec, else $MICROVM_SANDBOX_POLICY, else required). A jailed VM's snapshot restores jailed only.")
+    var sandbox: SandboxPolicy?
+
     @Flag(help: "Leave the guest paused (`microvm resume` starts it).")
     var paused = false
 
@@ -49,6 +52,7 @@ struct RestoreCommand: AsyncParsableCommand {
             overrides[parts[0]] = parts[1]
         }
         var snapshot = try Snapshot.load(from: FilePath(Paths.absolute(directory)))
+        if let sandbox { snapshot.spec.sandbox = sandbox }
         if let base {
             guard snapshot.type == .diff else { throw ValidationError("--base: \(directory) is a full snapshot already; restore it without --base") }
             snapshot = try await snapshot.applyingDiff(onto: Snapshot.load(from: FilePath(Paths.absolute(base))))
