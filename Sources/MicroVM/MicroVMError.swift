@@ -48,6 +48,13 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
         }
     }
 
+    /// A snapshot refused for its destination (not empty, not a directory, no parent) before
+    /// anything was written: the caller's to correct, not the VM's failure.
+    public var isSnapshotDestinationProblem: Bool {
+        guard case .snapshotFailed(_, let step, _) = self else { return false }
+        return step.hasPrefix("checking ") || step.hasPrefix("creating ")
+    }
+
     public var description: String {
         let vm = id.flatMap { $0.isEmpty ? nil : "VM \($0): " } ?? ""  // a Firecracker config file names no VM
         switch self {
@@ -138,7 +145,7 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
                 ?? (cause is MonitoredLaunchFailure
                     ? "Firecracker's own words follow the cause; `microvm doctor ID` reads them and names the fix"
                     : "see the cause above")
-        case .snapshotFailed(_, let step, _) where step.hasPrefix("checking ") || step.hasPrefix("creating "):
+        case .snapshotFailed where isSnapshotDestinationProblem:
             "give a new directory whose parent exists, or an empty one (nothing of an earlier snapshot is overwritten)"
         case .snapshotFailed: "check the destination's free space and permissions"
         case .file: "check the path and its permissions"

@@ -87,6 +87,7 @@ enum Failure {
         case .sandbox(_, let cause):
             if case .invalidSetting = cause { return .usage }
             return .host
+        case .snapshotFailed where error.isSnapshotDestinationProblem: return .usage
         case .api, .snapshotFailed, .vmEnded: return .vmFailure
         case .createFailed(_, _, let cause, let exit):
             if exit == nil, cause is JailError || cause is SystemCallError { return .host }

@@ -211,6 +211,12 @@ struct CLITests {
                 #expect(afterwards.status == 0 && !afterwards.stderr.contains("Received Error"), "the earlier error is not re-emitted: \(afterwards)")
                 #expect(try await CLI.run(["resume", id] + flags).status == 0)
 
+                // A destination that is not empty: the caller's to correct (exit 2), nothing paused.
+                let occupied = directory + "/occupied"
+                #expect(mkdir(occupied, 0o700) == 0 && FileManager.default.createFile(atPath: occupied + "/x", contents: nil))
+                let notEmpty = try await CLI.run(["snapshot", id, occupied] + flags)
+                #expect(notEmpty.status == 2 && notEmpty.stderr.contains("not empty") && notEmpty.stderr.contains("hint: give a new directory"), "\(notEmpty)")
+
                 let snapshotDirectory = directory + "/snap"
                 let snapshot = try await CLI.run(["snapshot", id, snapshotDirectory] + flags)
                 #expect(snapshot.status == 0, "\(snapshot)")
