@@ -52,7 +52,7 @@ public enum MicroVMError: Error, Sendable, CustomStringConvertible {
     /// anything was written: the caller's to correct, not the VM's failure.
     public var isSnapshotDestinationProblem: Bool {
         guard case .snapshotFailed(_, let step, _) = self else { return false }
-        return step.hasPrefix("checking ") || step.hasPrefix("creating ")
+        return SnapshotFiles.isDestinationStep(step)
     }
 
     public var description: String {

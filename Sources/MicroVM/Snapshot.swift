@@ -185,6 +185,14 @@ public struct Snapshot: Codable, Sendable, Hashable {
 /// Moving snapshot files out of the VM's directory, off Swift's cooperative threads (a memory
 /// file is as large as the guest's RAM).
 enum SnapshotFiles {
+    /// The step a destination's refusal names; ``MicroVMError/isSnapshotDestinationProblem``
+    /// tells it by this form.
+    static func destinationStep(_ verb: String, _ destination: FilePath) -> String { "\(verb) the destination \(destination)" }
+
+    static func isDestinationStep(_ step: String) -> Bool {
+        step.hasPrefix("creating the destination ") || step.hasPrefix("checking the destination ")
+    }
+
     /// `destination` must be a new or empty directory.
     /// Creates `destination`, or checks that it is an empty directory. Returns whether it made
     /// it, so that a snapshot that fails removes it again.
@@ -193,13 +201,13 @@ enum SnapshotFiles {
         if mkdir(destination.string, 0o700) == 0 { return true }
         let code = errno
         guard code == EEXIST else {
-            throw .snapshotFailed(id: id, step: "creating \(destination)", detail: String(cString: strerror(code)))
+            throw .snapshotFailed(id: id, step: destinationStep("creating", destination), detail: String(cString: strerror(code)))
         }
         guard let entries = try? FileManager.default.contentsOfDirectory(atPath: destination.string) else {
-            throw .snapshotFailed(id: id, step: "checking \(destination)", detail: "it exists and is not a directory")
+            throw .snapshotFailed(id: id, step: destinationStep("checking", destination), detail: "it exists and is not a directory")
         }
         if !entries.isEmpty {
-            throw .snapshotFailed(id: id, step: "checking \(destination)", detail: "the directory is not empty; give a new or empty directory so no earlier snapshot is overwritten")
+            throw .snapshotFailed(id: id, step: destinationStep("checking", destination), detail: "the directory is not empty; give a new or empty directory so no earlier snapshot is overwritten")
         }
         return false
     }
